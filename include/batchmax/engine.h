@@ -1,0 +1,81 @@
+#pragma once
+// Public API: load a model, submit requests, get outputs. The engine batches all
+// running sequences into one forward pass per step (continuous batching).
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace batchmax {
+
+class Tokenizer;
+class ChatTemplate;
+
+struct SamplingParams {
+  float temperature = 0.0f;   // 0: greedy
+  int top_k = 0;              // 0: off
+  float top_p = 1.0f;         // 1: off
+  uint64_t seed = 0;
+  int max_tokens = 256;
+  std::vector<std::string> stop;  // stop strings (not included in the output text)
+  bool ignore_eos = false;
+};
+
+struct Request {
+  std::string id;
+  std::vector<int32_t> prompt;   // token ids (BOS included when the model wants one)
+  SamplingParams sampling;
+};
+
+struct Output {
+  std::string id;
+  std::vector<int32_t> tokens;   // generated ids (a stop string's tokens are kept here)
+  std::string text;              // generated text, cut before a stop string
+  std::string finish_reason;     // "stop" (EOS or stop string), "length", "error"
+  std::string error;             // message when finish_reason == "error"
+  int64_t prompt_tokens = 0;
+  double first_token_s = 0;      // time from submission to the first generated token
+  double total_s = 0;
+  std::vector<float> last_logits;  // logits of the last prompt position, if asked
+};
+
+struct EngineOptions {
+  std::string model_path;
+  int n_threads = 0;          // 0: all hardware threads
+  int max_batch = 8;          // sequences running at once
+  int step_tokens = 512;      // tokens per forward step (decode tokens + prefill chunks)
+  int max_context = 0;        // 0: the model's context length
+  bool force_scalar = false;  // CPU reference kernels
+  bool keep_last_logits = false;
+};
+
+struct Progress {
+  int64_t done = 0, total = 0;
+  int64_t prompt_tokens = 0, generated_tokens = 0;
+  double elapsed_s = 0;
+};
+
+struct ModelSummary;
+
+class Engine {
+ public:
+  virtual ~Engine() = default;
+  // Throws batchmax::Error with a clear message (bad file, unknown architecture, ...).
+  static std::unique_ptr<Engine> create(const EngineOptions& opts);
+
+  virtual const Tokenizer& tokenizer() const = 0;
+  // nullptr when the model has no chat template.
+  virtual const ChatTemplate* chat_template() const = 0;
+  virtual int64_t context_length() const = 0;
+
+  // Runs every request to completion and returns outputs in request order. A request
+  // that cannot run (empty or too long prompt, bad parameters) gets finish_reason
+  // "error" and the others go on. on_output is called as each one finishes.
+  virtual std::vector<Output> generate(
+      std::vector<Request> requests,
+      const std::function<void(const Output&)>& on_output = nullptr,
+      const std::function<void(const Progress&)>& on_progress = nullptr) = 0;
+};
+
+}  // namespace batchmax

@@ -1,0 +1,136 @@
+#pragma once
+// The small interface the model and the KV cache call. A backend owns its memory
+// (host for CPU, device for CUDA) and runs the ops of a transformer step on it.
+// Backends know nothing of policies or scheduling: they run the kernels asked of them.
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "format/tensor_types.h"
+
+namespace batchmax {
+
+// A 2-D tensor in a backend's memory: `rows` rows of `cols` elements of `type`,
+// row-major, consecutive rows `row_stride` bytes apart. A view: it owns nothing.
+struct Tensor {
+  void* data = nullptr;
+  GgmlType type = GgmlType::F32;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  size_t row_stride = 0;
+
+  float* f32() const { return static_cast<float*>(data); }
+  float* row_f32(int64_t r) const {
+    return reinterpret_cast<float*>(static_cast<char*>(data) + r * row_stride);
+  }
+  const void* row(int64_t r) const { return static_cast<const char*>(data) + r * row_stride; }
+  size_t bytes() const { return rows * row_stride; }
+  // Rows [begin, begin + n) of this tensor.
+  Tensor slice_rows(int64_t begin, int64_t n) const {
+    Tensor t = *this;
+    t.data = static_cast<char*>(data) + begin * row_stride;
+    t.rows = n;
+    return t;
+  }
+};
+
+// Rotary embedding parameters. `inv_freq` has head_dim/2 entries, frequency scaling
+// (Llama-3 style) already applied by the model.
+enum class RopeStyle { Interleaved /* pairs (2i, 2i+1): llama GGUF */, Neox /* (i, i+d/2) */ };
+struct RopeParams {
+  RopeStyle style = RopeStyle::Interleaved;
+  int head_dim = 0;
+  int rotary_dim = 0;  // leading dims rotated (== head_dim for llama/qwen2)
+  std::vector<float> inv_freq;
+};
+
+// The KV pool: fixed-size blocks of `block_tokens` entries of one (layer, KV head) of one
+// sequence. Slot s = block * block_tokens + offset. K and V of a slot are head_dim
+// elements; `pos` holds each slot's true token position (keys are stored after RoPE).
+struct KVPoolView {
+  void* k = nullptr;
+  void* v = nullptr;
+  int32_t* pos = nullptr;
+  GgmlType type = GgmlType::F32;
+  int block_tokens = 16;
+  int head_dim = 0;
+  int64_t n_blocks = 0;
+};
+
+// The cache entries that one sequence's queries attend to in one layer: per KV head,
+// the block table and the number of valid entries (entries are packed from slot 0).
+struct AttentionSeq {
+  int64_t q_begin = 0;   // first row of this sequence in the step's Q tensor
+  int64_t n_q = 0;       // number of query rows
+  const int32_t* q_pos = nullptr;  // positions of the queries (host memory, n_q)
+  std::vector<std::span<const int32_t>> head_blocks;  // per KV head: block ids
+  std::vector<int32_t> head_entries;                   // per KV head: entries in use
+};
+
+struct AttentionParams {
+  int n_heads = 0;
+  int n_kv_heads = 0;
+  int head_dim = 0;
+  float scale = 0;  // usually 1/sqrt(head_dim)
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+
+  // Memory. Tensors from alloc() live until free() or the backend's end.
+  virtual Tensor alloc(GgmlType type, int64_t rows, int64_t cols) = 0;
+  virtual void free(Tensor& t) = 0;
+  // A weight read from a mapped GGUF tensor of `rows` x `cols` (GGUF dims[0] == cols).
+  // The CPU backend uses the mapped bytes in place; others copy or convert.
+  virtual Tensor load_weight(GgmlType type, const void* data, int64_t rows, int64_t cols) = 0;
+  virtual void upload(const void* host, Tensor& dst) = 0;        // dst.bytes() bytes
+  virtual void download(const Tensor& src, void* host) = 0;      // src.bytes() bytes
+  virtual void synchronize() {}
+
+  // Ops. Activations are F32 on the CPU backend; weights may be any dequantizable type.
+  // out[r] = table[ids[r]] (ids in host memory)
+  virtual void embed(const Tensor& table, std::span<const int32_t> ids, Tensor& out) = 0;
+  // out = x / rms(x) * w, per row
+  virtual void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out) = 0;
+  // out[n, m] = x[n, k] . w[m, k]^T (+ bias[m]); bias may be null
+  virtual void matmul(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out) = 0;
+  // In place on x[n, n_heads * head_dim], positions pos[n] (host memory)
+  virtual void rope(Tensor& x, int n_heads, std::span<const int32_t> pos, const RopeParams& p) = 0;
+  // out = silu(gate) * up
+  virtual void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) = 0;
+  // x += y
+  virtual void add(Tensor& x, const Tensor& y) = 0;
+  // out[i] = x[rows[i]]
+  virtual void gather_rows(const Tensor& x, std::span<const int32_t> rows, Tensor& out) = 0;
+
+  // KV pool
+  virtual KVPoolView alloc_kv_pool(GgmlType type, int64_t n_blocks, int block_tokens,
+                                   int head_dim) = 0;
+  virtual void free_kv_pool(KVPoolView& pool) = 0;
+  // Writes k/v rows [n, n_kv_heads * head_dim] into the pool: row r, head h goes to
+  // slot slots[r * n_kv_heads + h] with position pos[r]. slots and pos in host memory.
+  virtual void kv_store(const Tensor& k, const Tensor& v, int n_kv_heads,
+                        std::span<const int32_t> slots, std::span<const int32_t> pos,
+                        KVPoolView& pool) = 0;
+  // Moves entries inside the pool: slot dst[i] <- slot src[i] (K, V and position).
+  virtual void kv_move(std::span<const int32_t> src, std::span<const int32_t> dst,
+                       KVPoolView& pool) = 0;
+  // Causal attention (key visible iff key pos <= query pos) of q[n, n_heads*head_dim]
+  // over each sequence's cache entries, out[n, n_heads*head_dim]. Query head h reads
+  // KV head h / (n_heads / n_kv_heads).
+  virtual void attention(const Tensor& q, std::span<const AttentionSeq> seqs,
+                         const AttentionParams& p, const KVPoolView& pool, Tensor& out) = 0;
+};
+
+struct CpuBackendOptions {
+  int n_threads = 0;       // 0: all hardware threads
+  bool force_scalar = false;  // use the reference kernels (tests, debugging)
+};
+std::unique_ptr<Backend> make_cpu_backend(const CpuBackendOptions& opts = {});
+
+}  // namespace batchmax
