@@ -1,0 +1,51 @@
+#pragma once
+// The forward pass of a Llama-family model, written against the Backend interface.
+// It reads and writes the KV cache only through the KVCache interface.
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "model/hparams.h"
+
+namespace batchmax {
+namespace gguf { class File; }
+class KVCache;
+
+// One sequence's tokens in a forward step: a prefill chunk or one decode token.
+struct SeqBatch {
+  int64_t seq_id = 0;
+  std::span<const int32_t> tokens;
+  int64_t first_pos = 0;       // position of tokens[0]
+  bool want_logits = false;    // logits of the last token of this chunk
+};
+
+struct ModelWeights;
+
+class Model {
+ public:
+  // Binds the GGUF tensors to the backend; throws naming a missing or misshaped tensor.
+  Model(std::shared_ptr<const gguf::File> file, Backend& backend);
+  ~Model();
+  const HParams& hparams() const { return hp_; }
+  const gguf::File& file() const { return *file_; }
+
+  // Runs one step over all sequences' tokens; returns logits [n_want, n_vocab] on the
+  // host for the sequences with want_logits, in order.
+  std::vector<float> forward(std::span<const SeqBatch> batch, KVCache& kv);
+
+  // Bytes of weights as stored (what `info` prints).
+  int64_t weight_bytes() const;
+
+ private:
+  std::shared_ptr<const gguf::File> file_;
+  Backend& backend_;
+  HParams hp_;
+  RopeParams rope_;
+  std::unique_ptr<ModelWeights> w_;
+  struct Workspace;
+  std::unique_ptr<Workspace> ws_;
+};
+
+}  // namespace batchmax
