@@ -45,6 +45,8 @@ struct EngineOptions {
   int n_threads = 0;          // 0: all hardware threads
   int max_batch = 8;          // sequences running at once
   int step_tokens = 512;      // tokens per forward step (decode tokens + prefill chunks)
+  int prefill_chunk = 0;      // largest prefill chunk of one sequence (0: step_tokens)
+  int64_t kv_mem_bytes = int64_t(2) << 30;  // KV pool size (capped at what max_batch can use)
   int max_context = 0;        // 0: the model's context length
   bool force_scalar = false;  // CPU reference kernels
   bool keep_last_logits = false;

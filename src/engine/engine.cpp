@@ -1,0 +1,270 @@
+// The engine: loads a model and runs requests with continuous batching on one backend.
+#include "batchmax/engine.h"
+
+#include <algorithm>
+#include <chrono>
+#include <deque>
+#include <optional>
+#include <string>
+
+#include "backend/backend.h"
+#include "core/error.h"
+#include "engine/sampler.h"
+#include "engine/scheduler.h"
+#include "format/gguf_reader.h"
+#include "kv/paged_kv_cache.h"
+#include "model/model.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/tokenizer.h"
+
+namespace batchmax {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// One running request.
+struct Running {
+  size_t index = 0;  // into the request list
+  int64_t seq_id = 0;
+  SeqProgress progress;
+  std::optional<Sampler> sampler;
+  int32_t last_token = -1;
+  Output out;
+};
+
+class LlmEngine final : public Engine {
+ public:
+  explicit LlmEngine(const EngineOptions& opts) : opts_(opts) {
+    if (opts.max_batch <= 0) throw Error("max_batch must be positive");
+    if (opts.step_tokens <= 0) throw Error("step_tokens must be positive");
+    file_ = std::shared_ptr<const gguf::File>(gguf::File::open(opts.model_path));
+    tokenizer_ = Tokenizer::from_gguf(*file_);
+    try {
+      chat_ = std::make_unique<ChatTemplate>(ChatTemplate::from_gguf(*file_));
+    } catch (const Error&) {
+      chat_.reset();  // a model without a (known) template still serves raw prompts
+    }
+    CpuBackendOptions bo;
+    bo.n_threads = opts.n_threads;
+    bo.force_scalar = opts.force_scalar;
+    backend_ = make_cpu_backend(bo);
+    model_ = std::make_unique<Model>(file_, *backend_);
+    const HParams& hp = model_->hparams();
+    if (tokenizer_->n_vocab() > hp.n_vocab)
+      throw Error(opts.model_path + ": tokenizer has " + std::to_string(tokenizer_->n_vocab()) +
+                  " tokens but the embedding only " + std::to_string(hp.n_vocab));
+    context_ = opts.max_context > 0 ? std::min<int64_t>(opts.max_context, hp.n_ctx_train)
+                                    : hp.n_ctx_train;
+
+    KVCacheConfig kc;
+    kc.n_layer = int(hp.n_layer);
+    kc.n_kv_heads = int(hp.n_head_kv);
+    kc.head_dim = int(hp.head_dim);
+    kc.block_tokens = 16;
+    kc.type = GgmlType::F32;
+    const int64_t bb = PagedKVCache::block_bytes(kc);
+    int64_t blocks = opts.kv_mem_bytes / bb;
+    const int64_t per_seq = (context_ + kc.block_tokens - 1) / kc.block_tokens * kc.n_layer *
+                            kc.n_kv_heads;
+    // Never more than the batch could use at full context.
+    blocks = std::min(blocks, per_seq * opts.max_batch);
+    if (blocks < kc.n_layer * kc.n_kv_heads)
+      throw Error("kv memory " + std::to_string(opts.kv_mem_bytes) +
+                  " bytes is too small for even one block per layer and head (" +
+                  std::to_string(bb * kc.n_layer * kc.n_kv_heads) + " bytes)");
+    kc.n_blocks = blocks;
+    kv_ = std::make_unique<PagedKVCache>(*backend_, kc);
+  }
+
+  const Tokenizer& tokenizer() const override { return *tokenizer_; }
+  const ChatTemplate* chat_template() const override { return chat_.get(); }
+  int64_t context_length() const override { return context_; }
+
+  std::vector<Output> generate(std::vector<Request> requests,
+                               const std::function<void(const Output&)>& on_output,
+                               const std::function<void(const Progress&)>& on_progress) override {
+    const auto t0 = Clock::now();
+    std::vector<Output> outputs(requests.size());
+    std::deque<size_t> waiting;
+    Progress prog;
+    prog.total = int64_t(requests.size());
+
+    auto finish_error = [&](size_t i, const std::string& msg) {
+      Output& o = outputs[i];
+      o.id = requests[i].id;
+      o.finish_reason = "error";
+      o.error = msg;
+      o.prompt_tokens = int64_t(requests[i].prompt.size());
+      o.total_s = seconds_since(t0);
+      ++prog.done;
+      if (on_output) on_output(o);
+    };
+
+    for (size_t i = 0; i < requests.size(); ++i) {
+      try {
+        validate(requests[i]);
+        waiting.push_back(i);
+      } catch (const Error& e) {
+        finish_error(i, e.what());
+      }
+    }
+
+    std::vector<Running> running;
+    const int64_t chunk = opts_.prefill_chunk > 0 ? opts_.prefill_chunk : opts_.step_tokens;
+    while (!waiting.empty() || !running.empty()) {
+      // Capacity first: admit while the batch has room and the pool can promise the
+      // request's worst case.
+      while (!waiting.empty() && int(running.size()) < opts_.max_batch) {
+        size_t i = waiting.front();
+        const Request& r = requests[i];
+        int64_t worst = int64_t(r.prompt.size()) + effective_max_tokens(r);
+        int64_t seq_id = next_seq_id_++;
+        if (!kv_->add_sequence(seq_id, worst)) {
+          if (running.empty()) {
+            waiting.pop_front();
+            finish_error(i, "request needs " + std::to_string(kv_->blocks_for_entries(worst)) +
+                                " KV blocks for " + std::to_string(worst) +
+                                " tokens but the pool has only " +
+                                std::to_string(kv_->blocks().n_blocks()) +
+                                "; raise the KV memory or lower max_tokens");
+            continue;
+          }
+          break;  // wait for running requests to free blocks
+        }
+        waiting.pop_front();
+        Running s;
+        s.index = i;
+        s.seq_id = seq_id;
+        s.progress.prompt_tokens = int64_t(r.prompt.size());
+        s.sampler.emplace(r.sampling);
+        s.out.id = r.id;
+        s.out.prompt_tokens = int64_t(r.prompt.size());
+        running.push_back(std::move(s));
+      }
+      if (running.empty()) continue;
+
+      // Then the micro-batch: what fits in this step's token budget.
+      std::vector<SeqProgress> progress;
+      for (const Running& s : running) progress.push_back(s.progress);
+      std::vector<StepItem> items = plan_step(progress, opts_.step_tokens, chunk);
+      std::vector<SeqBatch> batch;
+      std::vector<int32_t> decode_tokens(running.size());
+      for (const StepItem& it : items) {
+        Running& s = running[it.seq];
+        SeqBatch b;
+        b.seq_id = s.seq_id;
+        b.first_pos = s.progress.computed;
+        if (it.prefill) {
+          const auto& prompt = requests[s.index].prompt;
+          b.tokens = std::span<const int32_t>(prompt.data() + s.progress.computed, size_t(it.n_tokens));
+          b.want_logits = it.last_chunk;
+        } else {
+          decode_tokens[it.seq] = s.last_token;
+          b.tokens = std::span<const int32_t>(&decode_tokens[it.seq], 1);
+          b.want_logits = true;
+        }
+        kv_->prepare(s.seq_id, it.n_tokens);
+        batch.push_back(b);
+      }
+      std::vector<float> logits = model_->forward(batch, *kv_);
+
+      const int64_t V = model_->hparams().n_vocab;
+      size_t li = 0;
+      for (const StepItem& it : items) {
+        Running& s = running[it.seq];
+        s.progress.computed += it.n_tokens;
+        if (it.prefill) prog.prompt_tokens += it.n_tokens;
+        if (!batch[&it - items.data()].want_logits) continue;
+        std::span<const float> row(logits.data() + li * V, size_t(V));
+        ++li;
+        if (it.prefill && opts_.keep_last_logits) s.out.last_logits.assign(row.begin(), row.end());
+        s.progress.decoding = true;
+        accept_token(s, requests[s.index], s.sampler->sample(row), t0);
+        ++prog.generated_tokens;
+      }
+
+      // Retire finished sequences; their blocks go back to the pool for the next admits.
+      for (size_t k = 0; k < running.size();) {
+        Running& s = running[k];
+        if (s.out.finish_reason.empty()) { ++k; continue; }
+        kv_->remove_sequence(s.seq_id);
+        s.out.total_s = seconds_since(t0);
+        outputs[s.index] = std::move(s.out);
+        ++prog.done;
+        if (on_output) on_output(outputs[s.index]);
+        running.erase(running.begin() + k);
+      }
+      prog.elapsed_s = seconds_since(t0);
+      if (on_progress) on_progress(prog);
+    }
+    prog.elapsed_s = seconds_since(t0);
+    if (on_progress) on_progress(prog);
+    return outputs;
+  }
+
+ private:
+  int64_t effective_max_tokens(const Request& r) const {
+    return std::min<int64_t>(r.sampling.max_tokens, context_ - int64_t(r.prompt.size()));
+  }
+
+  void validate(const Request& r) const {
+    if (r.prompt.empty()) throw Error("prompt is empty");
+    if (int64_t(r.prompt.size()) >= context_)
+      throw Error("prompt has " + std::to_string(r.prompt.size()) +
+                  " tokens, but the context length is " + std::to_string(context_) +
+                  " (at least one token must be left to generate)");
+    for (int32_t t : r.prompt)
+      if (t < 0 || t >= model_->hparams().n_vocab)
+        throw Error("prompt token id " + std::to_string(t) + " is outside the vocabulary");
+    validate_sampling(r.sampling);
+    if (r.sampling.max_tokens == 0) throw Error("max_tokens must be at least 1");
+  }
+
+  // Appends a sampled token and decides whether the request is finished.
+  void accept_token(Running& s, const Request& r, int32_t tok, Clock::time_point t0) {
+    Output& o = s.out;
+    if (o.tokens.empty()) o.first_token_s = seconds_since(t0);
+    o.tokens.push_back(tok);
+    s.last_token = tok;
+    if (!r.sampling.ignore_eos && tokenizer_->is_eog(tok)) {
+      o.finish_reason = "stop";
+      return;
+    }
+    const size_t before = o.text.size();
+    o.text += tokenizer_->token_to_piece(tok);
+    for (const std::string& stop : r.sampling.stop) {
+      if (stop.empty()) continue;
+      // Only a match that ends in the new piece can be new.
+      size_t from = before >= stop.size() ? before - stop.size() + 1 : 0;
+      size_t at = o.text.find(stop, from);
+      if (at != std::string::npos) {
+        o.text.resize(at);
+        o.finish_reason = "stop";
+        return;
+      }
+    }
+    if (int64_t(o.tokens.size()) >= effective_max_tokens(r)) o.finish_reason = "length";
+  }
+
+  EngineOptions opts_;
+  std::shared_ptr<const gguf::File> file_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<ChatTemplate> chat_;
+  std::unique_ptr<Backend> backend_;
+  std::unique_ptr<Model> model_;
+  std::unique_ptr<PagedKVCache> kv_;
+  int64_t context_ = 0;
+  int64_t next_seq_id_ = 1;
+};
+
+}  // namespace
+
+std::unique_ptr<Engine> Engine::create(const EngineOptions& opts) {
+  return std::make_unique<LlmEngine>(opts);
+}
+
+}  // namespace batchmax

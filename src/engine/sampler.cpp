@@ -1,0 +1,67 @@
+#include "engine/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "core/error.h"
+
+namespace batchmax {
+
+void validate_sampling(const SamplingParams& p) {
+  if (!(p.temperature >= 0) || !std::isfinite(p.temperature) || p.temperature > 100)
+    throw Error("temperature must be between 0 and 100, got " + std::to_string(p.temperature));
+  if (p.top_k < 0) throw Error("top_k must be >= 0, got " + std::to_string(p.top_k));
+  if (!(p.top_p > 0 && p.top_p <= 1))
+    throw Error("top_p must be in (0, 1], got " + std::to_string(p.top_p));
+  if (p.max_tokens < 0) throw Error("max_tokens must be >= 0, got " + std::to_string(p.max_tokens));
+}
+
+int32_t argmax(std::span<const float> logits) {
+  int32_t best = 0;
+  for (size_t i = 1; i < logits.size(); ++i)
+    if (logits[i] > logits[best]) best = int32_t(i);
+  return best;
+}
+
+Sampler::Sampler(const SamplingParams& p) : p_(p), rng_(p.seed) {}
+
+int32_t Sampler::sample(std::span<const float> logits) {
+  if (p_.temperature <= 0) return argmax(logits);
+  cand_.clear();
+  cand_.reserve(logits.size());
+  for (size_t i = 0; i < logits.size(); ++i) cand_.push_back({logits[i], int32_t(i)});
+  auto by_logit = [](const auto& a, const auto& b) {
+    return a.first > b.first || (a.first == b.first && a.second < b.second);
+  };
+  size_t n = cand_.size();
+  if (p_.top_k > 0 && size_t(p_.top_k) < n) {
+    std::partial_sort(cand_.begin(), cand_.begin() + p_.top_k, cand_.end(), by_logit);
+    n = size_t(p_.top_k);
+  } else {
+    std::sort(cand_.begin(), cand_.end(), by_logit);
+  }
+  // Softmax at the temperature over the candidates, then the top-p nucleus.
+  const float inv_t = 1.0f / p_.temperature, mx = cand_[0].first;
+  std::vector<double> prob(n);
+  double sum = 0;
+  for (size_t i = 0; i < n; ++i) sum += prob[i] = std::exp(double((cand_[i].first - mx) * inv_t));
+  size_t keep = n;
+  if (p_.top_p < 1.0f) {
+    double acc = 0;
+    for (size_t i = 0; i < n; ++i) {
+      acc += prob[i] / sum;
+      if (acc >= p_.top_p) { keep = i + 1; break; }
+    }
+  }
+  double total = 0;
+  for (size_t i = 0; i < keep; ++i) total += prob[i];
+  double r = std::uniform_real_distribution<double>(0.0, total)(rng_);
+  for (size_t i = 0; i < keep; ++i) {
+    r -= prob[i];
+    if (r < 0) return cand_[i].second;
+  }
+  return cand_[keep - 1].second;
+}
+
+}  // namespace batchmax

@@ -1,0 +1,27 @@
+#pragma once
+// Plans one engine step: every decoding sequence contributes one token, the rest of the
+// step's token budget goes to prefill chunks in admission order (as in vLLM, a
+// sequence's progress is one number: tokens computed so far).
+#include <cstdint>
+#include <vector>
+
+namespace batchmax {
+
+struct SeqProgress {
+  int64_t prompt_tokens = 0;
+  int64_t computed = 0;   // prompt tokens (and fed-back generated tokens) computed
+  bool decoding = false;  // prompt done: feeds its last sampled token
+};
+
+struct StepItem {
+  size_t seq = 0;         // index into the progress list
+  int64_t n_tokens = 0;   // tokens this step: 1 for decode, a chunk for prefill
+  bool prefill = false;
+  bool last_chunk = false;  // completes the prompt: logits wanted
+};
+
+// step_tokens: the step's token budget; chunk: the largest prefill chunk (0: no limit).
+std::vector<StepItem> plan_step(const std::vector<SeqProgress>& seqs, int64_t step_tokens,
+                                int64_t chunk);
+
+}  // namespace batchmax

@@ -1,0 +1,32 @@
+#pragma once
+// What the model sees of the KV cache: it stores each layer's new K/V and asks what
+// a sequence's queries attend to. Allocation, admission and eviction are the engine's
+// business through the concrete cache, never the model's.
+#include <cstdint>
+#include <span>
+
+#include "backend/backend.h"
+
+namespace batchmax {
+
+// One sequence's new tokens in a step; their K/V rows are consecutive in the step.
+struct KVAppend {
+  int64_t seq_id = 0;
+  int64_t n_tokens = 0;
+  std::span<const int32_t> pos;  // true positions, n_tokens of them
+};
+
+class KVCache {
+ public:
+  virtual ~KVCache() = default;
+  // Writes this step's K and V rows of `layer` ([n, n_kv_heads * head_dim], appends in
+  // row order) into slots the engine prepared beforehand.
+  virtual void store(int layer, std::span<const KVAppend> appends, const Tensor& k,
+                     const Tensor& v) = 0;
+  // Fills `out.head_blocks` and `out.head_entries` for `seq_id` in `layer`; the spans
+  // stay valid until the cache is next changed.
+  virtual void attention_view(int layer, int64_t seq_id, AttentionSeq& out) const = 0;
+  virtual const KVPoolView& pool() const = 0;
+};
+
+}  // namespace batchmax

@@ -1,0 +1,247 @@
+#include "model/model.h"
+
+#include <cmath>
+#include <numbers>
+#include <string>
+
+#include "core/error.h"
+#include "format/gguf_reader.h"
+#include "kv/kv_cache.h"
+
+namespace batchmax {
+
+struct LayerWeights {
+  Tensor attn_norm, wq, wk, wv, wo, bq, bk, bv, ffn_norm, w_gate, w_up, w_down;
+  bool has_bias = false;
+};
+
+struct ModelWeights {
+  Tensor tok_embd, output_norm, lm_head;
+  std::vector<LayerWeights> layers;
+  int64_t bytes = 0;
+};
+
+struct Model::Workspace {
+  int64_t capacity = 0;  // rows
+  Tensor x, h, q, k, v, attn, gate, up, act;
+  void release(Backend& b) {
+    for (Tensor* t : {&x, &h, &q, &k, &v, &attn, &gate, &up, &act})
+      if (t->data) b.free(*t);
+  }
+};
+
+namespace {
+
+std::string dims_str(const std::vector<int64_t>& d) {
+  std::string s = "[";
+  for (size_t i = 0; i < d.size(); ++i) s += (i ? ", " : "") + std::to_string(d[i]);
+  return s + "]";
+}
+
+// Binds a GGUF tensor of shape [cols] (rows == 0) or [cols, rows] after checking it.
+Tensor bind(const gguf::File& f, Backend& b, const std::string& name, int64_t cols, int64_t rows,
+            int64_t& bytes, bool must_be_f32 = false) {
+  const gguf::TensorInfo& t = f.require_tensor(name);
+  std::vector<int64_t> want = rows ? std::vector<int64_t>{cols, rows} : std::vector<int64_t>{cols};
+  if (t.dims != want)
+    throw Error(f.path() + ": tensor '" + name + "' has shape " + dims_str(t.dims) +
+                ", expected " + dims_str(want));
+  if (!type_traits(t.type).dequantizable)
+    throw Error(f.path() + ": tensor '" + name + "' has type " + type_name(t.type) +
+                ", which this build cannot compute with");
+  if (must_be_f32 && t.type != GgmlType::F32)
+    throw Error(f.path() + ": tensor '" + name + "' must be F32, is " + type_name(t.type));
+  bytes += int64_t(t.n_bytes);
+  return b.load_weight(t.type, t.data, rows ? rows : 1, cols);
+}
+
+// Norm and bias vectors may be stored in any float type; the ops want F32.
+Tensor bind_vector(const gguf::File& f, Backend& b, const std::string& name, int64_t n,
+                   int64_t& bytes) {
+  const gguf::TensorInfo& t = f.require_tensor(name);
+  if (t.dims != std::vector<int64_t>{n})
+    throw Error(f.path() + ": tensor '" + name + "' has shape " + dims_str(t.dims) +
+                ", expected [" + std::to_string(n) + "]");
+  if (t.type == GgmlType::F32) {
+    bytes += int64_t(t.n_bytes);
+    return b.load_weight(t.type, t.data, 1, n);
+  }
+  if (!type_traits(t.type).dequantizable)
+    throw Error(f.path() + ": tensor '" + name + "' has type " + type_name(t.type) +
+                ", which this build cannot compute with");
+  std::vector<float> tmp(n);
+  dequantize_row(t.type, t.data, tmp.data(), n);
+  Tensor out = b.alloc(GgmlType::F32, 1, n);
+  b.upload(tmp.data(), out);
+  bytes += int64_t(t.n_bytes);
+  return out;
+}
+
+RopeParams make_rope(const gguf::File& f, const HParams& hp) {
+  RopeParams r;
+  r.style = hp.arch == "qwen2" ? RopeStyle::Neox : RopeStyle::Interleaved;
+  r.head_dim = int(hp.head_dim);
+  r.rotary_dim = int(hp.rope_dim);
+  const int half = r.rotary_dim / 2;
+  r.inv_freq.resize(half);
+  for (int i = 0; i < half; ++i)
+    r.inv_freq[i] = float(std::pow(double(hp.rope_theta), -2.0 * i / r.rotary_dim));
+  if (const gguf::TensorInfo* ff = f.find_tensor("rope_freqs.weight")) {
+    // Precomputed Llama-3 factors: the frequency is divided by them.
+    if (ff->type != GgmlType::F32 || ff->n_elements() != half)
+      throw Error(f.path() + ": tensor 'rope_freqs.weight' must be F32 with " +
+                  std::to_string(half) + " elements");
+    const float* fac = reinterpret_cast<const float*>(ff->data);
+    for (int i = 0; i < half; ++i) r.inv_freq[i] /= fac[i];
+  } else if (hp.rope_scale_factor > 0) {
+    const double lo_wl = hp.rope_orig_ctx / hp.rope_low_freq_factor;
+    const double hi_wl = hp.rope_orig_ctx / hp.rope_high_freq_factor;
+    for (int i = 0; i < half; ++i) {
+      double wl = 2 * std::numbers::pi / r.inv_freq[i];
+      if (wl > lo_wl) {
+        r.inv_freq[i] /= hp.rope_scale_factor;
+      } else if (wl >= hi_wl) {
+        double smooth = (hp.rope_orig_ctx / wl - hp.rope_low_freq_factor) /
+                        (hp.rope_high_freq_factor - hp.rope_low_freq_factor);
+        r.inv_freq[i] = float((1 - smooth) * r.inv_freq[i] / hp.rope_scale_factor +
+                              smooth * r.inv_freq[i]);
+      }
+    }
+  }
+  return r;
+}
+
+}  // namespace
+
+Model::Model(std::shared_ptr<const gguf::File> file, Backend& backend)
+    : file_(std::move(file)), backend_(backend), hp_(read_hparams(*file_)),
+      w_(std::make_unique<ModelWeights>()), ws_(std::make_unique<Workspace>()) {
+  const gguf::File& f = *file_;
+  const int64_t d = hp_.n_embd, hd = hp_.head_dim, nq = hp_.n_head * hd,
+                nkv = hp_.n_head_kv * hd, ff = hp_.n_ff;
+  int64_t& bytes = w_->bytes;
+  rope_ = make_rope(f, hp_);
+  w_->tok_embd = bind(f, backend_, "token_embd.weight", d, hp_.n_vocab, bytes);
+  w_->output_norm = bind_vector(f, backend_, "output_norm.weight", d, bytes);
+  w_->lm_head = hp_.tied_embeddings ? w_->tok_embd
+                                    : bind(f, backend_, "output.weight", d, hp_.n_vocab, bytes);
+  w_->layers.resize(hp_.n_layer);
+  for (int64_t l = 0; l < hp_.n_layer; ++l) {
+    LayerWeights& L = w_->layers[l];
+    const std::string p = "blk." + std::to_string(l) + ".";
+    L.attn_norm = bind_vector(f, backend_, p + "attn_norm.weight", d, bytes);
+    L.wq = bind(f, backend_, p + "attn_q.weight", d, nq, bytes);
+    L.wk = bind(f, backend_, p + "attn_k.weight", d, nkv, bytes);
+    L.wv = bind(f, backend_, p + "attn_v.weight", d, nkv, bytes);
+    L.wo = bind(f, backend_, p + "attn_output.weight", nq, d, bytes);
+    if (hp_.qkv_bias) {
+      L.has_bias = true;
+      L.bq = bind_vector(f, backend_, p + "attn_q.bias", nq, bytes);
+      L.bk = bind_vector(f, backend_, p + "attn_k.bias", nkv, bytes);
+      L.bv = bind_vector(f, backend_, p + "attn_v.bias", nkv, bytes);
+    }
+    L.ffn_norm = bind_vector(f, backend_, p + "ffn_norm.weight", d, bytes);
+    L.w_gate = bind(f, backend_, p + "ffn_gate.weight", d, ff, bytes);
+    L.w_up = bind(f, backend_, p + "ffn_up.weight", d, ff, bytes);
+    L.w_down = bind(f, backend_, p + "ffn_down.weight", ff, d, bytes);
+  }
+}
+
+Model::~Model() { ws_->release(backend_); }
+
+int64_t Model::weight_bytes() const { return w_->bytes; }
+
+std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) {
+  // Flatten the step: token ids and positions of every row, in batch order.
+  std::vector<int32_t> ids, pos, want_rows;
+  for (const SeqBatch& s : batch) {
+    if (s.tokens.empty()) throw Error("forward: empty sequence chunk");
+    for (size_t i = 0; i < s.tokens.size(); ++i) {
+      int32_t t = s.tokens[i];
+      if (t < 0 || t >= hp_.n_vocab)
+        throw Error("token id " + std::to_string(t) + " is outside the vocabulary (0.." +
+                    std::to_string(hp_.n_vocab - 1) + ")");
+      ids.push_back(t);
+      pos.push_back(int32_t(s.first_pos + int64_t(i)));
+    }
+    if (s.want_logits) want_rows.push_back(int32_t(ids.size() - 1));
+  }
+  const int64_t T = int64_t(ids.size());
+  if (T == 0) return {};
+  const int64_t d = hp_.n_embd, hd = hp_.head_dim, nq = hp_.n_head * hd,
+                nkv = hp_.n_head_kv * hd, ff = hp_.n_ff;
+
+  Workspace& ws = *ws_;
+  if (T > ws.capacity) {
+    ws.release(backend_);
+    ws.x = backend_.alloc(GgmlType::F32, T, d);
+    ws.h = backend_.alloc(GgmlType::F32, T, d);
+    ws.q = backend_.alloc(GgmlType::F32, T, nq);
+    ws.k = backend_.alloc(GgmlType::F32, T, nkv);
+    ws.v = backend_.alloc(GgmlType::F32, T, nkv);
+    ws.attn = backend_.alloc(GgmlType::F32, T, nq);
+    ws.gate = backend_.alloc(GgmlType::F32, T, ff);
+    ws.up = backend_.alloc(GgmlType::F32, T, ff);
+    ws.act = backend_.alloc(GgmlType::F32, T, ff);
+    ws.capacity = T;
+  }
+  Tensor x = ws.x.slice_rows(0, T), h = ws.h.slice_rows(0, T), q = ws.q.slice_rows(0, T),
+         k = ws.k.slice_rows(0, T), v = ws.v.slice_rows(0, T), attn = ws.attn.slice_rows(0, T),
+         gate = ws.gate.slice_rows(0, T), up = ws.up.slice_rows(0, T),
+         act = ws.act.slice_rows(0, T);
+
+  std::vector<KVAppend> appends;
+  std::vector<AttentionSeq> seqs(batch.size());
+  int64_t row = 0;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const int64_t n = int64_t(batch[i].tokens.size());
+    std::span<const int32_t> p(pos.data() + row, size_t(n));
+    appends.push_back({batch[i].seq_id, n, p});
+    seqs[i].q_begin = row;
+    seqs[i].n_q = n;
+    seqs[i].q_pos = p.data();
+    row += n;
+  }
+  AttentionParams ap;
+  ap.n_heads = int(hp_.n_head);
+  ap.n_kv_heads = int(hp_.n_head_kv);
+  ap.head_dim = int(hd);
+  ap.scale = float(1.0 / std::sqrt(double(hd)));
+
+  backend_.embed(w_->tok_embd, ids, x);
+  for (int64_t l = 0; l < hp_.n_layer; ++l) {
+    const LayerWeights& L = w_->layers[l];
+    backend_.rms_norm(x, L.attn_norm, hp_.rms_eps, h);
+    backend_.matmul(h, L.wq, L.has_bias ? &L.bq : nullptr, q);
+    backend_.matmul(h, L.wk, L.has_bias ? &L.bk : nullptr, k);
+    backend_.matmul(h, L.wv, L.has_bias ? &L.bv : nullptr, v);
+    backend_.rope(q, int(hp_.n_head), pos, rope_);
+    backend_.rope(k, int(hp_.n_head_kv), pos, rope_);
+    kv.store(int(l), appends, k, v);
+    for (size_t i = 0; i < batch.size(); ++i) kv.attention_view(int(l), batch[i].seq_id, seqs[i]);
+    backend_.attention(q, seqs, ap, kv.pool(), attn);
+    backend_.matmul(attn, L.wo, nullptr, h);
+    backend_.add(x, h);
+    backend_.rms_norm(x, L.ffn_norm, hp_.rms_eps, h);
+    backend_.matmul(h, L.w_gate, nullptr, gate);
+    backend_.matmul(h, L.w_up, nullptr, up);
+    backend_.swiglu(gate, up, act);
+    backend_.matmul(act, L.w_down, nullptr, h);
+    backend_.add(x, h);
+  }
+  if (want_rows.empty()) return {};
+  const int64_t nw = int64_t(want_rows.size());
+  Tensor last = h.slice_rows(0, nw);
+  backend_.gather_rows(x, want_rows, last);
+  Tensor normed = backend_.alloc(GgmlType::F32, nw, d);
+  backend_.rms_norm(last, w_->output_norm, hp_.rms_eps, normed);
+  Tensor logits = backend_.alloc(GgmlType::F32, nw, hp_.n_vocab);
+  backend_.matmul(normed, w_->lm_head, nullptr, logits);
+  std::vector<float> out(size_t(nw * hp_.n_vocab));
+  backend_.download(logits, out.data());
+  backend_.free(logits);
+  backend_.free(normed);
+  return out;
+}
+
+}  // namespace batchmax
