@@ -1,0 +1,112 @@
+#include "engine/sampler.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <map>
+#include <random>
+
+#include "core/error.h"
+
+using namespace batchmax;
+
+namespace {
+std::vector<float> random_logits(uint32_t seed, int n) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0, 3);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+}  // namespace
+
+TEST(Sampler, GreedyIsArgmax) {
+  auto l = random_logits(7, 1000);
+  SamplingParams p;
+  Sampler s(p);
+  int32_t want = int32_t(std::max_element(l.begin(), l.end()) - l.begin());
+  EXPECT_EQ(s.sample(l), want);
+}
+
+TEST(Sampler, TopKOneAndTinyTopPAreGreedy) {
+  auto l = random_logits(8, 500);
+  int32_t want = argmax(l);
+  SamplingParams p;
+  p.temperature = 1.5f;
+  p.top_k = 1;
+  p.seed = 3;
+  Sampler a(p);
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(a.sample(l), want);
+  p.top_k = 0;
+  p.top_p = 1e-6f;
+  Sampler b(p);
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(b.sample(l), want);
+}
+
+TEST(Sampler, SeededIsDeterministicAndSeedsDiffer) {
+  auto l = random_logits(9, 300);
+  SamplingParams p;
+  p.temperature = 1.0f;
+  p.seed = 11;
+  Sampler a(p), b(p);
+  std::vector<int32_t> ra, rb, rc;
+  for (int i = 0; i < 50; ++i) { ra.push_back(a.sample(l)); rb.push_back(b.sample(l)); }
+  EXPECT_EQ(ra, rb);
+  p.seed = 12;
+  Sampler c(p);
+  for (int i = 0; i < 50; ++i) rc.push_back(c.sample(l));
+  EXPECT_NE(ra, rc);
+}
+
+// Frequencies follow softmax(logits / T) within a few standard errors.
+TEST(Sampler, FrequenciesFollowSoftmax) {
+  std::vector<float> l = {1.0f, 2.0f, 0.5f, 3.0f};
+  SamplingParams p;
+  p.temperature = 0.8f;
+  p.seed = 5;
+  Sampler s(p);
+  const int n = 40000;
+  std::map<int, int> count;
+  for (int i = 0; i < n; ++i) ++count[s.sample(l)];
+  double z = 0;
+  for (float x : l) z += std::exp(x / 0.8);
+  for (int i = 0; i < 4; ++i) {
+    double pr = std::exp(l[i] / 0.8) / z;
+    double se = std::sqrt(pr * (1 - pr) / n);
+    EXPECT_NEAR(double(count[i]) / n, pr, 5 * se) << "token " << i;
+  }
+}
+
+TEST(Sampler, TopKRestrictsSupport) {
+  auto l = random_logits(10, 100);
+  std::vector<int32_t> order(100);
+  for (int i = 0; i < 100; ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](int a, int b) { return l[a] > l[b]; });
+  SamplingParams p;
+  p.temperature = 5.0f;
+  p.top_k = 3;
+  p.seed = 1;
+  Sampler s(p);
+  for (int i = 0; i < 200; ++i) {
+    int32_t t = s.sample(l);
+    EXPECT_TRUE(t == order[0] || t == order[1] || t == order[2]);
+  }
+}
+
+TEST(Sampler, BadParametersAreErrors) {
+  SamplingParams p;
+  p.temperature = -1;
+  EXPECT_THROW(validate_sampling(p), Error);
+  p = {};
+  p.top_p = 0;
+  EXPECT_THROW(validate_sampling(p), Error);
+  p = {};
+  p.top_k = -2;
+  EXPECT_THROW(validate_sampling(p), Error);
+  p = {};
+  p.max_tokens = -1;
+  EXPECT_THROW(validate_sampling(p), Error);
+  p = {};
+  p.temperature = NAN;
+  EXPECT_THROW(validate_sampling(p), Error);
+}
