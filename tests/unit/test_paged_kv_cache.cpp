@@ -1,0 +1,111 @@
+#include "kv/paged_kv_cache.h"
+
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "core/error.h"
+
+using namespace batchmax;
+
+namespace {
+KVCacheConfig small_config() {
+  KVCacheConfig c;
+  c.n_layer = 2;
+  c.n_kv_heads = 2;
+  c.head_dim = 4;
+  c.block_tokens = 4;
+  c.n_blocks = 24;
+  return c;
+}
+}  // namespace
+
+TEST(PagedKVCache, AdmissionReservesWorstCase) {
+  auto be = make_cpu_backend();
+  PagedKVCache kv(*be, small_config());
+  // 10 entries -> 3 blocks per (layer, head) -> 12 blocks.
+  EXPECT_EQ(kv.blocks_for_entries(10), 12);
+  EXPECT_TRUE(kv.add_sequence(1, 10));
+  EXPECT_TRUE(kv.add_sequence(2, 10));
+  EXPECT_FALSE(kv.add_sequence(3, 1));  // all 24 promised
+  EXPECT_EQ(kv.blocks().n_used(), 0);   // promised, not yet taken
+  kv.remove_sequence(1);
+  EXPECT_TRUE(kv.add_sequence(3, 1));
+  kv.remove_sequence(2);
+  kv.remove_sequence(3);
+  EXPECT_EQ(kv.blocks().n_free(), 24);
+  EXPECT_EQ(kv.blocks().n_unreserved(), 24);
+}
+
+TEST(PagedKVCache, StoreWritesEachHeadAndViewFindsIt) {
+  auto be = make_cpu_backend();
+  KVCacheConfig cfg = small_config();
+  PagedKVCache kv(*be, cfg);
+  ASSERT_TRUE(kv.add_sequence(7, 12));
+  ASSERT_TRUE(kv.add_sequence(9, 12));
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<float> u(-1, 1);
+  const int nh = cfg.n_kv_heads, hd = cfg.head_dim;
+  // Two steps: 6 tokens of seq 7 and 3 of seq 9, then 1 + 1.
+  std::vector<std::vector<float>> all_k(2), all_v(2);  // per seq: [token][nh*hd]
+  int64_t done[2] = {0, 0};
+  for (auto step : {std::pair<int, int>{6, 3}, std::pair<int, int>{1, 1}}) {
+    int n7 = step.first, n9 = step.second, n = n7 + n9;
+    kv.prepare(7, n7);
+    kv.prepare(9, n9);
+    Tensor k = be->alloc(GgmlType::F32, n, nh * hd), v = be->alloc(GgmlType::F32, n, nh * hd);
+    for (int64_t i = 0; i < n * nh * hd; ++i) { k.f32()[i] = u(rng); v.f32()[i] = u(rng); }
+    std::vector<int32_t> pos;
+    for (int i = 0; i < n7; ++i) pos.push_back(int32_t(done[0] + i));
+    for (int i = 0; i < n9; ++i) pos.push_back(int32_t(done[1] + i));
+    KVAppend a[2] = {{7, n7, std::span<const int32_t>(pos.data(), n7)},
+                     {9, n9, std::span<const int32_t>(pos.data() + n7, n9)}};
+    for (int layer = 0; layer < cfg.n_layer; ++layer) kv.store(layer, a, k, v);
+    for (int r = 0; r < n; ++r) {
+      int s = r < n7 ? 0 : 1;
+      all_k[s].insert(all_k[s].end(), k.row_f32(r), k.row_f32(r) + nh * hd);
+      all_v[s].insert(all_v[s].end(), v.row_f32(r), v.row_f32(r) + nh * hd);
+    }
+    done[0] += n7;
+    done[1] += n9;
+    be->free(k);
+    be->free(v);
+  }
+  const KVPoolView& pool = kv.pool();
+  for (int s = 0; s < 2; ++s) {
+    int64_t id = s == 0 ? 7 : 9;
+    for (int layer = 0; layer < cfg.n_layer; ++layer) {
+      AttentionSeq view;
+      kv.attention_view(layer, id, view);
+      ASSERT_EQ(view.head_entries.size(), size_t(nh));
+      for (int h = 0; h < nh; ++h) {
+        ASSERT_EQ(view.head_entries[h], done[s]);
+        for (int64_t e = 0; e < done[s]; ++e) {
+          int64_t slot = int64_t(view.head_blocks[h][e / cfg.block_tokens]) * cfg.block_tokens +
+                         e % cfg.block_tokens;
+          EXPECT_EQ(pool.pos[slot], e);
+          for (int d = 0; d < hd; ++d) {
+            EXPECT_EQ(static_cast<float*>(pool.k)[slot * hd + d], all_k[s][e * nh * hd + h * hd + d]);
+            EXPECT_EQ(static_cast<float*>(pool.v)[slot * hd + d], all_v[s][e * nh * hd + h * hd + d]);
+          }
+        }
+      }
+    }
+  }
+  // 7 entries -> 2 blocks per head, 4 heads in all -> 8 blocks per sequence.
+  EXPECT_EQ(kv.blocks().n_used(), 16);
+  EXPECT_EQ(kv.bytes_in_use(), 16 * PagedKVCache::block_bytes(cfg));
+  kv.remove_sequence(7);
+  kv.remove_sequence(9);
+  EXPECT_EQ(kv.blocks().n_free(), cfg.n_blocks);
+}
+
+TEST(PagedKVCache, GrowingPastReservationIsAnError) {
+  auto be = make_cpu_backend();
+  PagedKVCache kv(*be, small_config());
+  ASSERT_TRUE(kv.add_sequence(1, 4));  // one block per head
+  kv.prepare(1, 4);
+  EXPECT_THROW(kv.prepare(1, 1), Error);
+  EXPECT_THROW(kv.prepare(2, 1), Error);  // unknown sequence
+  EXPECT_THROW(kv.add_sequence(1, 4), Error);  // duplicate
+}
