@@ -81,6 +81,8 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
+  // Element type of activations (workspace tensors); logits are always F32.
+  virtual GgmlType activation_type() const { return GgmlType::F32; }
 
   // Memory. Tensors from alloc() live until free() or the backend's end.
   virtual Tensor alloc(GgmlType type, int64_t rows, int64_t cols) = 0;

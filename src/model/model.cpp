@@ -174,15 +174,16 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
   Workspace& ws = *ws_;
   if (T > ws.capacity) {
     ws.release(backend_);
-    ws.x = backend_.alloc(GgmlType::F32, T, d);
-    ws.h = backend_.alloc(GgmlType::F32, T, d);
-    ws.q = backend_.alloc(GgmlType::F32, T, nq);
-    ws.k = backend_.alloc(GgmlType::F32, T, nkv);
-    ws.v = backend_.alloc(GgmlType::F32, T, nkv);
-    ws.attn = backend_.alloc(GgmlType::F32, T, nq);
-    ws.gate = backend_.alloc(GgmlType::F32, T, ff);
-    ws.up = backend_.alloc(GgmlType::F32, T, ff);
-    ws.act = backend_.alloc(GgmlType::F32, T, ff);
+    const GgmlType at = backend_.activation_type();
+    ws.x = backend_.alloc(at, T, d);
+    ws.h = backend_.alloc(at, T, d);
+    ws.q = backend_.alloc(at, T, nq);
+    ws.k = backend_.alloc(at, T, nkv);
+    ws.v = backend_.alloc(at, T, nkv);
+    ws.attn = backend_.alloc(at, T, nq);
+    ws.gate = backend_.alloc(at, T, ff);
+    ws.up = backend_.alloc(at, T, ff);
+    ws.act = backend_.alloc(at, T, ff);
     ws.capacity = T;
   }
   Tensor x = ws.x.slice_rows(0, T), h = ws.h.slice_rows(0, T), q = ws.q.slice_rows(0, T),
@@ -233,7 +234,7 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
   const int64_t nw = int64_t(want_rows.size());
   Tensor last = h.slice_rows(0, nw);
   backend_.gather_rows(x, want_rows, last);
-  Tensor normed = backend_.alloc(GgmlType::F32, nw, d);
+  Tensor normed = backend_.alloc(backend_.activation_type(), nw, d);
   backend_.rms_norm(last, w_->output_norm, hp_.rms_eps, normed);
   Tensor logits = backend_.alloc(GgmlType::F32, nw, hp_.n_vocab);
   backend_.matmul(normed, w_->lm_head, nullptr, logits);
