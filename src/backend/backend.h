@@ -127,6 +127,17 @@ class Backend {
   // KV head h / (n_heads / n_kv_heads).
   virtual void attention(const Tensor& q, std::span<const AttentionSeq> seqs,
                          const AttentionParams& p, const KVPoolView& pool, Tensor& out) = 0;
+  // Attention mass for eviction policies: for each sequence, over its query rows
+  // [q_begin, q_begin + n_q) (a subset of the step's queries), the softmax probability
+  // each cache entry gets, averaged over the query heads of its KV head and summed over
+  // the queries. out[i] (host memory) has n_kv_heads rows of `out_stride` floats; row h
+  // holds head_entries[h] values.
+  virtual void attention_scores(const Tensor& q, std::span<const AttentionSeq> seqs,
+                                const AttentionParams& p, const KVPoolView& pool,
+                                std::span<float* const> out, int64_t out_stride) = 0;
+  // L2 norm of each entry's key: out (host) gets `n_entries` floats for the given blocks.
+  virtual void key_norms(const KVPoolView& pool, std::span<const int32_t> blocks,
+                         int64_t n_entries, float* out) = 0;
 };
 
 struct CpuBackendOptions {

@@ -27,6 +27,13 @@ class KVCache {
   // stay valid until the cache is next changed.
   virtual void attention_view(int layer, int64_t seq_id, AttentionSeq& out) const = 0;
   virtual const KVPoolView& pool() const = 0;
+
+  // Eviction policies read attention probabilities. For this step, the sequence's last
+  // `count` queries (of its rows in the step) are to be observed; 0 when none.
+  virtual int64_t score_queries(int64_t seq_id) const { return 0; }
+  // The attention mass the observed queries gave each entry of `layer`: n_kv_heads rows
+  // of `stride` floats (host memory), as Backend::attention_scores writes them.
+  virtual void observe_scores(int layer, int64_t seq_id, const float* mass, int64_t stride) {}
 };
 
 }  // namespace batchmax

@@ -1,13 +1,16 @@
 #pragma once
-// The KV cache on a block pool: per sequence, per (layer, KV head), a block table and
-// an entry count. Planning (reserve, prepare) and writing (store) are separate steps.
+// The KV cache on a block pool: per sequence, per (layer, KV head), a block table, the
+// entries' positions and the policy's state. Planning (add_sequence, prepare) and
+// mutation (store, commit) are separate steps; eviction happens only in commit().
 #include <cstdint>
+#include <memory>
 #include <unordered_map>
 #include <vector>
 
 #include "backend/backend.h"
 #include "kv/block_pool.h"
 #include "kv/kv_cache.h"
+#include "kv/kv_compression.h"
 
 namespace batchmax {
 
@@ -18,6 +21,16 @@ struct KVCacheConfig {
   int block_tokens = 16;
   int64_t n_blocks = 0;
   GgmlType type = GgmlType::F32;
+};
+
+// What a step does to a sequence; decides whether the step ends with an eviction.
+enum class StepPhase { Prefill, LastPrefill, Decode };
+
+struct SequenceKVStats {
+  int64_t peak_entries = 0;  // largest entry count of any (layer, head)
+  int64_t peak_blocks = 0;   // most blocks held at once
+  int64_t evictions = 0;     // eviction passes
+  int64_t evicted = 0;       // entries evicted, all layers and heads
 };
 
 class PagedKVCache : public KVCache {
@@ -34,18 +47,25 @@ class PagedKVCache : public KVCache {
 
   // Admission: reserves the blocks for up to `max_entries` per (layer, head). False,
   // with nothing changed, when the pool cannot promise them.
-  bool add_sequence(int64_t seq_id, int64_t max_entries);
+  bool add_sequence(int64_t seq_id, int64_t max_entries, const KVCompression& comp = {});
   // Frees the sequence's blocks and what is left of its reservation.
   void remove_sequence(int64_t seq_id);
   bool has_sequence(int64_t seq_id) const { return seqs_.count(seq_id) != 0; }
-  // Makes room for `n_new` more entries in every (layer, head) of the sequence.
-  void prepare(int64_t seq_id, int64_t n_new);
+  // Plans a step: makes room for `n_new` more entries in every (layer, head) and
+  // decides whether the step ends with an eviction and which queries to observe.
+  void prepare(int64_t seq_id, int64_t n_new, StepPhase phase = StepPhase::Prefill);
+  // Ends the step: evicts down to the budget where prepare() planned it.
+  void commit(int64_t seq_id);
   int64_t n_entries(int64_t seq_id, int layer, int head) const;
+  std::vector<int32_t> positions(int64_t seq_id, int layer, int head) const;
+  const SequenceKVStats& stats(int64_t seq_id) const;
 
   void store(int layer, std::span<const KVAppend> appends, const Tensor& k,
              const Tensor& v) override;
   void attention_view(int layer, int64_t seq_id, AttentionSeq& out) const override;
   const KVPoolView& pool() const override { return pool_view_; }
+  int64_t score_queries(int64_t seq_id) const override;
+  void observe_scores(int layer, int64_t seq_id, const float* mass, int64_t stride) override;
 
   const KVCacheConfig& config() const { return cfg_; }
   const BlockPool& blocks() const { return blocks_; }
@@ -55,14 +75,24 @@ class PagedKVCache : public KVCache {
  private:
   struct HeadTable {
     std::vector<int32_t> blocks;
-    int64_t entries = 0;
+    std::vector<int32_t> pos;   // positions of the entries (host mirror of the pool)
+    std::vector<float> acc;     // policy state (h2o)
+    std::vector<float> attn;    // mass observed this step
+    int64_t entries() const { return int64_t(pos.size()); }
   };
   struct Sequence {
     std::vector<HeadTable> heads;  // [layer * n_kv_heads + head]
     int64_t reserved = 0;          // blocks promised but not yet taken
+    int64_t held = 0;              // blocks taken
+    KVCompression comp;
+    std::unique_ptr<EvictionPolicy> policy;
+    SequenceKVStats stats;
+    bool evict_after = false;      // planned by prepare()
+    int64_t observe = 0;           // queries to observe this step
   };
   Sequence& seq(int64_t id);
   const Sequence& seq(int64_t id) const;
+  void evict(Sequence& s);
 
   Backend& backend_;
   KVCacheConfig cfg_;

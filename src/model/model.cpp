@@ -1,5 +1,6 @@
 #include "model/model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <numbers>
 #include <string>
@@ -209,6 +210,23 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
   ap.head_dim = int(hd);
   ap.scale = float(1.0 / std::sqrt(double(hd)));
 
+  // The queries whose attention mass the cache's eviction policy reads (the same in
+  // every layer of the step): each sequence's last `count` rows.
+  std::vector<size_t> scored;
+  std::vector<AttentionSeq> score_seqs;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    int64_t cnt = std::min<int64_t>(kv.score_queries(batch[i].seq_id), seqs[i].n_q);
+    if (cnt <= 0) continue;
+    scored.push_back(i);
+    AttentionSeq s = seqs[i];
+    s.q_begin += s.n_q - cnt;
+    s.q_pos += s.n_q - cnt;
+    s.n_q = cnt;
+    score_seqs.push_back(std::move(s));
+  }
+  std::vector<std::vector<float>> mass(scored.size());
+  std::vector<float*> mass_ptr(scored.size());
+
   backend_.embed(w_->tok_embd, ids, x);
   for (int64_t l = 0; l < hp_.n_layer; ++l) {
     const LayerWeights& L = w_->layers[l];
@@ -221,6 +239,21 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
     kv.store(int(l), appends, k, v);
     for (size_t i = 0; i < batch.size(); ++i) kv.attention_view(int(l), batch[i].seq_id, seqs[i]);
     backend_.attention(q, seqs, ap, kv.pool(), attn);
+    if (!scored.empty()) {
+      int64_t stride = 0;
+      for (size_t j = 0; j < scored.size(); ++j) {
+        score_seqs[j].head_blocks = seqs[scored[j]].head_blocks;
+        score_seqs[j].head_entries = seqs[scored[j]].head_entries;
+        for (int32_t e : score_seqs[j].head_entries) stride = std::max<int64_t>(stride, e);
+      }
+      for (size_t j = 0; j < scored.size(); ++j) {
+        mass[j].assign(size_t(stride * hp_.n_head_kv), 0.0f);
+        mass_ptr[j] = mass[j].data();
+      }
+      backend_.attention_scores(q, score_seqs, ap, kv.pool(), mass_ptr, stride);
+      for (size_t j = 0; j < scored.size(); ++j)
+        kv.observe_scores(int(l), batch[scored[j]].seq_id, mass[j].data(), stride);
+    }
     backend_.matmul(attn, L.wo, nullptr, h);
     backend_.add(x, h);
     backend_.rms_norm(x, L.ffn_norm, hp_.rms_eps, h);
