@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -22,10 +23,25 @@ struct SamplingParams {
   bool ignore_eos = false;
 };
 
+// KV cache compression (Batch-Max). mode: "full" (no eviction), "post-prefill"
+// (compress once after the prompt), "batchmax" (evict after every prefill chunk).
+struct KVSettings {
+  std::string mode = "full";
+  std::string policy = "snapkv";  // window, h2o, tova, snapkv, knorm, random, full
+  int64_t budget = 512;           // entries kept per (layer, KV head)
+  int64_t chunk = 512;            // prefill chunk in batchmax mode
+  int64_t slack = 64;             // decode: evict once budget + slack entries are held
+  int obs_window = 32;            // snapkv observation window
+  int64_t sinks = 4;              // first positions never evicted
+  int64_t window = 32;            // most recent entries never evicted
+  uint64_t seed = 0;              // random policy
+};
+
 struct Request {
   std::string id;
   std::vector<int32_t> prompt;   // token ids (BOS included when the model wants one)
   SamplingParams sampling;
+  std::optional<KVSettings> kv;  // unset: the engine's default
 };
 
 struct Output {
@@ -38,6 +54,10 @@ struct Output {
   double first_token_s = 0;      // time from submission to the first generated token
   double total_s = 0;
   std::vector<float> last_logits;  // logits of the last prompt position, if asked
+  std::vector<std::vector<float>> step_logits;  // logits of every generated token, if asked
+  int64_t kv_peak_entries = 0;   // most entries any (layer, head) held
+  int64_t kv_peak_bytes = 0;     // most KV bytes held at once
+  int64_t kv_evicted = 0;        // entries evicted, all layers and heads
 };
 
 struct EngineOptions {
@@ -50,12 +70,18 @@ struct EngineOptions {
   int max_context = 0;        // 0: the model's context length
   bool force_scalar = false;  // CPU reference kernels
   bool keep_last_logits = false;
+  bool keep_step_logits = false;  // tests: logits behind every generated token
+  KVSettings kv;              // default compression for requests that set none
 };
 
 struct Progress {
   int64_t done = 0, total = 0;
   int64_t prompt_tokens = 0, generated_tokens = 0;
   double elapsed_s = 0;
+  int64_t running = 0, max_running = 0;      // sequences in the batch now / at most
+  int64_t kv_bytes = 0, kv_peak_bytes = 0;   // KV blocks in use now / at most
+  int64_t kv_pool_bytes = 0;
+  int64_t steps = 0;
 };
 
 struct ModelSummary;

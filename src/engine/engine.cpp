@@ -12,6 +12,7 @@
 #include "engine/sampler.h"
 #include "engine/scheduler.h"
 #include "format/gguf_reader.h"
+#include "kv/kv_compression.h"
 #include "kv/paged_kv_cache.h"
 #include "model/model.h"
 #include "tokenizer/chat_template.h"
@@ -33,8 +34,24 @@ struct Running {
   SeqProgress progress;
   std::optional<Sampler> sampler;
   int32_t last_token = -1;
+  KVCompression comp;
   Output out;
 };
+
+KVCompression to_compression(const KVSettings& k) {
+  KVCompression c;
+  c.mode = parse_kv_mode(k.mode);
+  c.policy = k.policy;
+  c.params.budget = k.budget;
+  c.params.chunk = k.chunk;
+  c.params.slack = k.slack;
+  c.params.obs_window = k.obs_window;
+  c.params.sinks = k.sinks;
+  c.params.window = k.window;
+  c.params.seed = k.seed;
+  c.validate();
+  return c;
+}
 
 class LlmEngine final : public Engine {
  public:
@@ -92,6 +109,7 @@ class LlmEngine final : public Engine {
     std::deque<size_t> waiting;
     Progress prog;
     prog.total = int64_t(requests.size());
+    prog.kv_pool_bytes = kv_->blocks().n_blocks() * PagedKVCache::block_bytes(kv_->config());
 
     auto finish_error = [&](size_t i, const std::string& msg) {
       Output& o = outputs[i];
@@ -121,9 +139,10 @@ class LlmEngine final : public Engine {
       while (!waiting.empty() && int(running.size()) < opts_.max_batch) {
         size_t i = waiting.front();
         const Request& r = requests[i];
-        int64_t worst = int64_t(r.prompt.size()) + effective_max_tokens(r);
+        KVCompression comp = to_compression(r.kv.value_or(opts_.kv));
+        int64_t worst = worst_case_entries(comp, int64_t(r.prompt.size()), effective_max_tokens(r));
         int64_t seq_id = next_seq_id_++;
-        if (!kv_->add_sequence(seq_id, worst)) {
+        if (!kv_->add_sequence(seq_id, worst, comp)) {
           if (running.empty()) {
             waiting.pop_front();
             finish_error(i, "request needs " + std::to_string(kv_->blocks_for_entries(worst)) +
@@ -140,6 +159,8 @@ class LlmEngine final : public Engine {
         s.index = i;
         s.seq_id = seq_id;
         s.progress.prompt_tokens = int64_t(r.prompt.size());
+        if (comp.mode == KVMode::BatchMax && comp.evicts()) s.progress.chunk = comp.params.chunk;
+        s.comp = comp;
         s.sampler.emplace(r.sampling);
         s.out.id = r.id;
         s.out.prompt_tokens = int64_t(r.prompt.size());
@@ -167,10 +188,25 @@ class LlmEngine final : public Engine {
           b.tokens = std::span<const int32_t>(&decode_tokens[it.seq], 1);
           b.want_logits = true;
         }
-        kv_->prepare(s.seq_id, it.n_tokens);
+        kv_->prepare(s.seq_id, it.n_tokens,
+                     !it.prefill ? StepPhase::Decode
+                                 : (it.last_chunk ? StepPhase::LastPrefill : StepPhase::Prefill));
         batch.push_back(b);
       }
       std::vector<float> logits = model_->forward(batch, *kv_);
+      prog.kv_bytes = kv_->bytes_in_use();
+      prog.kv_peak_bytes = std::max(prog.kv_peak_bytes, prog.kv_bytes);
+      prog.running = int64_t(running.size());
+      prog.max_running = std::max(prog.max_running, prog.running);
+      ++prog.steps;
+      for (const StepItem& it : items) {
+        Running& s = running[it.seq];
+        kv_->commit(s.seq_id);
+        const SequenceKVStats& st = kv_->stats(s.seq_id);
+        s.out.kv_peak_entries = st.peak_entries;
+        s.out.kv_peak_bytes = st.peak_blocks * PagedKVCache::block_bytes(kv_->config());
+        s.out.kv_evicted = st.evicted;
+      }
 
       const int64_t V = model_->hparams().n_vocab;
       size_t li = 0;
@@ -182,6 +218,7 @@ class LlmEngine final : public Engine {
         std::span<const float> row(logits.data() + li * V, size_t(V));
         ++li;
         if (it.prefill && opts_.keep_last_logits) s.out.last_logits.assign(row.begin(), row.end());
+        if (opts_.keep_step_logits) s.out.step_logits.emplace_back(row.begin(), row.end());
         s.progress.decoding = true;
         accept_token(s, requests[s.index], s.sampler->sample(row), t0);
         ++prog.generated_tokens;
@@ -222,6 +259,7 @@ class LlmEngine final : public Engine {
         throw Error("prompt token id " + std::to_string(t) + " is outside the vocabulary");
     validate_sampling(r.sampling);
     if (r.sampling.max_tokens == 0) throw Error("max_tokens must be at least 1");
+    to_compression(r.kv.value_or(opts_.kv));  // throws naming a bad kv setting
   }
 
   // Appends a sampled token and decides whether the request is finished.

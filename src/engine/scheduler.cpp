@@ -23,6 +23,7 @@ std::vector<StepItem> plan_step(const std::vector<SeqProgress>& seqs, int64_t st
     if (left <= 0) continue;
     int64_t n = std::min(left, budget);
     if (chunk > 0) n = std::min(n, chunk);
+    if (s.chunk > 0) n = std::min(n, s.chunk);
     items.push_back({i, n, true, n == left});
     budget -= n;
   }

@@ -11,6 +11,7 @@ struct SeqProgress {
   int64_t prompt_tokens = 0;
   int64_t computed = 0;   // prompt tokens (and fed-back generated tokens) computed
   bool decoding = false;  // prompt done: feeds its last sampled token
+  int64_t chunk = 0;      // this sequence's largest prefill chunk (0: the step's)
 };
 
 struct StepItem {
