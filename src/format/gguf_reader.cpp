@@ -426,6 +426,7 @@ void File::parse() {
     c.fail("data section starts at offset " + std::to_string(data_start) +
            ", past the end of the file (" + std::to_string(size_) + " bytes)");
   const uint64_t data_size = size_ - data_start;
+  data_offset_ = data_start;
   for (TensorInfo& ti : tensors_) {
     if (ti.offset > data_size || ti.n_bytes > data_size - ti.offset)
       c.fail("tensor " + quote(ti.name) + ": data at offset " + std::to_string(ti.offset) +

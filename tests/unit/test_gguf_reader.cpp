@@ -179,6 +179,8 @@ TEST(GgufReader, ReadsTensorsAndAlignment) {
     const auto& c = f->require_tensor("c");
     EXPECT_EQ(c.n_bytes, 3u * 144u);
     EXPECT_EQ(c.offset % align, 0u);
+    EXPECT_EQ(f->data_offset() % align, 0u);
+    EXPECT_EQ(c.data, b.data - b.offset + c.offset);
   }
 }
 
@@ -453,6 +455,8 @@ TEST(GgufReader, SmolLM2) {
   EXPECT_EQ(f->get_int("llama.embedding_length"), 576);
   EXPECT_NEAR(f->get_float("llama.rope.freq_base"), 100000.0, 1e-3);
   EXPECT_EQ(f->tensors().size(), 272u);
+  EXPECT_EQ(f->alignment(), 32u);
+  EXPECT_EQ(f->data_offset(), 1785664u);  // GGUFReader(PATH).data_offset
   const auto& emb = f->require_tensor("token_embd.weight");
   EXPECT_EQ(emb.type, GgmlType::Q8_0);
   EXPECT_EQ(emb.dims, (std::vector<int64_t>{576, 49152}));

@@ -274,3 +274,34 @@ TEST(TensorTypes, DequantRejectsUnsupportedAndBadLengths) {
   expect_error([&] { batchmax::dequantize_row(GgmlType::Q8_0, zeros, out, 16); },
                "block size 32");
 }
+
+// Independent oracle: the Python gguf package on a fixed byte pattern. Produced by
+//   python3 -c "import numpy as np; from gguf.quants import dequantize;
+//     from gguf import GGMLQuantizationType as T;
+//     b=bytearray((i*73+11)%256 for i in range(144));
+//     b[0:2]=np.float16(0.5).tobytes(); b[2:4]=np.float16(0.25).tobytes();
+//     v=dequantize(np.frombuffer(bytes(b),dtype=np.uint8), T.Q4_K);
+//     print([float(v[i]) for i in [0,1,31,32,63,64,100,130,160,200,232,255]])"
+// and for Q6_K the same with range(210) and b[208:210]=np.float16(0.125).tobytes().
+TEST(TensorTypes, DequantKQuantsMatchPythonGguf) {
+  const int idx[12] = {0, 1, 31, 32, 63, 64, 100, 130, 160, 200, 232, 255};
+  std::vector<uint8_t> b(210);
+  for (size_t i = 0; i < b.size(); ++i) b[i] = static_cast<uint8_t>((i * 73 + 11) % 256);
+  std::vector<float> out(256);
+
+  const uint16_t d = h(0.5f), dmin = h(0.25f);
+  std::memcpy(b.data(), &d, 2);
+  std::memcpy(b.data() + 2, &dmin, 2);
+  batchmax::dequantize_row(GgmlType::Q4_K, b.data(), out.data(), 256);
+  const float q4k[12] = {253.75f, 89.25f, 42.25f, 245.0f, 189.0f, -3.75f,
+                         53.5f,   39.75f, 93.0f,  73.5f,  2.75f,  11.75f};
+  for (int k = 0; k < 12; ++k) EXPECT_EQ(out[idx[k]], q4k[k]) << idx[k];
+
+  for (size_t i = 0; i < b.size(); ++i) b[i] = static_cast<uint8_t>((i * 73 + 11) % 256);
+  const uint16_t d6 = h(0.125f);
+  std::memcpy(b.data() + 208, &d6, 2);
+  batchmax::dequantize_row(GgmlType::Q6_K, b.data(), out.data(), 256);
+  const float q6k[12] = {-178.875f, 185.5f,  5.0f,     127.875f, 337.5f,    68.0f,
+                         -63.5f,    -7.125f, -125.125f, 171.875f, -185.625f, 9.0f};
+  for (int k = 0; k < 12; ++k) EXPECT_EQ(out[idx[k]], q6k[k]) << idx[k];
+}
