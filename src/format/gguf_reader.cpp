@@ -8,11 +8,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <bit>
 #include <cerrno>
 #include <climits>
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <new>
 #include <sstream>
 #include <type_traits>
 
@@ -26,6 +28,11 @@ constexpr uint32_t kMaxValueType = static_cast<uint32_t>(ValueType::FLOAT64);
 constexpr int kMaxNesting = 8;     // arrays of arrays deeper than this are rejected
 constexpr uint32_t kMaxDims = 4;   // GGML_MAX_DIMS
 constexpr uint64_t kDefaultAlignment = 32;
+// A count that passed the bytes-remaining check can still be ~100x larger in memory
+// (a 1-byte u8 item becomes a Value), so reservations are capped and vectors grow only
+// as items actually parse.
+constexpr uint64_t kMaxReserve = 1 << 16;
+size_t capped(uint64_t n) { return static_cast<size_t>(n < kMaxReserve ? n : kMaxReserve); }
 // Smallest encodings of a kv (key length + value type) and a tensor info (name length +
 // n_dims + type + offset), used to bound the counts before anything is reserved. They
 // are deliberately loose so the more specific per-field errors still fire on tiny files.
@@ -60,6 +67,9 @@ std::string describe(const W& what) {
   else return std::string(what);
 }
 
+// Fields are memcpy'd as is, which is right only on little-endian hosts.
+static_assert(std::endian::native == std::endian::little, "GGUF reader assumes little endian");
+
 // Bounds-checked little-endian cursor over the file bytes.
 class Cursor {
  public:
@@ -76,8 +86,9 @@ class Cursor {
   template <typename W>
   void need(uint64_t n, const W& what) const {
     if (n > remaining())
-      fail(describe(what) + ": needs " + std::to_string(n) + " bytes at offset " + std::to_string(pos_) +
-           " but only " + std::to_string(remaining()) + " remain (file truncated?)");
+      fail(describe(what) + ": needs " + std::to_string(n) + " bytes at offset " +
+           std::to_string(pos_) + " but only " + std::to_string(remaining()) +
+           " remain (file truncated?)");
   }
 
   template <typename T, typename W>
@@ -149,7 +160,7 @@ Value read_value(Cursor& c, ValueType type, int depth, const Describe& what) {
                " cannot fit in the " + std::to_string(c.remaining()) + " bytes remaining");
       v.arr = std::make_shared<Array>();
       v.arr->elem_type = elem;
-      v.arr->items.reserve(static_cast<size_t>(count));
+      v.arr->items.reserve(capped(count));
       for (uint64_t k = 0; k < count; ++k)
         v.arr->items.push_back(read_value(
             c, elem, depth + 1, [&] { return what() + "[" + std::to_string(k) + "]"; }));
@@ -306,7 +317,7 @@ std::unique_ptr<File> File::open(const std::string& path) {
     f->mapped_ = true;
   }
   ::close(fd);  // the mapping keeps the file alive
-  f->parse();
+  f->parse_or_throw();
   return f;
 }
 
@@ -317,12 +328,22 @@ std::unique_ptr<File> File::from_bytes(const uint8_t* data, size_t size,
   f->owned_.assign(data, data + size);
   f->base_ = f->owned_.data();
   f->size_ = size;
-  f->parse();
+  f->parse_or_throw();
   return f;
 }
 
 File::~File() {
   if (mapped_) ::munmap(const_cast<uint8_t*>(base_), size_);
+}
+
+// Keeps the "every failure is a batchmax::Error" promise when a hostile but
+// length-consistent file asks for more memory than the machine has.
+void File::parse_or_throw() {
+  try {
+    parse();
+  } catch (const std::bad_alloc&) {
+    throw Error(path_ + ": out of memory while reading the metadata and tensor infos");
+  }
 }
 
 void File::parse() {
@@ -346,7 +367,7 @@ void File::parse() {
            std::to_string(c.remaining()) + " bytes after the header");
 
   // Metadata.
-  kv_.reserve(static_cast<size_t>(n_kv));
+  kv_.reserve(capped(n_kv));
   for (uint64_t k = 0; k < n_kv; ++k) {
     const std::string idx = "metadata key #" + std::to_string(k);
     std::string key = c.read_string(idx);
@@ -376,7 +397,7 @@ void File::parse() {
   if (n_tensors > c.remaining() / kMinTensorInfoBytes)
     c.fail("header tensor_count " + std::to_string(n_tensors) + " cannot fit in the " +
            std::to_string(c.remaining()) + " bytes after the metadata");
-  tensors_.reserve(static_cast<size_t>(n_tensors));
+  tensors_.reserve(capped(n_tensors));
   for (uint64_t k = 0; k < n_tensors; ++k) {
     const std::string idx = "tensor info #" + std::to_string(k);
     TensorInfo ti;

@@ -100,6 +100,7 @@ class File {
  private:
   File() = default;
   void parse();
+  void parse_or_throw();  // parse(), with std::bad_alloc turned into batchmax::Error
 
   std::string path_;
   const uint8_t* base_ = nullptr;

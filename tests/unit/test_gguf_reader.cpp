@@ -66,7 +66,8 @@ std::string shared_tokenizer_dir() {
   // The worktrees live one level deeper than the main checkout, so look upwards too.
   namespace fs = std::filesystem;
   for (const std::string& base :
-       {batchmax::test::shared_testdata(), batchmax::test::source_dir() + "/../../shared/testdata"}) {
+       {batchmax::test::shared_testdata(),
+        batchmax::test::source_dir() + "/../../shared/testdata"}) {
     if (fs::is_directory(base + "/tokenizer")) return base + "/tokenizer";
   }
   return "";
@@ -402,7 +403,8 @@ TEST(GgufReaderBad, RandomCorruptionNeverCrashes) {
     const int flips = 1 + static_cast<int>(rng() % 4);
     for (int k = 0; k < flips; ++k) {
       const size_t pos = rng() % b.size();
-      b[pos] = (rng() % 2) ? static_cast<uint8_t>(rng()) : static_cast<uint8_t>(b[pos] ^ (1u << (rng() % 8)));
+      // Half the time a random byte, half the time a single flipped bit.
+      b[pos] = static_cast<uint8_t>((rng() % 2) ? rng() : b[pos] ^ (1u << (rng() % 8)));
     }
     try {
       auto f = File::from_bytes(b.data(), b.size());

@@ -217,7 +217,8 @@ TEST(TensorTypes, DequantQ4_K) {
   const uint8_t sc[8] = {1, 2, 3, 63, 17, 33, 48, 63};
   const uint8_t mn[8] = {0, 5, 10, 62, 16, 31, 47, 60};
   pack_q4k_scales(sc, mn, b.scales);
-  for (int k = 0; k < 128; ++k) b.qs[k] = static_cast<uint8_t>((k % 16) | (((k * 3 + 1) % 16) << 4));
+  for (int k = 0; k < 128; ++k)
+    b.qs[k] = static_cast<uint8_t>((k % 16) | (((k * 3 + 1) % 16) << 4));
   std::vector<float> out(256);
   batchmax::dequantize_row(GgmlType::Q4_K, &b, out.data(), 256);
   // Element e: chunk c = e / 64 uses qs[32c .. 32c+31]; the first 32 elements take the low
