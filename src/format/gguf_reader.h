@@ -74,6 +74,9 @@ class File {
   uint32_t version() const { return version_; }
   uint64_t alignment() const { return alignment_; }
   uint64_t file_size() const { return size_; }
+  // Absolute file offset of the data section (TensorInfo::offset is relative to it);
+  // 0 for files without tensors.
+  uint64_t data_offset() const { return data_offset_; }
 
   // Metadata in file order.
   const std::vector<std::pair<std::string, Value>>& metadata() const { return kv_; }
@@ -97,6 +100,7 @@ class File {
  private:
   File() = default;
   void parse();
+  void parse_or_throw();  // parse(), with std::bad_alloc turned into batchmax::Error
 
   std::string path_;
   const uint8_t* base_ = nullptr;
@@ -105,6 +109,7 @@ class File {
   std::vector<uint8_t> owned_;
   uint32_t version_ = 0;
   uint64_t alignment_ = 32;
+  uint64_t data_offset_ = 0;
   std::vector<std::pair<std::string, Value>> kv_;
   std::map<std::string, size_t> kv_index_;
   std::vector<TensorInfo> tensors_;
