@@ -6,38 +6,15 @@
 #include <map>
 #include <nlohmann/json.hpp>
 
-#include "../test_support.h"
+#include "../unit/tokenizer_test_util.h"
 #include "format/gguf_reader.h"
+#include "tokenizer/pre_tokenizer.h"
 #include "tokenizer/tokenizer.h"
+#include "tokenizer/unicode.h"
 
 using namespace batchmax;
 
 namespace {
-
-std::string base64_decode(const std::string& in) {
-  auto val = [](char c) -> int {
-    if (c >= 'A' && c <= 'Z') return c - 'A';
-    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-    if (c >= '0' && c <= '9') return c - '0' + 52;
-    if (c == '+') return 62;
-    if (c == '/') return 63;
-    return -1;
-  };
-  std::string out;
-  uint32_t acc = 0;
-  int bits = 0;
-  for (char c : in) {
-    int v = val(c);
-    if (v < 0) continue;  // '=' padding
-    acc = (acc << 6) | static_cast<uint32_t>(v);
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out += static_cast<char>((acc >> bits) & 0xFF);
-    }
-  }
-  return out;
-}
 
 std::string show_bytes(const std::string& s) {
   std::string out;
@@ -72,7 +49,7 @@ TEST(TokenizerReference, SmolLM2MatchesHuggingFace) {
   for (std::string line; std::getline(in, line);) {
     if (line.empty()) continue;
     auto j = nlohmann::json::parse(line);
-    const std::string text = base64_decode(j.at("text_b64").get<std::string>());
+    const std::string text = test::base64_decode(j.at("text_b64").get<std::string>());
     const auto expected = j.at("ids").get<std::vector<int32_t>>();
     ++total;
     auto got = tok->encode(text, false, false);
@@ -89,6 +66,36 @@ TEST(TokenizerReference, SmolLM2MatchesHuggingFace) {
   for (auto& [k, n] : bad_by_kind) kinds += k + ":" + std::to_string(n) + " ";
   EXPECT_EQ(bad, 0u) << bad << " of " << total << " strings differ; by kind: " << kinds;
   std::cout << "[ corpus   ] " << total - bad << "/" << total << " strings agree with HF tokenizers\n";
+}
+
+// The hand-written splitters against Oniguruma running each model's published regex.
+TEST(TokenizerReference, PreTokenizerSplitsMatchRegexes) {
+  const std::string path = test::source_dir() + "/tests/golden/data/pretokenizer_splits.jsonl";
+  std::ifstream in(path);
+  ASSERT_TRUE(in) << "cannot read " << path;
+  std::map<std::string, size_t> total, bad;
+  for (std::string line; std::getline(in, line);) {
+    if (line.empty()) continue;
+    auto j = nlohmann::json::parse(line);
+    const std::string pre = j.at("pre").get<std::string>();
+    const std::string text = test::base64_decode(j.at("text_b64").get<std::string>());
+    std::vector<std::string> expected;
+    for (const auto& w : j.at("words_b64")) expected.push_back(test::base64_decode(w.get<std::string>()));
+    auto cps = unicode::decode_utf8(text);
+    std::vector<std::string> got;
+    for (const tok::Span& s : tok::PreTokenizer::for_name(pre).split(cps))
+      got.push_back(unicode::to_utf8(std::vector<uint32_t>(cps.begin() + s.begin, cps.begin() + s.end)));
+    ++total[pre];
+    if (got == expected) continue;
+    if (++bad[pre] <= 3) {
+      std::string e, g;
+      for (auto& w : expected) e += "[" + show_bytes(w) + "]";
+      for (auto& w : got) g += "[" + show_bytes(w) + "]";
+      ADD_FAILURE() << pre << ": '" << show_bytes(text) << "'\n  expected " << e << "\n  got      " << g;
+    }
+  }
+  EXPECT_EQ(total.size(), 3u);
+  for (auto& [pre, n] : total) EXPECT_EQ(bad[pre], 0u) << pre << ": " << bad[pre] << " of " << n << " differ";
 }
 
 }  // namespace
