@@ -11,9 +11,18 @@ namespace {
 
 // The default system message a ChatML template writes when the first message is not a
 // system one, e.g. SmolLM2's '<|im_start|>system\nYou are ...<|im_end|>\n' literal.
-std::string chatml_default_system(std::string t) {
+std::string chatml_default_system(const std::string& jinja) {
   // Templates stored from JSON may keep Jinja's escaped "\\n" rather than a newline.
-  for (size_t at; (at = t.find("\\n")) != std::string::npos;) t.replace(at, 2, "\n");
+  std::string t;
+  t.reserve(jinja.size());
+  for (size_t i = 0; i < jinja.size(); ++i) {
+    if (jinja[i] == '\\' && i + 1 < jinja.size() && jinja[i + 1] == 'n') {
+      t += '\n';
+      ++i;
+    } else {
+      t += jinja[i];
+    }
+  }
   const std::string head = "<|im_start|>system\n";
   size_t at = t.find(head);
   while (at != std::string::npos) {

@@ -89,8 +89,8 @@ TEST(TokenizerReference, PreTokenizerSplitsMatchRegexes) {
     if (got == expected) continue;
     if (++bad[pre] <= 3) {
       std::string e, g;
-      for (auto& w : expected) e += "[" + show_bytes(w) + "]";
-      for (auto& w : got) g += "[" + show_bytes(w) + "]";
+      for (auto& w : expected) e.append("[").append(show_bytes(w)).append("]");
+      for (auto& w : got) g.append("[").append(show_bytes(w)).append("]");
       ADD_FAILURE() << pre << ": '" << show_bytes(text) << "'\n  expected " << e << "\n  got      " << g;
     }
   }
