@@ -106,6 +106,103 @@ void split_llama3(const Cursor& t, size_t pos, size_t max_digits, std::vector<Sp
   }
 }
 
+// ---- DeepSeek LLM: explicit character classes from its tokenizer.json regexes ----------
+
+struct CpRange {
+  uint32_t first, last;
+};
+
+// \s?[A-Za-zµÀ-ÖØ-öø-ƺ...]+ (letters of cased scripts).
+constexpr CpRange kDsLetters[] = {
+    {0x41, 0x5A}, {0x61, 0x7A}, {0xB5, 0xB5}, {0xC0, 0xD6}, {0xD8, 0xF6}, {0xF8, 0x1BA},
+    {0x1BC, 0x1BF}, {0x1C4, 0x293}, {0x295, 0x2AF}, {0x370, 0x373}, {0x376, 0x377},
+    {0x37B, 0x37D}, {0x37F, 0x37F}, {0x386, 0x386}, {0x388, 0x38A}, {0x38C, 0x38C},
+    {0x38E, 0x3A1}, {0x3A3, 0x3F5}, {0x3F7, 0x481}, {0x48A, 0x52F}, {0x531, 0x556},
+    {0x10A0, 0x10C5}, {0x13A0, 0x13F5}, {0x13F8, 0x13FD}, {0x1C90, 0x1CBA}, {0x1CBD, 0x1CBF},
+    {0x1D00, 0x1D2B}, {0x1D6B, 0x1D77}, {0x1D79, 0x1D9A}, {0x1E00, 0x1F15}, {0x1F18, 0x1F1D},
+    {0x1F20, 0x1F45}, {0x1F48, 0x1F4D}, {0x1F50, 0x1F57}, {0x1F59, 0x1F59}, {0x1F5B, 0x1F5B},
+    {0x1F5D, 0x1F5D}, {0x1F5F, 0x1F7D}, {0x1F80, 0x1FB4}, {0x1FB6, 0x1FBC}, {0x1FBE, 0x1FBE},
+    {0x1FC2, 0x1FC4}, {0x1FC6, 0x1FCC}, {0x1FD0, 0x1FD3}, {0x1FD6, 0x1FDB}, {0x1FE0, 0x1FEC},
+    {0x1FF2, 0x1FF4}, {0x1FF6, 0x1FFC}, {0x2102, 0x2102}, {0x2107, 0x2107}, {0x210A, 0x2113},
+    {0x2115, 0x2115}, {0x2119, 0x211D}, {0x2124, 0x2124}, {0x2126, 0x2126}, {0x2128, 0x2128},
+    {0x212A, 0x212D}, {0x212F, 0x2134}, {0x2139, 0x2139}, {0x213C, 0x213F}, {0x2145, 0x2149},
+    {0x214E, 0x214E}, {0x2183, 0x2184}, {0x2C00, 0x2C7B}, {0x2C7E, 0x2CE4}, {0x2CEB, 0x2CEE},
+    {0x2CF2, 0x2CF3}, {0xA640, 0xA66D}, {0xA680, 0xA69B}, {0xA722, 0xA76F}, {0xA771, 0xA787},
+    {0xA78B, 0xA78E}, {0xAB70, 0xABBF}, {0xFB00, 0xFB06}, {0xFB13, 0xFB17}, {0xFF21, 0xFF3A},
+    {0xFF41, 0xFF5A}, {0x10400, 0x1044F}, {0x104B0, 0x104D3}, {0x104D8, 0x104FB},
+    {0x10C80, 0x10CB2}, {0x10CC0, 0x10CF2}, {0x118A0, 0x118DF}, {0x1E900, 0x1E943},
+};
+// \s?[!-/:-~！-／：-～‘-‟　-。]+
+constexpr CpRange kDsPunct[] = {{0x21, 0x2F},     {0x3A, 0x7E},     {0x2018, 0x201F},
+                                {0x3000, 0x3002}, {0xFF01, 0xFF0F}, {0xFF1A, 0xFF5E}};
+// [一-龥ࠀ-一가-퟿]+
+constexpr CpRange kDsCjk[] = {{0x800, 0x9FA5}, {0xAC00, 0xD7FF}};
+
+template <size_t N>
+bool in(const CpRange (&r)[N], uint32_t cp) {
+  for (const CpRange& x : r)
+    if (cp >= x.first && cp <= x.last) return true;
+  return false;
+}
+
+// Splits at every match of a run-shaped regex, keeping the text between matches as
+// words too (llama.cpp's unicode_regex_split). `match` gives the length at i, or 0.
+template <class Match>
+void split_matches(const Cursor& t, size_t pos, Match match, std::vector<Span>& out) {
+  size_t gap = pos;
+  for (size_t i = pos; i < t.end;) {
+    size_t n = match(i);
+    if (n == 0) {
+      ++i;
+      continue;
+    }
+    if (gap < i) out.push_back({gap, i});
+    out.push_back({i, i + n});
+    i += n;
+    gap = i;
+  }
+  if (gap < t.end) out.push_back({gap, t.end});
+}
+
+// \s?[set]+: an optional whitespace is taken only when the set follows it.
+template <size_t N>
+size_t space_then_run(const Cursor& t, size_t i, const CpRange (&set)[N]) {
+  size_t p = (t.cls(i) == kSpace && i + 1 < t.end && in(set, t.at(i + 1))) ? i + 1 : i;
+  size_t q = p;
+  while (q < t.end && in(set, t.at(q))) ++q;
+  return q > p ? q - i : 0;
+}
+
+void split_deepseek(Splitter s, const Cursor& t, size_t pos, std::vector<Span>& out) {
+  switch (s) {
+    case Splitter::Newline:
+      return split_matches(t, pos, [&](size_t i) -> size_t { return is_newline(t.at(i)); }, out);
+    case Splitter::DsLetters:
+      return split_matches(t, pos, [&](size_t i) { return space_then_run(t, i, kDsLetters); }, out);
+    case Splitter::DsPunct:
+      return split_matches(t, pos, [&](size_t i) { return space_then_run(t, i, kDsPunct); }, out);
+    case Splitter::TrailingSpace: {  // \s+$
+      size_t j = t.end;
+      while (j > pos && t.cls(j - 1) == kSpace) --j;
+      if (j > pos) out.push_back({pos, j});
+      if (j < t.end) out.push_back({j, t.end});
+      return;
+    }
+    case Splitter::DsCjk:
+      return split_matches(t, pos, [&](size_t i) {
+        size_t q = i;
+        while (q < t.end && in(kDsCjk, t.at(q))) ++q;
+        return q - i;
+      }, out);
+    case Splitter::NumberRun:
+      return split_matches(t, pos, [&](size_t i) {
+        return t.cls(i) == kNumber ? t.run(i, kNumber) - i : size_t{0};
+      }, out);
+    default:
+      return;
+  }
+}
+
 }  // namespace
 
 PreTokenizer PreTokenizer::for_name(const std::string& name) {
@@ -115,11 +212,14 @@ PreTokenizer PreTokenizer::for_name(const std::string& name) {
   // SmolLM2's tokenizer.json: Sequence[Digits(individual_digits), ByteLevel(use_regex)];
   // llama.cpp groups starcoder and smollm under the same two regexes.
   if (name == "smollm" || name == "starcoder") return PreTokenizer({Splitter::Digits, Splitter::Gpt2});
+  if (name == "deepseek-llm")
+    return PreTokenizer({Splitter::Newline, Splitter::DsLetters, Splitter::DsPunct,
+                         Splitter::TrailingSpace, Splitter::DsCjk, Splitter::NumberRun});
   throw Error("unsupported tokenizer.ggml.pre '" + name + "' (supported: " + supported_names() + ")");
 }
 
 std::string PreTokenizer::supported_names() {
-  return "default, gpt-2, llama-bpe, llama3, qwen2, smollm, starcoder";
+  return "default, gpt-2, llama-bpe, llama3, qwen2, smollm, starcoder, deepseek-llm";
 }
 
 bool PreTokenizer::ignore_merges() const {
@@ -139,6 +239,7 @@ std::vector<Span> PreTokenizer::split(const std::vector<uint32_t>& cps) const {
         case Splitter::Gpt2: split_gpt2(t, w.begin, next); break;
         case Splitter::Llama3: split_llama3(t, w.begin, 3, next); break;
         case Splitter::Qwen2: split_llama3(t, w.begin, 1, next); break;
+        default: split_deepseek(s, t, w.begin, next); break;
       }
     }
     words = std::move(next);

@@ -19,6 +19,9 @@ enum class Splitter {
   Llama3,   // (?i:'s|...)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|
             // \s*[\r\n]+|\s+(?!\S)|\s+
   Qwen2,    // Llama3 with \p{N} instead of \p{N}{1,3}
+  // DeepSeek LLM's sequence (as llama.cpp runs it): [\r\n], \s?[Latin/Greek/...]+,
+  // \s?[ASCII and fullwidth punctuation]+, \s+$, [CJK]+, \p{N}+.
+  Newline, DsLetters, DsPunct, TrailingSpace, DsCjk, NumberRun,
 };
 
 class PreTokenizer {

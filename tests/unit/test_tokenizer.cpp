@@ -59,7 +59,8 @@ TEST_P(VocabVectors, RoundTrip) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Tokenizer, VocabVectors,
-                         ::testing::Values("llama-spm", "gpt-2", "phi-3", "starcoder"));
+                         ::testing::Values("llama-spm", "gpt-2", "phi-3", "starcoder",
+                                           "deepseek-llm"));
 
 class SmolLM2Tokenizer : public ::testing::Test {
  protected:

@@ -81,6 +81,7 @@ void check_near_linear(const char* vocab) {
 
 TEST(TokenizerPathological, ByteLevelBpeIsNearLinear) { check_near_linear("gpt-2"); }
 TEST(TokenizerPathological, SentencePieceIsNearLinear) { check_near_linear("llama-spm"); }
+TEST(TokenizerPathological, DeepSeekSplittersAreNearLinear) { check_near_linear("deepseek-llm"); }
 TEST(TokenizerPathological, SmolLM2LongDigitRun) {
   if (!test::have_smollm2()) GTEST_SKIP() << "model not fetched";
   auto file = gguf::File::open(test::smollm2_path());
