@@ -44,7 +44,7 @@ TEST(TokenizerReference, SmolLM2MatchesHuggingFace) {
   auto file = gguf::File::open(test::smollm2_path());
   auto tok = Tokenizer::from_gguf(*file);
 
-  size_t total = 0, bad = 0;
+  size_t total = 0, bad = 0, round_trips = 0;
   std::map<std::string, size_t> bad_by_kind;
   for (std::string line; std::getline(in, line);) {
     if (line.empty()) continue;
@@ -53,6 +53,11 @@ TEST(TokenizerReference, SmolLM2MatchesHuggingFace) {
     const auto expected = j.at("ids").get<std::vector<int32_t>>();
     ++total;
     auto got = tok->encode(text, false, false);
+    // Byte-level BPE is lossless on valid UTF-8 (invalid bytes come back as U+FFFD).
+    if (unicode::to_utf8(unicode::decode_utf8(text)) == text) {
+      ++round_trips;
+      EXPECT_EQ(tok->decode(got), text) << "round trip of case " << total;
+    }
     if (got == expected) continue;
     ++bad;
     ++bad_by_kind[j.value("kind", "?")];
@@ -62,6 +67,7 @@ TEST(TokenizerReference, SmolLM2MatchesHuggingFace) {
                     << show_ids(got, *tok);
   }
   EXPECT_GE(total, 2000u);
+  EXPECT_GT(round_trips, total / 2);
   std::string kinds;
   for (auto& [k, n] : bad_by_kind) kinds += k + ":" + std::to_string(n) + " ";
   EXPECT_EQ(bad, 0u) << bad << " of " << total << " strings differ; by kind: " << kinds;
