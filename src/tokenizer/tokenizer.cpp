@@ -2,6 +2,8 @@
 #include "tokenizer/tokenizer.h"
 
 #include <algorithm>
+#include <initializer_list>
+#include <optional>
 
 #include "core/error.h"
 #include "format/gguf_reader.h"

@@ -2,6 +2,8 @@
 // Internal: the vocabulary read from GGUF metadata and the base class both tokenizer
 // kinds share (special-token partitioning, BOS/EOS handling, decoding loop).
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <unordered_map>
