@@ -27,10 +27,14 @@ class ChatTemplate {
   std::string render(const std::vector<ChatMessage>& messages,
                      bool add_generation_prompt = true) const;
   ChatStyle style() const { return style_; }
+  const std::string& default_system() const { return default_system_; }
+  // Strip surrounding whitespace from message contents (Llama-3's "| trim").
+  ChatTemplate& set_trim_content(bool on) { trim_content_ = on; return *this; }
 
  private:
   ChatStyle style_;
   std::string default_system_;  // inserted when the first message is not "system"
+  bool trim_content_ = false;
 };
 
 }  // namespace batchmax
