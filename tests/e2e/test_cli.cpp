@@ -14,7 +14,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "test_support.h"
+#include "../test_support.h"
 
 namespace {
 
