@@ -42,7 +42,12 @@ std::vector<std::string> lines_of(const std::string& s) {
 
 std::string quote(const std::string& s) {
   std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  for (char c : s) {
+    if (c == '\'')
+      q += "'\\''";
+    else
+      q.push_back(c);
+  }
   return q + "'";
 }
 
@@ -67,9 +72,9 @@ class Cli : public ::testing::Test {
 
   Result run(const std::vector<std::string>& args) {
     std::string cmd = quote(binary_);
-    for (const auto& a : args) cmd += " " + quote(a);
-    cmd += " >" + quote((dir_ / "stdout").string()) + " 2>" + quote((dir_ / "stderr").string()) +
-           " </dev/null";
+    for (const auto& a : args) cmd.append(" ").append(quote(a));
+    cmd.append(" >").append(quote((dir_ / "stdout").string()));
+    cmd.append(" 2>").append(quote((dir_ / "stderr").string())).append(" </dev/null");
     int status = std::system(cmd.c_str());
     Result r;
     r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
