@@ -1,5 +1,6 @@
 // batchmax info: what a GGUF file holds, read from its header only (no weights loaded).
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 #include <map>
 
@@ -24,6 +25,13 @@ const char* style_name(ChatStyle s) {
     case ChatStyle::Llama3: return "llama3";
   }
   return "?";
+}
+
+// A float as JSON shows it best: 1e-05, not the double 9.999999747378752e-06.
+double shortest(float f) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.7g", f);
+  return std::strtod(buf, nullptr);
 }
 
 int run_info(const InfoArgs& a) {
@@ -84,8 +92,8 @@ int run_info(const InfoArgs& a) {
   j["n_ff"] = hp.n_ff;
   j["n_vocab"] = hp.n_vocab;
   j["context_length"] = hp.n_ctx_train;
-  j["rope_theta"] = hp.rope_theta;
-  j["rms_eps"] = hp.rms_eps;
+  j["rope_theta"] = shortest(hp.rope_theta);
+  j["rms_eps"] = shortest(hp.rms_eps);
   j["tied_embeddings"] = hp.tied_embeddings;
   j["n_tensors"] = file->tensors().size();
   j["n_params"] = total_params;

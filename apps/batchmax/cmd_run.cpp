@@ -84,6 +84,7 @@ class ProgressBar {
   void update(const Progress& p, bool force = false) {
     if (!enabled_) return;
     double t = now_s();
+    latest_ = p;
     if (!force && t - last_ < 0.25) return;
     last_ = t;
     double tps = p.elapsed_s > 0 ? p.generated_tokens / p.elapsed_s : 0;
@@ -98,14 +99,18 @@ class ProgressBar {
     std::fflush(stderr);
     shown_ = true;
   }
+  // Draws the final state (the throttle may have skipped it) and ends the line.
   void finish() {
-    if (shown_) std::fputc('\n', stderr);
+    if (!shown_) return;
+    update(latest_, true);
+    std::fputc('\n', stderr);
   }
 
  private:
   bool enabled_;
   bool shown_ = false;
   double last_ = -1;
+  Progress latest_;
 };
 
 // Request ids are line indices; anything else maps past the end.
