@@ -206,7 +206,11 @@ int run_batch(const RunArgs& a) {
     std::vector<int32_t> ids = build_prompt(lines[i], *engine);
     if (!lines[i].ok()) continue;
     prompt_len[i] = static_cast<int64_t>(ids.size());
-    requests.push_back({std::to_string(i), std::move(ids), lines[i].sampling});
+    Request req;
+    req.id = std::to_string(i);
+    req.prompt = std::move(ids);
+    req.sampling = lines[i].sampling;
+    requests.push_back(std::move(req));
   }
 
   const std::string partial = a.output + ".partial";
