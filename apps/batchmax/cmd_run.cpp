@@ -181,6 +181,15 @@ int run_batch(const RunArgs& a) {
   std::ifstream in(a.input, std::ios::binary);
   if (!in) throw Error("cannot open input " + a.input + ": " + std::strerror(errno));
 
+  // Fail on an unwritable output before spending time on the model.
+  const std::string partial = a.output + ".partial";
+  if (std::FILE* probe = std::fopen(partial.c_str(), "wb")) {
+    std::fclose(probe);
+    std::remove(partial.c_str());
+  } else {
+    throw Error("cannot write " + partial + ": " + std::strerror(errno));
+  }
+
   double load_s = 0;
   auto engine = load_engine(a.engine, &load_s);
   const std::string default_model = model_label(a.engine.model);
@@ -213,7 +222,6 @@ int run_batch(const RunArgs& a) {
     requests.push_back(std::move(req));
   }
 
-  const std::string partial = a.output + ".partial";
   OrderedWriter writer(partial, lines.size());
   size_t n_failed = 0;
   auto put_error = [&](size_t i, const batch::LineError& err) {

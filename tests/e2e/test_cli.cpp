@@ -158,6 +158,14 @@ TEST_F(Cli, MissingModelFileExitsOne) {
   expect_failure(run({"info", "--model", dir_.string()}), 1, "not a regular file");
 }
 
+TEST_F(Cli, UnwritableOutputExitsOne) {
+  fs::path in = write("in.jsonl", "{}\n");
+  fs::path model = write("m.gguf", "GGUF");  // never opened: the output is checked first
+  expect_failure(run({"run", "--model", model.string(), "--input", in.string(), "--output",
+                      (dir_ / "no_such_dir" / "out.jsonl").string()}),
+                 1, "cannot write");
+}
+
 TEST_F(Cli, NotAGgufFileExitsOne) {
   fs::path p = write("garbage.gguf", std::string(4096, 'x'));
   for (const char* sub : {"info", "tokenize", "generate"}) {
