@@ -171,6 +171,11 @@ TEST(BatchFile, DuplicateCustomIdFailsTheLaterLine) {
   expect_error(lines[3], code::kInvalidValue, "max_tokens");
 }
 
+TEST(BatchFile, CrlfLineEndingsParse) {
+  auto l = parse(chat_line() + "\r");
+  EXPECT_TRUE(l.ok()) << l.error->message;
+}
+
 TEST(BatchFile, BlankLines) {
   EXPECT_TRUE(is_blank(""));
   EXPECT_TRUE(is_blank(" \t\r"));
