@@ -1,0 +1,75 @@
+#pragma once
+// Pieces shared by the subcommands: the engine flags, model loading, prompt building,
+// terminal detection and number formatting.
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "batchmax/engine.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/tokenizer.h"
+
+namespace batchmax::cli {
+
+// A mistake in how the program was called (exit status 2), found after parsing.
+class UsageError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// A subcommand: its CLI11 app and what to run when it was chosen. run() returns the
+// exit status; failures are thrown (batchmax::Error, UsageError).
+struct Command {
+  CLI::App* app = nullptr;
+  std::function<int()> run;
+};
+
+Command add_generate(CLI::App& root);
+Command add_run(CLI::App& root);
+Command add_info(CLI::App& root);
+Command add_tokenize(CLI::App& root);
+
+// --model alone (info, tokenize).
+void add_model_flag(CLI::App& cmd, std::string& model);
+// Throws batchmax::Error when the model file is missing or not a regular file.
+void check_model_path(const std::string& path);
+
+// Flags of the subcommands that load the engine.
+struct EngineFlags {
+  std::string model;
+  int threads = 0;
+  int max_batch = 8;
+  int ctx = 0;
+  bool scalar = false;
+};
+void add_engine_flags(CLI::App& cmd, EngineFlags& flags);
+// Loads the model; `load_s` receives the seconds it took.
+std::unique_ptr<Engine> load_engine(const EngineFlags& flags, double* load_s = nullptr);
+
+// Prompt ids for a chat: the template's text, tokenised with special tokens parsed and
+// BOS added when the vocabulary asks for one, but never twice (templates that write
+// their own BOS text, like Llama 3's, would otherwise get a second one).
+std::vector<int32_t> tokenize_chat(const Tokenizer& tok, const ChatTemplate& tmpl,
+                                   const std::vector<ChatMessage>& messages);
+// Plain text prompt: BOS as the vocabulary asks, special-token text kept as text.
+std::vector<int32_t> tokenize_text(const Tokenizer& tok, const std::string& text);
+
+bool stdout_is_tty();
+bool stderr_is_tty();
+
+inline double now_s() {
+  using namespace std::chrono;
+  return duration<double>(steady_clock::now().time_since_epoch()).count();
+}
+
+std::string human_bytes(double bytes);    // "1.5 GiB"
+std::string human_duration(double secs);  // "1h02m", "3m05s", "4.2s"
+std::string read_file(const std::string& path);  // throws batchmax::Error
+
+}  // namespace batchmax::cli
