@@ -133,11 +133,24 @@ class LlamaModel:
 
     # ----------------------------------------------------------------- state
     def reset(self):
-        """Clear the KV cache. Cache per layer: (k, v) of shape [n_past, n_head_kv, head_dim]."""
-        shape = (0, self.cfg.n_head_kv, self.cfg.head_dim)
-        self.cache = [(np.zeros(shape, self.dtype), np.zeros(shape, self.dtype))
-                      for _ in range(self.cfg.n_layer)]
+        """Clear the KV cache. Per layer: k, v buffers [capacity, n_head_kv, head_dim];
+        rows [0, n_past) are valid. Buffers grow by doubling."""
+        self.cache = [(None, None)] * self.cfg.n_layer
+        self.capacity = 0
         self.n_past = 0
+
+    def _reserve(self, n):
+        if n <= self.capacity:
+            return
+        cap = max(n, 2 * self.capacity, 64)
+        shape = (cap, self.cfg.n_head_kv, self.cfg.head_dim)
+        grown = []
+        for kc, vc in self.cache:
+            k2, v2 = np.zeros(shape, self.dtype), np.zeros(shape, self.dtype)
+            if kc is not None:
+                k2[:self.n_past], v2[:self.n_past] = kc[:self.n_past], vc[:self.n_past]
+            grown.append((k2, v2))
+        self.cache, self.capacity = grown, cap
 
     # ----------------------------------------------------------------- ops
     def rms_norm(self, x, w):
@@ -181,7 +194,9 @@ class LlamaModel:
         cfg = self.cfg
         tokens = np.asarray(tokens, dtype=np.int64)
         T = len(tokens)
-        positions = np.arange(self.n_past, self.n_past + T)
+        end = self.n_past + T
+        positions = np.arange(self.n_past, end)
+        self._reserve(end)
         x = self.tok_embd[tokens]                                   # [T, n_embd]
         for li, L in enumerate(self.layers):
             h = self.rms_norm(x, L["attn_norm"])
@@ -192,9 +207,8 @@ class LlamaModel:
             k = self.rope(k.reshape(T, cfg.n_head_kv, cfg.head_dim), positions)
             v = v.reshape(T, cfg.n_head_kv, cfg.head_dim)
             kc, vc = self.cache[li]
-            kc, vc = np.concatenate([kc, k]), np.concatenate([vc, v])
-            self.cache[li] = (kc, vc)
-            x = x + self.attention(q, kc, vc, positions) @ L["attn_output"].T
+            kc[self.n_past:end], vc[self.n_past:end] = k, v
+            x = x + self.attention(q, kc[:end], vc[:end], positions) @ L["attn_output"].T
             h = self.rms_norm(x, L["ffn_norm"])
             gate = h @ L["ffn_gate"].T
             act = gate / (1.0 + np.exp(-gate.astype(np.float64))).astype(self.dtype)  # SiLU
