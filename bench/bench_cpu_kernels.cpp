@@ -1,5 +1,6 @@
 // CPU matmul throughput on the SmolLM2-135M shapes: GFLOP/s and GB/s of weight
-// streaming, for decode (n = 1, 8) and prefill (n = 512), on 1 and 2 threads.
+// streaming, for decode (n = 1, 8) and prefill (n = 512), on 1 and 2 threads; decode
+// with float-decoded weights (q8:0) and with Q8 activations and integer dots (q8:1).
 //   bench_cpu_kernels [--benchmark_filter=...]
 #include <benchmark/benchmark.h>
 
@@ -16,10 +17,10 @@
 namespace batchmax {
 namespace {
 
-Backend& backend(int threads, bool scalar = false) {
+Backend& backend(int threads, bool q8) {
   static std::map<std::pair<int, bool>, std::unique_ptr<Backend>> cache;
-  auto& b = cache[{threads, scalar}];
-  if (!b) b = make_cpu_backend({threads, scalar});
+  auto& b = cache[{threads, q8}];
+  if (!b) b = make_cpu_backend({threads, false, q8});
   return *b;
 }
 
@@ -40,7 +41,8 @@ std::vector<uint8_t> random_weight(GgmlType type, int64_t rows, int64_t cols) {
 void BM_Matmul(benchmark::State& state, GgmlType type, int64_t k, int64_t m) {
   const int64_t n = state.range(0);
   const int threads = static_cast<int>(state.range(1));
-  Backend& be = backend(threads);
+  const bool q8 = state.range(2) != 0;
+  Backend& be = backend(threads, q8);
   static std::map<std::tuple<GgmlType, int64_t, int64_t>, std::vector<uint8_t>> weights;
   auto& wb = weights[{type, k, m}];
   if (wb.empty()) wb = random_weight(type, m, k);
@@ -56,7 +58,7 @@ void BM_Matmul(benchmark::State& state, GgmlType type, int64_t k, int64_t m) {
   }
   state.counters["GFLOP/s"] = benchmark::Counter(2.0 * n * k * m * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["GB/s"] = benchmark::Counter(double(w.bytes()) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
-  state.SetLabel(be.name());
+  state.SetLabel(be.name() + (q8 && n < 16 ? " q8-activations" : ""));
   be.free(x);
   be.free(out);
 }
@@ -85,9 +87,11 @@ void register_matmuls() {
   for (const Shape& s : shapes) {
     auto* b = benchmark::RegisterBenchmark((std::string("Matmul/") + s.name).c_str(),
                                            [s](benchmark::State& st) { BM_Matmul(st, s.type, s.k, s.m); });
-    b->ArgNames({"n", "threads"})->UseRealTime()->Unit(benchmark::kMicrosecond);
+    b->ArgNames({"n", "threads", "q8"})->UseRealTime()->Unit(benchmark::kMicrosecond);
     for (int64_t n : {1, 8, 512})
-      for (int64_t t : {1, 2}) b->Args({n, t});
+      for (int64_t t : {1, 2})
+        for (int64_t q8 : {0, 1})
+          if (q8 == 0 || n < 16) b->Args({n, t, q8});
   }
 }
 
