@@ -58,7 +58,7 @@ void BM_Matmul(benchmark::State& state, GgmlType type, int64_t k, int64_t m) {
   }
   state.counters["GFLOP/s"] = benchmark::Counter(2.0 * n * k * m * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["GB/s"] = benchmark::Counter(double(w.bytes()) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
-  state.SetLabel(be.name() + (q8 && n < 16 ? " q8-activations" : ""));
+  state.SetLabel(be.name() + (q8 && n <= 4 ? " q8-activations" : ""));
   be.free(x);
   be.free(out);
 }
@@ -91,7 +91,7 @@ void register_matmuls() {
     for (int64_t n : {1, 8, 512})
       for (int64_t t : {1, 2})
         for (int64_t q8 : {0, 1})
-          if (q8 == 0 || n < 16) b->Args({n, t, q8});
+          if (q8 == 0 || n <= 4) b->Args({n, t, q8});
   }
 }
 

@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "backend/cpu/cpu_backend.h"
+#include "backend/cpu/kernels_avx2.h"
 #include "backend/cpu/kernels_ref.h"
 #include "core/cpu_features.h"
 #include "core/error.h"
@@ -39,8 +40,7 @@ struct Backends {
 
 // Whether a backend's matmul takes the integer (Q8 activation) path for this case.
 bool q8_path(Backends& b, Backend* be, GgmlType type, int64_t n) {
-  return be == b.q8.get() && cpu_features().has_avx2_kernels() &&
-         (type == GgmlType::Q8_0 || type == GgmlType::Q4_0 || type == GgmlType::Q4_1) && n < 16;
+  return be == b.q8.get() && cpu_features().has_avx2_kernels() && cpu::avx2::matmul_q8_supported(type, n);
 }
 
 // ||a - b|| / || |x| . |w|^T ||: the matmul error measure (see kMatmulBound).

@@ -29,7 +29,8 @@ struct QuantizedRows {
   std::vector<float> d, s;
   int64_t rows = 0, blocks = 0;
 };
-// Whether the integer-dot path handles this weight type at n rows (Q8_0/Q4_0/Q4_1, decode).
+// Whether the integer-dot path is used for this weight type at n rows (Q8_0/Q4_0/Q4_1,
+// n <= 4). Lives in an AVX2 file: call only where the kernels may run.
 bool matmul_q8_supported(GgmlType t, int64_t n);
 // x.cols must be a multiple of 32.
 void quantize_rows_q8(const Tensor& x, QuantizedRows& out);
