@@ -69,6 +69,7 @@ struct EngineOptions {
   int64_t kv_mem_bytes = int64_t(2) << 30;  // KV pool size (capped at what max_batch can use)
   int max_context = 0;        // 0: the model's context length
   bool force_scalar = false;  // CPU reference kernels
+  bool q8_activations = false;  // CPU: integer-dot decode matmuls (faster, ~1e-3 error)
   bool keep_last_logits = false;
   bool keep_step_logits = false;  // tests: logits behind every generated token
   KVSettings kv;              // default compression for requests that set none

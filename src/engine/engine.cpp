@@ -59,6 +59,7 @@ class LlmEngine final : public Engine {
     if (opts.max_batch <= 0) throw Error("max_batch must be positive");
     if (opts.step_tokens <= 0) throw Error("step_tokens must be positive");
     file_ = std::shared_ptr<const gguf::File>(gguf::File::open(opts.model_path));
+    read_hparams(*file_);  // an unsupported architecture is the first thing to report
     tokenizer_ = Tokenizer::from_gguf(*file_);
     try {
       chat_ = std::make_unique<ChatTemplate>(ChatTemplate::from_gguf(*file_));
@@ -68,6 +69,7 @@ class LlmEngine final : public Engine {
     CpuBackendOptions bo;
     bo.n_threads = opts.n_threads;
     bo.force_scalar = opts.force_scalar;
+    bo.q8_activations = opts.q8_activations;
     backend_ = make_cpu_backend(bo);
     model_ = std::make_unique<Model>(file_, *backend_);
     const HParams& hp = model_->hparams();

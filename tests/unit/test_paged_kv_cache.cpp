@@ -92,9 +92,9 @@ TEST(PagedKVCache, StoreWritesEachHeadAndViewFindsIt) {
       }
     }
   }
-  // 7 entries -> 2 blocks per head, 4 heads in all -> 8 blocks per sequence.
-  EXPECT_EQ(kv.blocks().n_used(), 16);
-  EXPECT_EQ(kv.bytes_in_use(), 16 * PagedKVCache::block_bytes(cfg));
+  // Seq 7: 7 entries -> 2 blocks per head; seq 9: 4 entries -> 1; 4 (layer, head) pairs.
+  EXPECT_EQ(kv.blocks().n_used(), 12);
+  EXPECT_EQ(kv.bytes_in_use(), 12 * PagedKVCache::block_bytes(cfg));
   kv.remove_sequence(7);
   kv.remove_sequence(9);
   EXPECT_EQ(kv.blocks().n_free(), cfg.n_blocks);
@@ -105,7 +105,7 @@ TEST(PagedKVCache, GrowingPastReservationIsAnError) {
   PagedKVCache kv(*be, small_config());
   ASSERT_TRUE(kv.add_sequence(1, 4));  // one block per head
   kv.prepare(1, 4);
-  EXPECT_THROW(kv.prepare(1, 1), Error);
+  EXPECT_THROW(kv.prepare(1, 5), Error);  // would need a second block per head
   EXPECT_THROW(kv.prepare(2, 1), Error);  // unknown sequence
   EXPECT_THROW(kv.add_sequence(1, 4), Error);  // duplicate
 }

@@ -1,4 +1,5 @@
 #include "backend/cpu/cpu_backend.h"
+#include "backend/cpu/attention_scores.h"
 
 #include <algorithm>
 #include <cstdlib>
@@ -317,6 +318,35 @@ void CpuBackend::attention(const Tensor& q, std::span<const AttentionSeq> seqs, 
 
 std::unique_ptr<Backend> make_cpu_backend(const CpuBackendOptions& opts) {
   return std::make_unique<CpuBackend>(opts);
+}
+
+}  // namespace batchmax
+
+namespace batchmax {
+
+void CpuBackend::attention_scores(const Tensor& q, std::span<const AttentionSeq> seqs,
+                                  const AttentionParams& p, const KVPoolView& pool,
+                                  std::span<float* const> out, int64_t out_stride) {
+  require_f32(q, "attention_scores: q must be F32");
+  require(out.size() == seqs.size(), "attention_scores: one output per sequence");
+  for (const AttentionSeq& s : seqs)
+    for (int h = 0; h < p.n_kv_heads; ++h)
+      require(s.head_entries[h] <= out_stride, "attention_scores: output rows too short");
+  // One unit per (sequence, KV head): each writes its own output row.
+  const int64_t n_units = int64_t(seqs.size()) * p.n_kv_heads;
+  pool_.parallel_for(n_units, [&](int64_t b, int64_t e) {
+    for (int64_t u = b; u < e; ++u) {
+      const size_t si = size_t(u / p.n_kv_heads);
+      const int g = int(u % p.n_kv_heads);
+      cpu::attention_scores_seq(q, seqs[si], p, pool, g, g + 1, out[si], out_stride);
+    }
+  });
+}
+
+void CpuBackend::key_norms(const KVPoolView& pool, std::span<const int32_t> blocks,
+                           int64_t n_entries, float* out) {
+  require(n_entries <= int64_t(blocks.size()) * pool.block_tokens, "key_norms: more entries than blocks");
+  cpu::key_norms(pool, blocks, n_entries, out);
 }
 
 }  // namespace batchmax

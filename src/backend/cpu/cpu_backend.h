@@ -38,6 +38,11 @@ class CpuBackend final : public Backend {
   void kv_move(std::span<const int32_t> src, std::span<const int32_t> dst, KVPoolView& pool) override;
   void attention(const Tensor& q, std::span<const AttentionSeq> seqs, const AttentionParams& p,
                  const KVPoolView& pool, Tensor& out) override;
+  void attention_scores(const Tensor& q, std::span<const AttentionSeq> seqs,
+                        const AttentionParams& p, const KVPoolView& pool,
+                        std::span<float* const> out, int64_t out_stride) override;
+  void key_norms(const KVPoolView& pool, std::span<const int32_t> blocks, int64_t n_entries,
+                 float* out) override;
 
  private:
   bool simd_;
