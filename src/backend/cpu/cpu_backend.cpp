@@ -1,0 +1,310 @@
+#include "backend/cpu/cpu_backend.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "backend/cpu/kernels_avx2.h"
+#include "backend/cpu/kernels_ref.h"
+#include "core/cpu_features.h"
+#include "core/error.h"
+
+namespace batchmax {
+
+namespace {
+
+void* aligned_bytes(size_t n) {
+  const size_t rounded = (std::max<size_t>(n, 1) + 63) & ~size_t{63};
+  void* p = std::aligned_alloc(64, rounded);
+  if (!p) throw Error("CPU backend: out of memory allocating " + std::to_string(n) + " bytes");
+  return p;
+}
+
+void require(bool ok, const char* what) {
+  if (!ok) throw Error(std::string("CPU backend: ") + what);
+}
+
+void require_f32(const Tensor& t, const char* what) {
+  require(t.type == GgmlType::F32 && t.data != nullptr, what);
+}
+
+// Columns [b, e) of an F32 tensor, as a view.
+Tensor col_view(const Tensor& t, int64_t b, int64_t e) {
+  Tensor v = t;
+  v.data = t.f32() + b;
+  v.cols = e - b;
+  return v;
+}
+
+// Rows per parallel chunk for row-wise ops: enough work to be worth a hand-off.
+int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1)); }
+
+// Query rows per attention work unit.
+constexpr int64_t kAttnRows = 16;
+
+}  // namespace
+
+CpuBackend::CpuBackend(const CpuBackendOptions& opts)
+    : simd_(!opts.force_scalar && cpu_features().has_avx2_kernels()), pool_(opts.n_threads) {}
+
+std::string CpuBackend::name() const {
+  return std::string(simd_ ? "cpu-avx2" : "cpu-scalar") + " x" + std::to_string(pool_.size());
+}
+
+Tensor CpuBackend::alloc(GgmlType type, int64_t rows, int64_t cols) {
+  require(rows >= 0 && cols >= 0, "negative tensor shape");
+  Tensor t;
+  t.type = type;
+  t.rows = rows;
+  t.cols = cols;
+  t.row_stride = row_bytes(type, cols);
+  t.data = aligned_bytes(t.bytes());
+  std::memset(t.data, 0, t.bytes());
+  return t;
+}
+
+void CpuBackend::free(Tensor& t) {
+  std::free(t.data);
+  t = Tensor{};
+}
+
+Tensor CpuBackend::load_weight(GgmlType type, const void* data, int64_t rows, int64_t cols) {
+  if (!type_traits(type).dequantizable)
+    throw Error("CPU backend: weight type " + type_name(type) + " is not supported");
+  Tensor t;
+  t.data = const_cast<void*>(data);  // read only: weights are never written
+  t.type = type;
+  t.rows = rows;
+  t.cols = cols;
+  t.row_stride = row_bytes(type, cols);
+  return t;
+}
+
+void CpuBackend::upload(const void* host, Tensor& dst) { std::memcpy(dst.data, host, dst.bytes()); }
+void CpuBackend::download(const Tensor& src, void* host) { std::memcpy(host, src.data, src.bytes()); }
+
+void CpuBackend::embed(const Tensor& table, std::span<const int32_t> ids, Tensor& out) {
+  require_f32(out, "embed output must be F32");
+  require(out.rows == int64_t(ids.size()) && out.cols == table.cols, "embed: shape mismatch");
+  for (int32_t id : ids) require(id >= 0 && id < table.rows, "embed: token id out of range");
+  pool_.parallel_for(out.rows, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      if (simd_) cpu::avx2::dequantize_row(table.type, table.row(ids[r]), out.row_f32(r), table.cols);
+      else dequantize_row(table.type, table.row(ids[r]), out.row_f32(r), table.cols);
+    }
+  }, row_grain(out.cols));
+}
+
+void CpuBackend::rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out) {
+  require_f32(x, "rms_norm input must be F32");
+  require_f32(out, "rms_norm output must be F32");
+  require(w.cols == x.cols && out.rows == x.rows && out.cols == x.cols, "rms_norm: shape mismatch");
+  std::vector<float> wf;
+  const float* wp = w.f32();
+  if (w.type != GgmlType::F32) {
+    wf.resize(w.cols);
+    dequantize_row(w.type, w.data, wf.data(), w.cols);
+    wp = wf.data();
+  }
+  pool_.parallel_for(x.rows, [&](int64_t b, int64_t e) {
+    if (simd_) {
+      cpu::avx2::rms_norm_rows(x, wp, eps, out, b, e);
+    } else {
+      Tensor o = out.slice_rows(b, e - b);
+      cpu::ref::rms_norm(x.slice_rows(b, e - b), w, eps, o);
+    }
+  }, row_grain(x.cols));
+}
+
+void CpuBackend::matmul(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out) {
+  require_f32(x, "matmul input must be F32");
+  require_f32(out, "matmul output must be F32");
+  require(x.cols == w.cols && out.rows == x.rows && out.cols == w.rows, "matmul: shape mismatch");
+  if (bias) require(bias->type == GgmlType::F32 && bias->rows * bias->cols >= w.rows, "matmul: bad bias");
+  const int64_t m = w.rows;
+  if (simd_) {
+    const int64_t grain = cpu::avx2::matmul_col_grain(x.rows, x.cols);
+    pool_.parallel_for((m + grain - 1) / grain, [&](int64_t b, int64_t e) {
+      cpu::avx2::matmul_cols(x, w, bias, out, b * grain, std::min(m, e * grain));
+    });
+  } else {
+    pool_.parallel_for(m, [&](int64_t b, int64_t e) {
+      Tensor o = col_view(out, b, e);
+      Tensor bs;
+      if (bias) bs = col_view(*bias, b, e);
+      cpu::ref::matmul(x, w.slice_rows(b, e - b), bias ? &bs : nullptr, o);
+    }, 16);
+  }
+}
+
+void CpuBackend::rope(Tensor& x, int n_heads, std::span<const int32_t> pos, const RopeParams& p) {
+  require_f32(x, "rope input must be F32");
+  require(int64_t(pos.size()) == x.rows && int64_t(n_heads) * p.head_dim <= x.cols &&
+              p.rotary_dim <= p.head_dim && p.rotary_dim % 2 == 0 &&
+              int64_t(p.inv_freq.size()) >= p.rotary_dim / 2,
+          "rope: shape mismatch");
+  pool_.parallel_for(x.rows, [&](int64_t b, int64_t e) {
+    if (simd_) {
+      cpu::avx2::rope_rows(x, n_heads, pos.data(), p, b, e);
+    } else {
+      Tensor xs = x.slice_rows(b, e - b);
+      cpu::ref::rope(xs, n_heads, pos.subspan(b, e - b), p);
+    }
+  }, row_grain(x.cols));
+}
+
+void CpuBackend::swiglu(const Tensor& gate, const Tensor& up, Tensor& out) {
+  require_f32(gate, "swiglu gate must be F32");
+  require_f32(up, "swiglu up must be F32");
+  require_f32(out, "swiglu output must be F32");
+  require(up.rows == gate.rows && up.cols == gate.cols && out.rows == gate.rows && out.cols == gate.cols,
+          "swiglu: shape mismatch");
+  pool_.parallel_for(gate.rows, [&](int64_t b, int64_t e) {
+    if (simd_) {
+      for (int64_t r = b; r < e; ++r) cpu::avx2::swiglu(gate.row_f32(r), up.row_f32(r), out.row_f32(r), gate.cols);
+    } else {
+      Tensor o = out.slice_rows(b, e - b);
+      cpu::ref::swiglu(gate.slice_rows(b, e - b), up.slice_rows(b, e - b), o);
+    }
+  }, row_grain(gate.cols));
+}
+
+void CpuBackend::add(Tensor& x, const Tensor& y) {
+  require_f32(x, "add: x must be F32");
+  require_f32(y, "add: y must be F32");
+  require(x.rows == y.rows && x.cols == y.cols, "add: shape mismatch");
+  pool_.parallel_for(x.rows, [&](int64_t b, int64_t e) {
+    if (simd_) {
+      for (int64_t r = b; r < e; ++r) cpu::avx2::add(x.row_f32(r), y.row_f32(r), x.cols);
+    } else {
+      Tensor xs = x.slice_rows(b, e - b);
+      cpu::ref::add(xs, y.slice_rows(b, e - b));
+    }
+  }, row_grain(x.cols));
+}
+
+void CpuBackend::gather_rows(const Tensor& x, std::span<const int32_t> rows, Tensor& out) {
+  require(x.type == out.type && x.cols == out.cols && out.rows == int64_t(rows.size()),
+          "gather_rows: shape mismatch");
+  cpu::ref::gather_rows(x, rows, out);
+}
+
+KVPoolView CpuBackend::alloc_kv_pool(GgmlType type, int64_t n_blocks, int block_tokens, int head_dim) {
+  require(type == GgmlType::F32 || type == GgmlType::F16, "KV pool type must be F32 or F16");
+  require(n_blocks > 0 && block_tokens > 0 && head_dim > 0, "KV pool: bad shape");
+  KVPoolView p;
+  p.type = type;
+  p.block_tokens = block_tokens;
+  p.head_dim = head_dim;
+  p.n_blocks = n_blocks;
+  const int64_t slots = n_blocks * block_tokens;
+  const size_t elem = type == GgmlType::F32 ? 4 : 2;
+  p.k = aligned_bytes(slots * head_dim * elem);
+  p.v = aligned_bytes(slots * head_dim * elem);
+  p.pos = static_cast<int32_t*>(aligned_bytes(slots * sizeof(int32_t)));
+  std::memset(p.k, 0, slots * head_dim * elem);
+  std::memset(p.v, 0, slots * head_dim * elem);
+  std::fill(p.pos, p.pos + slots, std::numeric_limits<int32_t>::max());
+  return p;
+}
+
+void CpuBackend::free_kv_pool(KVPoolView& pool) {
+  std::free(pool.k);
+  std::free(pool.v);
+  std::free(pool.pos);
+  pool = KVPoolView{};
+}
+
+void CpuBackend::kv_store(const Tensor& k, const Tensor& v, int n_kv_heads, std::span<const int32_t> slots,
+                          std::span<const int32_t> pos, KVPoolView& pool) {
+  require_f32(k, "kv_store: k must be F32");
+  require_f32(v, "kv_store: v must be F32");
+  const int hd = pool.head_dim;
+  require(k.rows == v.rows && k.cols == int64_t(n_kv_heads) * hd && v.cols == k.cols &&
+              int64_t(slots.size()) == k.rows * n_kv_heads && int64_t(pos.size()) == k.rows,
+          "kv_store: shape mismatch");
+  const int64_t capacity = pool.n_blocks * pool.block_tokens;
+  for (int64_t r = 0; r < k.rows; ++r)
+    for (int h = 0; h < n_kv_heads; ++h) {
+      const int32_t s = slots[r * n_kv_heads + h];
+      if (s < 0) continue;
+      require(s < capacity, "kv_store: slot out of range");
+      const float* ks = k.row_f32(r) + int64_t(h) * hd;
+      const float* vs = v.row_f32(r) + int64_t(h) * hd;
+      if (pool.type == GgmlType::F32) {
+        std::memcpy(static_cast<float*>(pool.k) + int64_t(s) * hd, ks, hd * sizeof(float));
+        std::memcpy(static_cast<float*>(pool.v) + int64_t(s) * hd, vs, hd * sizeof(float));
+      } else {
+        uint16_t* kd = static_cast<uint16_t*>(pool.k) + int64_t(s) * hd;
+        uint16_t* vd = static_cast<uint16_t*>(pool.v) + int64_t(s) * hd;
+        for (int i = 0; i < hd; ++i) {
+          kd[i] = fp32_to_fp16(ks[i]);
+          vd[i] = fp32_to_fp16(vs[i]);
+        }
+      }
+      pool.pos[s] = pos[r];
+    }
+}
+
+void CpuBackend::kv_move(std::span<const int32_t> src, std::span<const int32_t> dst, KVPoolView& pool) {
+  require(src.size() == dst.size(), "kv_move: src and dst differ in length");
+  const int64_t capacity = pool.n_blocks * pool.block_tokens;
+  const size_t bytes = size_t(pool.head_dim) * (pool.type == GgmlType::F32 ? 4 : 2);
+  char* kb = static_cast<char*>(pool.k);
+  char* vb = static_cast<char*>(pool.v);
+  // In order, so a compaction that moves entries down in one pass is well defined.
+  for (size_t i = 0; i < src.size(); ++i) {
+    require(src[i] >= 0 && src[i] < capacity && dst[i] >= 0 && dst[i] < capacity, "kv_move: slot out of range");
+    if (src[i] == dst[i]) continue;
+    std::memcpy(kb + dst[i] * bytes, kb + src[i] * bytes, bytes);
+    std::memcpy(vb + dst[i] * bytes, vb + src[i] * bytes, bytes);
+    pool.pos[dst[i]] = pool.pos[src[i]];
+  }
+}
+
+void CpuBackend::attention(const Tensor& q, std::span<const AttentionSeq> seqs, const AttentionParams& p,
+                           const KVPoolView& pool, Tensor& out) {
+  require_f32(q, "attention: q must be F32");
+  require_f32(out, "attention: output must be F32");
+  require(p.n_kv_heads > 0 && p.n_heads % p.n_kv_heads == 0 && p.head_dim == pool.head_dim &&
+              q.cols == int64_t(p.n_heads) * p.head_dim && out.cols == q.cols && out.rows == q.rows,
+          "attention: shape mismatch");
+  struct Unit {
+    int32_t seq, kvh;
+    int64_t r0, r1;
+  };
+  std::vector<Unit> units;
+  for (size_t si = 0; si < seqs.size(); ++si) {
+    const AttentionSeq& s = seqs[si];
+    require(int(s.head_blocks.size()) == p.n_kv_heads && int(s.head_entries.size()) == p.n_kv_heads &&
+                s.q_begin >= 0 && s.q_begin + s.n_q <= q.rows,
+            "attention: sequence does not match the heads or the query rows");
+    for (int h = 0; h < p.n_kv_heads; ++h) {
+      require(s.head_entries[h] >= 0 &&
+                  int64_t(s.head_entries[h]) <= int64_t(s.head_blocks[h].size()) * pool.block_tokens,
+              "attention: more entries than blocks");
+      for (int32_t b : s.head_blocks[h]) require(b >= 0 && b < pool.n_blocks, "attention: block id out of range");
+      for (int64_t r = 0; r < s.n_q; r += kAttnRows)
+        units.push_back({int32_t(si), h, r, std::min(s.n_q, r + kAttnRows)});
+    }
+  }
+  const bool simd = simd_ && p.head_dim % 8 == 0;
+  const int group = p.n_heads / p.n_kv_heads;
+  pool_.parallel_for(int64_t(units.size()), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const Unit& u = units[i];
+      if (simd)
+        cpu::avx2::attention_part(q, seqs[u.seq], u.r0, u.r1, u.kvh, p, pool, out);
+      else
+        cpu::ref::attention_part(q, seqs[u.seq], u.r0, u.r1, u.kvh * group, (u.kvh + 1) * group, p, pool, out);
+    }
+  });
+}
+
+std::unique_ptr<Backend> make_cpu_backend(const CpuBackendOptions& opts) {
+  return std::make_unique<CpuBackend>(opts);
+}
+
+}  // namespace batchmax

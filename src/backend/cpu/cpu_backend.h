@@ -1,0 +1,47 @@
+#pragma once
+// The CPU backend: host memory, weights used in place from the mapped file, ops run by
+// the AVX2 kernels when the CPU has them (else, or with force_scalar, by the reference
+// kernels), split over a persistent thread pool.
+#include "backend/backend.h"
+#include "core/thread_pool.h"
+
+namespace batchmax {
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(const CpuBackendOptions& opts);
+
+  std::string name() const override;
+  bool uses_avx2() const { return simd_; }
+  int n_threads() const { return pool_.size(); }
+
+  Tensor alloc(GgmlType type, int64_t rows, int64_t cols) override;
+  void free(Tensor& t) override;
+  Tensor load_weight(GgmlType type, const void* data, int64_t rows, int64_t cols) override;
+  void upload(const void* host, Tensor& dst) override;
+  void download(const Tensor& src, void* host) override;
+
+  void embed(const Tensor& table, std::span<const int32_t> ids, Tensor& out) override;
+  void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override;
+  void matmul(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out) override;
+  void rope(Tensor& x, int n_heads, std::span<const int32_t> pos, const RopeParams& p) override;
+  void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) override;
+  void add(Tensor& x, const Tensor& y) override;
+  void gather_rows(const Tensor& x, std::span<const int32_t> rows, Tensor& out) override;
+
+  // F32 or F16 storage. Unused slots hold position INT32_MAX (never visible).
+  KVPoolView alloc_kv_pool(GgmlType type, int64_t n_blocks, int block_tokens, int head_dim) override;
+  void free_kv_pool(KVPoolView& pool) override;
+  // A negative slot skips that row/head (padding rows).
+  void kv_store(const Tensor& k, const Tensor& v, int n_kv_heads, std::span<const int32_t> slots,
+                std::span<const int32_t> pos, KVPoolView& pool) override;
+  void kv_move(std::span<const int32_t> src, std::span<const int32_t> dst, KVPoolView& pool) override;
+  void attention(const Tensor& q, std::span<const AttentionSeq> seqs, const AttentionParams& p,
+                 const KVPoolView& pool, Tensor& out) override;
+
+ private:
+  bool simd_;
+  ThreadPool pool_;
+};
+
+}  // namespace batchmax
