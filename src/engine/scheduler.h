@@ -2,6 +2,7 @@
 // Plans one engine step: every decoding sequence contributes one token, the rest of the
 // step's token budget goes to prefill chunks in admission order (as in vLLM, a
 // sequence's progress is one number: tokens computed so far).
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
