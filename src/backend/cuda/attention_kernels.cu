@@ -1,16 +1,18 @@
 // Paged causal attention for prefill chunks and decode rows in one launch.
 //
-// Each CTA takes one (sequence, KV head, tile of 16 query vectors), where the query
+// Each CTA takes one (sequence, KV head, tile of M query vectors), where the query
 // vectors of a (sequence, KV head) are its rows times the query heads of the GQA group
 // (vector v = row * group + g): the group shares every K/V tile a CTA loads, and any
-// group size fits. Keys are read through the block table in tiles of 32 and folded into
+// group size fits. M is 16 for prefill chunks and 4 (8 for head_dim 80) for decode
+// rows, so a decode row of a group-4 model wastes no work on empty vectors: the step's
+// work items come in two lists and each list gets its own launch. Keys are read through the block table in tiles of 32 and folded into
 // an fp32 online softmax (flash style); key e is visible to a query iff its position is
 // <= the query's. Scores, probabilities and sums stay in fp32; exp2 with log2(e) folded
 // into the query scale.
 //
 // Metadata, packed by the host into one int32 buffer per call:
-//   work  [n_work][4]: seq, kv head, first query vector, unused
-//   seqs  [n_seqs][4]: q_begin (row in q/out), n_q, offset of q_pos, offset of heads
+//   work  [n_small + n_big][4]: seq, kv head, first query vector, unused
+//   seqs  [n_seqs][4] (from seq_at): q_begin (row in q/out), n_q, offset of q_pos, head index
 //   heads [n_seqs * n_kv][2]: offset of the block ids, entries in use
 //   then the q_pos and block id arrays the offsets point into.
 #include <climits>
@@ -21,27 +23,31 @@ namespace batchmax::cuda {
 namespace {
 
 constexpr int kThreads = 128;
-constexpr int kM = 16;   // query vectors per CTA
-constexpr int kKT = 32;  // keys per tile (one per lane in the softmax step)
+constexpr int kBigM = 16;  // query vectors per CTA for prefill chunks
+constexpr int kKT = 32;    // keys per tile (one per lane in the softmax step)
+constexpr int kKPad = 4;   // K rows padded by 16 bytes: float4 dots free of bank conflicts
 
-template <int HD>
+constexpr int small_m(int hd) { return hd % 32 == 0 ? 4 : 8; }  // M * HD % 128 == 0
+
+template <int HD, int kM>
 constexpr size_t smem_bytes() {
-  return sizeof(float) * (kM * HD + kKT * (HD + 1) + kKT * HD + kM * kKT + 3 * kM) +
+  return sizeof(float) * (kM * HD + kKT * (HD + kKPad) + kKT * HD + kM * kKT + 3 * kM) +
          sizeof(int) * (kM + kKT + 1);
 }
 
-template <class TQ, class TKV, int HD>
+template <class TQ, class TKV, int HD, int kM>
 __global__ void __launch_bounds__(kThreads) attention_kernel(
-    View<const TQ> q, View<TQ> out, const int32_t* __restrict__ meta, int n_seqs,
-    int n_kv_heads, int group, float scale_log2, const TKV* __restrict__ pk,
-    const TKV* __restrict__ pv, const int32_t* __restrict__ ppos, int block_tokens) {
-  static_assert(HD % 8 == 0 && (kM * HD) % kThreads == 0, "head_dim");
+    View<const TQ> q, View<TQ> out, const int32_t* __restrict__ work,
+    const int32_t* __restrict__ meta, int seq_at, int n_seqs, int group, float scale_log2,
+    const TKV* __restrict__ pk, const TKV* __restrict__ pv, const int32_t* __restrict__ ppos,
+    int block_tokens) {
+  static_assert(HD % 8 == 0 && (kM * HD) % kThreads == 0 && kM % 4 == 0, "tile shape");
   constexpr int R = kM * HD / kThreads;  // outputs per thread
   extern __shared__ float4 smem_raw[];
   float* Qs = reinterpret_cast<float*>(smem_raw);  // [kM][HD], pre-scaled
   float* Vs = Qs + kM * HD;                        // [kKT][HD]
-  float* Ks = Vs + kKT * HD;                       // [kKT][HD + 1]: padded, conflict-free dots
-  float* Ps = Ks + kKT * (HD + 1);                 // [kM][kKT]
+  float* Ks = Vs + kKT * HD;                       // [kKT][HD + kKPad]
+  float* Ps = Ks + kKT * (HD + kKPad);             // [kM][kKT]
   float* m_s = Ps + kM * kKT;
   float* l_s = m_s + kM;
   float* alpha_s = l_s + kM;
@@ -50,13 +56,13 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(
   int* maxq_s = kpos_s + kKT;
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  const int32_t* w = meta + 4 * blockIdx.x;
+  const int32_t* w = work + 4 * blockIdx.x;
   const int seq = w[0], kvh = w[1], v0 = w[2];
-  const int32_t* sm = meta + 4 * int64_t(gridDim.x) + 4 * seq;
+  const int32_t* sm = meta + seq_at + 4 * seq;
   const int64_t q_begin = sm[0];
   const int n_vec = sm[1] * group;
   const int32_t* qpos = meta + sm[2];
-  const int32_t* hm = meta + 4 * int64_t(gridDim.x) + 4 * n_seqs + 2 * (sm[3] + kvh);
+  const int32_t* hm = meta + seq_at + 4 * n_seqs + 2 * (sm[3] + kvh);
   const int32_t* blocks = meta + hm[0];
   const int entries = hm[1];
 
@@ -101,8 +107,8 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(
 #pragma unroll
         for (int x = 0; x < 8; ++x) kv[x] = vv[x] = 0;
       }
-#pragma unroll
-      for (int x = 0; x < 8; ++x) Ks[j * (HD + 1) + c + x] = kv[x];
+      reinterpret_cast<float4*>(Ks + j * (HD + kKPad) + c)[0] = make_float4(kv[0], kv[1], kv[2], kv[3]);
+      reinterpret_cast<float4*>(Ks + j * (HD + kKPad) + c)[1] = make_float4(kv[4], kv[5], kv[6], kv[7]);
       reinterpret_cast<float4*>(Vs + j * HD + c)[0] = make_float4(vv[0], vv[1], vv[2], vv[3]);
       reinterpret_cast<float4*>(Vs + j * HD + c)[1] = make_float4(vv[4], vv[5], vv[6], vv[7]);
     }
@@ -114,12 +120,15 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(
       float s[RS];
 #pragma unroll
       for (int r = 0; r < RS; ++r) s[r] = 0;
-      const float* kr = Ks + lane * (HD + 1);
-#pragma unroll 8
-      for (int d = 0; d < HD; ++d) {
-        const float kd = kr[d];
+      const float* kr = Ks + lane * (HD + kKPad);
+#pragma unroll 4
+      for (int d = 0; d < HD; d += 4) {
+        const float4 k4 = *reinterpret_cast<const float4*>(kr + d);
 #pragma unroll
-        for (int r = 0; r < RS; ++r) s[r] += Qs[(warp + 4 * r) * HD + d] * kd;
+        for (int r = 0; r < RS; ++r) {
+          const float4 q4 = *reinterpret_cast<const float4*>(Qs + (warp + 4 * r) * HD + d);
+          s[r] += q4.x * k4.x + q4.y * k4.y + q4.z * k4.z + q4.w * k4.w;
+        }
       }
 #pragma unroll
       for (int r = 0; r < RS; ++r) {
@@ -148,14 +157,19 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(
       }
     }
     __syncthreads();
-    // acc[m][d] = acc * alpha[m] + sum_j P[m][j] V[j][d]
+    // acc[m][d] = acc * alpha[m] + sum_j P[m][j] V[j][d]; keys outer so a V element
+    // loaded once serves every output of this thread in its column.
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
-      const int idx = tid + kThreads * r, m = idx / HD, d = idx % HD;
-      float a = acc[r] * alpha_s[m];
-#pragma unroll 8
-      for (int j = 0; j < kKT; ++j) a += Ps[m * kKT + j] * Vs[j * HD + d];
-      acc[r] = a;
+    for (int r = 0; r < R; ++r) acc[r] *= alpha_s[(tid + kThreads * r) / HD];
+#pragma unroll 2
+    for (int j = 0; j < kKT; j += 4) {
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const int idx = tid + kThreads * r, m = idx / HD, d = idx % HD;
+        const float4 p4 = *reinterpret_cast<const float4*>(Ps + m * kKT + j);
+        acc[r] += p4.x * Vs[j * HD + d] + p4.y * Vs[(j + 1) * HD + d] +
+                  p4.z * Vs[(j + 2) * HD + d] + p4.w * Vs[(j + 3) * HD + d];
+      }
     }
   }
   __syncthreads();
@@ -172,22 +186,30 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(
   }
 }
 
-template <class TQ, class TKV, int HD>
-void launch_typed(const Tensor& q, const AttentionLaunch& a, const AttentionParams& p,
-                  const KVPoolView& pool, Tensor& out, cudaStream_t s) {
-  constexpr size_t smem = smem_bytes<HD>();
+template <class TQ, class TKV, int HD, int kM>
+void launch_list(const Tensor& q, const AttentionLaunch& a, const int32_t* work, int n,
+                 const AttentionParams& p, const KVPoolView& pool, Tensor& out, cudaStream_t s) {
+  if (n == 0) return;
+  constexpr size_t smem = smem_bytes<HD, kM>();
   static bool attr_set = false;  // per instantiation; the attribute is per function
   if (!attr_set) {
-    BMX_CUDA(cudaFuncSetAttribute(attention_kernel<TQ, TKV, HD>,
+    BMX_CUDA(cudaFuncSetAttribute(attention_kernel<TQ, TKV, HD, kM>,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     attr_set = true;
   }
   const float log2e = 1.4426950408889634f;
-  attention_kernel<TQ, TKV, HD><<<a.n_work, kThreads, smem, s>>>(
-      view<const TQ>(q), view<TQ>(out), a.meta, a.n_seqs, p.n_kv_heads,
+  attention_kernel<TQ, TKV, HD, kM><<<n, kThreads, smem, s>>>(
+      view<const TQ>(q), view<TQ>(out), work, a.meta, a.seq_at, a.n_seqs,
       p.n_heads / p.n_kv_heads, p.scale * log2e, static_cast<const TKV*>(pool.k),
       static_cast<const TKV*>(pool.v), pool.pos, pool.block_tokens);
   BMX_LAUNCHED();
+}
+
+template <class TQ, class TKV, int HD>
+void launch_typed(const Tensor& q, const AttentionLaunch& a, const AttentionParams& p,
+                  const KVPoolView& pool, Tensor& out, cudaStream_t s) {
+  launch_list<TQ, TKV, HD, small_m(HD)>(q, a, a.meta, a.n_small, p, pool, out, s);
+  launch_list<TQ, TKV, HD, kBigM>(q, a, a.meta + 4 * a.n_small, a.n_big, p, pool, out, s);
 }
 
 template <class TQ, class TKV>
@@ -207,11 +229,13 @@ void launch_hd(const Tensor& q, const AttentionLaunch& a, const AttentionParams&
 
 }  // namespace
 
-int attention_rows_per_tile(const AttentionParams&) { return kM; }
+AttentionTiles attention_tiles(const AttentionParams& p) {
+  return {small_m(p.head_dim), kBigM};
+}
 
 void launch_attention(const Tensor& q, const AttentionLaunch& a, const AttentionParams& p,
                       const KVPoolView& pool, Tensor& out, cudaStream_t s) {
-  if (a.n_work == 0) return;
+  if (a.n_small + a.n_big == 0) return;
   if (q.type != out.type) throw Error("cuda attention: q and out types differ");
   if (pool.head_dim != p.head_dim) throw Error("cuda attention: pool head_dim differs");
   dispatch_act(q.type, "attention q", [&](auto tq) {

@@ -201,12 +201,13 @@ class CudaBackend final : public Backend {
 
   void attention(const Tensor& q, std::span<const AttentionSeq> seqs, const AttentionParams& p,
                  const KVPoolView& pool, Tensor& out) override {
-    const int n_work = pack_attention(q, seqs, p, pool, attention_rows_per_tile(p));
-    if (n_work == 0) return;
+    const cuda::AttentionTiles t = cuda::attention_tiles(p);
+    cuda::AttentionLaunch a = pack_attention(q, seqs, p, pool, t.small, t.big);
+    if (a.n_small + a.n_big == 0) return;
     if (q.type != out.type || out.rows != q.rows || out.cols != q.cols)
       throw Error("cuda attention: out must match q");
-    const int32_t* d = put_packed();
-    cuda::launch_attention(q, {d, n_work, int(seqs.size())}, p, pool, out, stream_);
+    a.meta = put_packed();
+    cuda::launch_attention(q, a, p, pool, out, stream_);
   }
 
   void attention_scores(const Tensor& q, std::span<const AttentionSeq> seqs,
@@ -216,14 +217,13 @@ class CudaBackend final : public Backend {
     for (const AttentionSeq& a : seqs)
       for (int32_t e : a.head_entries)
         if (e > out_stride) throw Error("cuda attention_scores: out_stride below the entries");
-    const int n_work = pack_attention(q, seqs, p, pool, 1);
-    if (n_work == 0) return;
+    cuda::AttentionLaunch a = pack_attention(q, seqs, p, pool, 1, 1);
+    if (a.n_small == 0) return;
     const size_t per_seq = size_t(p.n_kv_heads) * out_stride;
     float* d_out = static_cast<float*>(scores_out_.get(std::max<size_t>(seqs.size() * per_seq, 1) * 4));
     BMX_CUDA(cudaMemsetAsync(d_out, 0, seqs.size() * per_seq * 4, stream_));
-    const int32_t* d = put_packed();
-    cuda::launch_attention_scores(q, {d, n_work, int(seqs.size())}, p, pool, d_out, out_stride,
-                                  stream_);
+    a.meta = put_packed();
+    cuda::launch_attention_scores(q, a, p, pool, d_out, out_stride, stream_);
     host_scores_.resize(seqs.size() * per_seq);
     BMX_CUDA(cudaMemcpyAsync(host_scores_.data(), d_out, host_scores_.size() * 4,
                              cudaMemcpyDeviceToHost, stream_));
@@ -297,17 +297,21 @@ class CudaBackend final : public Backend {
   std::unordered_set<void*> owned_;
   std::vector<RopeEntry> ropes_;
   // Packs the per-call attention metadata into host_ints_ (layout in
-  // attention_kernels.cu), `vectors` query vectors per work item; returns the work count.
-  int pack_attention(const Tensor& q, std::span<const AttentionSeq> seqs,
-                     const AttentionParams& p, const KVPoolView& pool, int vectors);
+  // attention_kernels.cu): (sequence, KV head) pairs with at most `small` query vectors
+  // get work items of `small` vectors, first; the others items of `big` vectors.
+  cuda::AttentionLaunch pack_attention(const Tensor& q, std::span<const AttentionSeq> seqs,
+                                       const AttentionParams& p, const KVPoolView& pool,
+                                       int small, int big);
 
   DeviceBuffer weight_stage_, move_scratch_, scores_out_;
-  std::vector<int32_t> host_ints_;
+  std::vector<int32_t> host_ints_, big_work_;
   std::vector<float> host_scores_;
 };
 
-int CudaBackend::pack_attention(const Tensor& q, std::span<const AttentionSeq> seqs,
-                                const AttentionParams& p, const KVPoolView& pool, int vectors) {
+cuda::AttentionLaunch CudaBackend::pack_attention(const Tensor& q,
+                                                  std::span<const AttentionSeq> seqs,
+                                                  const AttentionParams& p,
+                                                  const KVPoolView& pool, int small, int big) {
   if (p.n_kv_heads <= 0 || p.n_heads % p.n_kv_heads)
     throw Error("cuda attention: n_heads must be a multiple of n_kv_heads");
   if (q.cols != int64_t(p.n_heads) * p.head_dim)
@@ -318,19 +322,24 @@ int CudaBackend::pack_attention(const Tensor& q, std::span<const AttentionSeq> s
   // Work items first: their count fixes where the per-sequence records start.
   std::vector<int32_t>& m = host_ints_;
   m.clear();
+  big_work_.clear();
   for (int s = 0; s < n_seqs; ++s) {
     const AttentionSeq& a = seqs[s];
     if (a.q_begin < 0 || a.n_q < 0 || a.q_begin + a.n_q > q.rows)
       throw Error("cuda attention: sequence rows outside q");
     if (int(a.head_blocks.size()) != nkv || int(a.head_entries.size()) != nkv)
       throw Error("cuda attention: one block table per KV head expected");
+    const int64_t n_vec = a.n_q * group;
+    const int tile = n_vec <= small ? small : big;
+    std::vector<int32_t>& list = n_vec <= small ? m : big_work_;
     for (int h = 0; h < nkv; ++h)
-      for (int64_t v0 = 0; v0 < a.n_q * group; v0 += vectors)
-        m.insert(m.end(), {s, h, int32_t(v0), 0});
+      for (int64_t v0 = 0; v0 < n_vec; v0 += tile) list.insert(list.end(), {s, h, int32_t(v0), 0});
   }
-  const int n_work = int(m.size() / 4);
-  if (n_work == 0) return 0;
+  cuda::AttentionLaunch L{nullptr, int(m.size() / 4), int(big_work_.size() / 4), n_seqs, 0};
+  m.insert(m.end(), big_work_.begin(), big_work_.end());
+  if (m.empty()) return L;
   const size_t seq_at = m.size(), head_at = seq_at + 4 * size_t(n_seqs);
+  L.seq_at = int(seq_at);
   m.resize(head_at + 2 * size_t(n_seqs) * nkv);
   for (int s = 0; s < n_seqs; ++s) {
     const AttentionSeq& a = seqs[s];
@@ -354,7 +363,7 @@ int CudaBackend::pack_attention(const Tensor& q, std::span<const AttentionSeq> s
     }
   }
   if (m.size() > size_t(INT32_MAX)) throw Error("cuda attention: metadata too large");
-  return n_work;
+  return L;
 }
 
 }  // namespace

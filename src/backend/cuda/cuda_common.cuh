@@ -121,13 +121,17 @@ void launch_fill_i32(int32_t* p, int64_t n, int32_t value, cudaStream_t s);
 // attention_kernels.cu
 struct AttentionLaunch {
   const int32_t* meta;  // device copy of the packed metadata (see attention_kernels.cu)
-  int n_work;           // CTAs
+  int n_small, n_big;   // work items (CTAs) of the two lists, small tiles first
   int n_seqs;
+  int seq_at;           // where the per-sequence records start: 4 * (n_small + n_big)
 };
-int attention_rows_per_tile(const AttentionParams& p);
+// Query vectors per CTA: `small` for (sequence, KV head) pairs with at most that many
+// vectors (decode rows), `big` otherwise.
+struct AttentionTiles { int small, big; };
+AttentionTiles attention_tiles(const AttentionParams& p);
 void launch_attention(const Tensor& q, const AttentionLaunch& a, const AttentionParams& p,
                       const KVPoolView& pool, Tensor& out, cudaStream_t s);
-// scores_kernels.cu. a: one query vector per work item; d_out [n_seqs][n_kv][stride], zeroed.
+// scores_kernels.cu. a: one query vector per work item (all in the small list); d_out [n_seqs][n_kv][stride], zeroed.
 void launch_attention_scores(const Tensor& q, const AttentionLaunch& a, const AttentionParams& p,
                              const KVPoolView& pool, float* d_out, int64_t stride,
                              cudaStream_t s);

@@ -27,15 +27,15 @@ __device__ float dot_key(const float* qs, const TKV* k, int hd) {
 // out: [n_seqs][n_kv][stride] floats, zeroed; each CTA adds p / group per entry.
 template <class TQ, class TKV>
 __global__ void __launch_bounds__(kThreads) scores_kernel(
-    View<const TQ> q, const int32_t* __restrict__ meta, int n_seqs, int n_kv_heads, int group,
+    View<const TQ> q, const int32_t* __restrict__ meta, int seq_at, int n_seqs, int n_kv_heads, int group,
     int hd, float scale_log2, const TKV* __restrict__ pk, const int32_t* __restrict__ ppos,
     int block_tokens, float* out, int64_t stride) {
   extern __shared__ float qs[];  // [hd]
   __shared__ float red_m[kThreads / 32], red_l[kThreads / 32];
   const int32_t* w = meta + 4 * blockIdx.x;
   const int seq = w[0], kvh = w[1], v = w[2];
-  const int32_t* sm = meta + 4 * int64_t(gridDim.x) + 4 * seq;
-  const int32_t* hm = meta + 4 * int64_t(gridDim.x) + 4 * n_seqs + 2 * (sm[3] + kvh);
+  const int32_t* sm = meta + seq_at + 4 * seq;
+  const int32_t* hm = meta + seq_at + 4 * n_seqs + 2 * (sm[3] + kvh);
   const int32_t* blocks = meta + hm[0];
   const int entries = hm[1];
   const int row = v / group, head = kvh * group + v % group;
@@ -110,15 +110,15 @@ __global__ void key_norms_kernel(const TKV* pk, const int32_t* blocks, int block
 void launch_attention_scores(const Tensor& q, const AttentionLaunch& a, const AttentionParams& p,
                              const KVPoolView& pool, float* d_out, int64_t stride,
                              cudaStream_t s) {
-  if (a.n_work == 0) return;
+  if (a.n_small == 0) return;
   if (p.head_dim % 8) throw Error("cuda attention_scores: head_dim must be a multiple of 8");
   const float log2e = 1.4426950408889634f;
   dispatch_act(q.type, "attention q", [&](auto tq) {
     using TQ = decltype(tq);
     dispatch_act(pool.type, "kv pool", [&](auto tk) {
       using TKV = decltype(tk);
-      scores_kernel<TQ, TKV><<<a.n_work, kThreads, p.head_dim * sizeof(float), s>>>(
-          view<const TQ>(q), a.meta, a.n_seqs, p.n_kv_heads, p.n_heads / p.n_kv_heads,
+      scores_kernel<TQ, TKV><<<a.n_small, kThreads, p.head_dim * sizeof(float), s>>>(
+          view<const TQ>(q), a.meta, a.seq_at, a.n_seqs, p.n_kv_heads, p.n_heads / p.n_kv_heads,
           p.head_dim, p.scale * log2e, static_cast<const TKV*>(pool.k), pool.pos,
           pool.block_tokens, d_out, stride);
       BMX_LAUNCHED();
