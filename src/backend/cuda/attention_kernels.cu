@@ -149,6 +149,7 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(
 #pragma unroll
       for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
       Ps[m * kKT + lane] = p;
+      __syncwarp();  // every lane has read m_s[m] before lane 0 replaces it
       if (lane == 0) {
         const float alpha = m_new == -INFINITY ? 1.f : exp2f(m_old - m_new);
         alpha_s[m] = alpha;

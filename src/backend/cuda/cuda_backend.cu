@@ -202,7 +202,7 @@ class CudaBackend final : public Backend {
   void attention(const Tensor& q, std::span<const AttentionSeq> seqs, const AttentionParams& p,
                  const KVPoolView& pool, Tensor& out) override {
     const cuda::AttentionTiles t = cuda::attention_tiles(p);
-    cuda::AttentionLaunch a = pack_attention(q, seqs, p, pool, t.small, t.big);
+    cuda::AttentionLaunch a = pack_attention(q, seqs, p, pool, t.small, t.big, t.small);
     if (a.n_small + a.n_big == 0) return;
     if (q.type != out.type || out.rows != q.rows || out.cols != q.cols)
       throw Error("cuda attention: out must match q");
@@ -217,7 +217,8 @@ class CudaBackend final : public Backend {
     for (const AttentionSeq& a : seqs)
       for (int32_t e : a.head_entries)
         if (e > out_stride) throw Error("cuda attention_scores: out_stride below the entries");
-    cuda::AttentionLaunch a = pack_attention(q, seqs, p, pool, 1, 1);
+    // One query vector per work item, all in the first list.
+    cuda::AttentionLaunch a = pack_attention(q, seqs, p, pool, 1, 1, INT64_MAX);
     if (a.n_small == 0) return;
     const size_t per_seq = size_t(p.n_kv_heads) * out_stride;
     float* d_out = static_cast<float*>(scores_out_.get(std::max<size_t>(seqs.size() * per_seq, 1) * 4));
@@ -297,11 +298,11 @@ class CudaBackend final : public Backend {
   std::unordered_set<void*> owned_;
   std::vector<RopeEntry> ropes_;
   // Packs the per-call attention metadata into host_ints_ (layout in
-  // attention_kernels.cu): (sequence, KV head) pairs with at most `small` query vectors
-  // get work items of `small` vectors, first; the others items of `big` vectors.
+  // attention_kernels.cu): (sequence, KV head) pairs with at most `small_max` query
+  // vectors get work items of `small` vectors, first; the others items of `big` vectors.
   cuda::AttentionLaunch pack_attention(const Tensor& q, std::span<const AttentionSeq> seqs,
                                        const AttentionParams& p, const KVPoolView& pool,
-                                       int small, int big);
+                                       int small, int big, int64_t small_max);
 
   DeviceBuffer weight_stage_, move_scratch_, scores_out_;
   std::vector<int32_t> host_ints_, big_work_;
@@ -311,7 +312,8 @@ class CudaBackend final : public Backend {
 cuda::AttentionLaunch CudaBackend::pack_attention(const Tensor& q,
                                                   std::span<const AttentionSeq> seqs,
                                                   const AttentionParams& p,
-                                                  const KVPoolView& pool, int small, int big) {
+                                                  const KVPoolView& pool, int small, int big,
+                                                  int64_t small_max) {
   if (p.n_kv_heads <= 0 || p.n_heads % p.n_kv_heads)
     throw Error("cuda attention: n_heads must be a multiple of n_kv_heads");
   if (q.cols != int64_t(p.n_heads) * p.head_dim)
@@ -330,8 +332,8 @@ cuda::AttentionLaunch CudaBackend::pack_attention(const Tensor& q,
     if (int(a.head_blocks.size()) != nkv || int(a.head_entries.size()) != nkv)
       throw Error("cuda attention: one block table per KV head expected");
     const int64_t n_vec = a.n_q * group;
-    const int tile = n_vec <= small ? small : big;
-    std::vector<int32_t>& list = n_vec <= small ? m : big_work_;
+    const int tile = n_vec <= small_max ? small : big;
+    std::vector<int32_t>& list = n_vec <= small_max ? m : big_work_;
     for (int h = 0; h < nkv; ++h)
       for (int64_t v0 = 0; v0 < n_vec; v0 += tile) list.insert(list.end(), {s, h, int32_t(v0), 0});
   }
