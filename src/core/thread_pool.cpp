@@ -35,7 +35,9 @@ ThreadPool::~ThreadPool() {
 }
 
 void ThreadPool::worker_loop() {
-  uint32_t seen = wake_.load();
+  // The value at construction, not a fresh load: a job (or the destructor) may have
+  // bumped it before this thread got to run.
+  uint32_t seen = 0;
   for (;;) {
     int spins = 0;
     while (wake_.load(std::memory_order_acquire) == seen) {

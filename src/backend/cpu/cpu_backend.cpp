@@ -47,7 +47,9 @@ constexpr int64_t kAttnRows = 16;
 }  // namespace
 
 CpuBackend::CpuBackend(const CpuBackendOptions& opts)
-    : simd_(!opts.force_scalar && cpu_features().has_avx2_kernels()), pool_(opts.n_threads) {}
+    : simd_(!opts.force_scalar && cpu_features().has_avx2_kernels()),
+      q8_(simd_ && opts.q8_activations),
+      pool_(opts.n_threads) {}
 
 std::string CpuBackend::name() const {
   return std::string(simd_ ? "cpu-avx2" : "cpu-scalar") + " x" + std::to_string(pool_.size());
@@ -124,7 +126,17 @@ void CpuBackend::matmul(const Tensor& x, const Tensor& w, const Tensor* bias, Te
   require(x.cols == w.cols && out.rows == x.rows && out.cols == w.rows, "matmul: shape mismatch");
   if (bias) require(bias->type == GgmlType::F32 && bias->rows * bias->cols >= w.rows, "matmul: bad bias");
   const int64_t m = w.rows;
-  if (simd_) {
+  if (q8_ && cpu::avx2::matmul_q8_supported(w.type, x.rows)) {
+    // Quantised once here; the workers read the caller's copy through a pointer (a
+    // thread_local named in the lambda would be each worker's own, empty, copy).
+    thread_local cpu::avx2::QuantizedRows tl_xq;
+    const cpu::avx2::QuantizedRows* xq = &tl_xq;
+    cpu::avx2::quantize_rows_q8(x, tl_xq);
+    const int64_t grain = cpu::avx2::matmul_col_grain(x.rows, x.cols);
+    pool_.parallel_for((m + grain - 1) / grain, [&](int64_t b, int64_t e) {
+      cpu::avx2::matmul_q8_cols(*xq, w, bias, out, b * grain, std::min(m, e * grain));
+    });
+  } else if (simd_) {
     const int64_t grain = cpu::avx2::matmul_col_grain(x.rows, x.cols);
     pool_.parallel_for((m + grain - 1) / grain, [&](int64_t b, int64_t e) {
       cpu::avx2::matmul_cols(x, w, bias, out, b * grain, std::min(m, e * grain));

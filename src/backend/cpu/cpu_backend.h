@@ -41,6 +41,7 @@ class CpuBackend final : public Backend {
 
  private:
   bool simd_;
+  bool q8_;  // integer-dot decode matmuls (CpuBackendOptions::q8_activations)
   ThreadPool pool_;
 };
 

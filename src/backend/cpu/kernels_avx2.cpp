@@ -10,6 +10,7 @@
 #include <limits>
 #include <memory>
 
+#include "backend/cpu/avx2_common.h"
 #include "core/error.h"
 
 namespace batchmax::cpu::avx2 {
@@ -17,19 +18,6 @@ namespace batchmax::cpu::avx2 {
 namespace {
 
 // ---------------------------------------------------------------- helpers
-
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-inline float half_to_float(const void* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return _cvtsh_ss(h);
-}
 
 inline float bf16_to_float(const void* p) {
   uint16_t h;
@@ -262,7 +250,7 @@ void dequant_row_t(const uint8_t* row, float* dst, int64_t n) {
 // Rows of x handled together by the fused kernel; more go through it in passes, and from
 // kTiledMinRows on the tiled path is used.
 constexpr int kFusedRows = 8;
-constexpr int64_t kTiledMinRows = 16;
+constexpr int64_t kTiledMinRows = kMatmulTiledMinRows;
 
 // out[r0 .. r0+N, m0 .. m1) for N rows of x: every weight block is decoded once into
 // registers and multiplied into all N rows.

@@ -3,6 +3,7 @@
 // implementation file is the one translation unit compiled with -mavx2 -mfma -mf16c.
 // Each works on a range so that the backend can split it over its thread pool.
 #include <cstdint>
+#include <vector>
 
 #include "backend/backend.h"
 
@@ -18,6 +19,24 @@ void matmul_cols(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& o
                  int64_t m0, int64_t m1);
 // The column count a thread should take at a time for this shape.
 int64_t matmul_col_grain(int64_t n, int64_t k);
+// From this many rows of x on, matmul_cols uses the tiled path.
+constexpr int64_t kMatmulTiledMinRows = 16;
+
+// Rows of x quantised to Q8 per 32 elements: q (rows x blocks x 32), scale d and
+// s = d * sum(q) per block. Built once per matmul, shared by all threads.
+struct QuantizedRows {
+  std::vector<int8_t> q;
+  std::vector<float> d, s;
+  int64_t rows = 0, blocks = 0;
+};
+// Whether the integer-dot path is used for this weight type at n rows (Q8_0/Q4_0/Q4_1,
+// n <= 4). Lives in an AVX2 file: call only where the kernels may run.
+bool matmul_q8_supported(GgmlType t, int64_t n);
+// x.cols must be a multiple of 32.
+void quantize_rows_q8(const Tensor& x, QuantizedRows& out);
+// Like matmul_cols, from quantised activations (~1e-3 relative error, as llama.cpp).
+void matmul_q8_cols(const QuantizedRows& xq, const Tensor& w, const Tensor* bias, Tensor& out,
+                    int64_t m0, int64_t m1);
 
 // Rows [r0, r1): out = x / rms(x) * w (w: cols floats).
 void rms_norm_rows(const Tensor& x, const float* w, float eps, Tensor& out, int64_t r0, int64_t r1);
