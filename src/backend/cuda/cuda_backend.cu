@@ -1,0 +1,392 @@
+// CudaBackend: the Backend interface on one GPU. Activations are BF16; weights are
+// expanded to BF16 on the GPU at load (1-row vectors to F32); all work goes to one
+// stream, so ops are ordered without host waits except download() and synchronize().
+#include "backend/cuda/cuda_backend.h"
+
+#include <algorithm>
+#include <cstring>
+#include <unordered_set>
+#include <vector>
+
+#include "backend/cuda/cuda_common.cuh"
+#include "backend/cuda/gemm.h"
+#include "backend/cuda/staging.h"
+
+namespace batchmax {
+namespace cuda {
+
+void throw_cuda(cudaError_t e, const char* what, const char* file, int line) {
+  throw Error(std::string("CUDA error ") + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) +
+              ") in " + what + " at " + file + ":" + std::to_string(line));
+}
+
+namespace {
+
+// Device memory that grows and never shrinks (reused scratch).
+struct DeviceBuffer {
+  void* p = nullptr;
+  size_t cap = 0;
+  void* get(size_t n) {
+    if (n > cap) {
+      if (p) BMX_CUDA(cudaFree(p));  // cudaFree waits for work that may still read it
+      p = nullptr;
+      cap = std::max(n, cap * 2);
+      BMX_CUDA(cudaMalloc(&p, cap));
+    }
+    return p;
+  }
+  ~DeviceBuffer() {
+    if (p) cudaFree(p);
+  }
+};
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(const CudaBackendOptions& o) : device_(o.device) {
+    BMX_CUDA(cudaSetDevice(device_));
+    BMX_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    gemm_ = std::make_unique<Gemm>(o.gemm_workspace_bytes);
+    staging_ = std::make_unique<Staging>();
+    cudaDeviceProp prop{};
+    BMX_CUDA(cudaGetDeviceProperties(&prop, device_));
+    name_ = std::string("cuda:") + std::to_string(device_) + " (" + prop.name + ")";
+  }
+
+  ~CudaBackend() override {
+    cudaStreamSynchronize(stream_);
+    for (void* p : owned_) cudaFree(p);
+    for (auto& r : ropes_) cudaFree(r.dev);
+    gemm_.reset();
+    staging_.reset();
+    cudaStreamDestroy(stream_);
+  }
+
+  std::string name() const override { return name_; }
+  GgmlType activation_type() const override { return GgmlType::BF16; }
+
+  Tensor alloc(GgmlType type, int64_t rows, int64_t cols) override {
+    if (!is_act_type(type)) throw Error("cuda alloc: only F32 and BF16 tensors, not " + type_name(type));
+    if (rows < 0 || cols < 0) throw Error("cuda alloc: negative shape");
+    Tensor t;
+    t.type = type;
+    t.rows = rows;
+    t.cols = cols;
+    t.row_stride = size_t(cols) * elem_bytes(type);
+    t.data = device_alloc(std::max<size_t>(t.bytes(), 16));
+    return t;
+  }
+
+  void free(Tensor& t) override {
+    if (!t.data) return;
+    auto it = owned_.find(t.data);
+    if (it == owned_.end()) throw Error("cuda free: tensor was not allocated by this backend");
+    BMX_CUDA(cudaFree(t.data));
+    owned_.erase(it);
+    t = Tensor{};
+  }
+
+  Tensor load_weight(GgmlType type, const void* data, int64_t rows, int64_t cols) override {
+    const TypeTraits& tt = type_traits(type);
+    if (!tt.dequantizable) throw Error("cuda load_weight: type " + type_name(type) + " is not supported");
+    const size_t rb = row_bytes(type, cols);
+    // Vectors (norm weights, biases) stay F32; matrices become BF16 for cuBLASLt.
+    Tensor out = alloc(rows == 1 ? GgmlType::F32 : GgmlType::BF16, rows, cols);
+    // Raw bytes go up in chunks of ~64 MiB (whole rows) through one staging buffer.
+    const int64_t chunk = std::max<int64_t>(1, int64_t((size_t(64) << 20) / std::max<size_t>(rb, 1)));
+    void* stage = weight_stage_.get(size_t(std::min(chunk, rows)) * rb);
+    for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+      const int64_t n = std::min(chunk, rows - r0);
+      BMX_CUDA(cudaMemcpyAsync(stage, static_cast<const char*>(data) + size_t(r0) * rb,
+                               size_t(n) * rb, cudaMemcpyHostToDevice, stream_));
+      cuda::launch_dequant(type, stage, n, cols, out, r0, stream_);
+    }
+    // The source may be unmapped after return; pageable copies are staged by then, but
+    // wait anyway so load errors surface here.
+    BMX_CUDA(cudaStreamSynchronize(stream_));
+    return out;
+  }
+
+  void upload(const void* host, Tensor& dst) override {
+    BMX_CUDA(cudaMemcpyAsync(dst.data, host, dst.bytes(), cudaMemcpyHostToDevice, stream_));
+  }
+  void download(const Tensor& src, void* host) override {
+    BMX_CUDA(cudaMemcpyAsync(host, src.data, src.bytes(), cudaMemcpyDeviceToHost, stream_));
+    BMX_CUDA(cudaStreamSynchronize(stream_));
+  }
+  void synchronize() override { BMX_CUDA(cudaStreamSynchronize(stream_)); }
+
+  void embed(const Tensor& table, std::span<const int32_t> ids, Tensor& out) override {
+    if (int64_t(ids.size()) != out.rows) throw Error("cuda embed: ids and output rows differ");
+    check_ids(ids, table.rows, "embed: token id");
+    if (ids.empty()) return;
+    cuda::launch_embed(table, put_ints({ids}), out, stream_);
+  }
+
+  void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override {
+    cuda::launch_rms_norm(x, w, eps, out, stream_);
+  }
+
+  void matmul(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out) override {
+    gemm_->run(x, w, out, stream_);
+    if (bias) cuda::launch_add_bias(out, *bias, stream_);
+  }
+
+  void rope(Tensor& x, int n_heads, std::span<const int32_t> pos, const RopeParams& p) override {
+    if (int64_t(pos.size()) != x.rows) throw Error("cuda rope: positions and rows differ");
+    if (int(p.inv_freq.size()) != p.rotary_dim / 2) throw Error("cuda rope: inv_freq size");
+    if (pos.empty()) return;
+    const float* inv = inv_freq(p);
+    cuda::launch_rope(x, n_heads, put_ints({pos}), inv, p, stream_);
+  }
+
+  void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) override {
+    cuda::launch_swiglu(gate, up, out, stream_);
+  }
+  void add(Tensor& x, const Tensor& y) override { cuda::launch_add(x, y, stream_); }
+
+  void gather_rows(const Tensor& x, std::span<const int32_t> rows, Tensor& out) override {
+    if (int64_t(rows.size()) != out.rows) throw Error("cuda gather_rows: rows and output differ");
+    check_ids(rows, x.rows, "gather_rows: row");
+    if (rows.empty()) return;
+    cuda::launch_gather_rows(x, put_ints({rows}), out, stream_);
+  }
+
+  KVPoolView alloc_kv_pool(GgmlType type, int64_t n_blocks, int block_tokens,
+                           int head_dim) override {
+    if (!is_act_type(type)) throw Error("cuda kv pool: only BF16 and F32 entries, not " + type_name(type));
+    KVPoolView p;
+    p.type = type;
+    p.block_tokens = block_tokens;
+    p.head_dim = head_dim;
+    p.n_blocks = n_blocks;
+    const size_t slots = size_t(n_blocks) * block_tokens;
+    p.k = device_alloc(std::max<size_t>(slots * head_dim * elem_bytes(type), 16));
+    p.v = device_alloc(std::max<size_t>(slots * head_dim * elem_bytes(type), 16));
+    p.pos = static_cast<int32_t*>(device_alloc(std::max<size_t>(slots * 4, 16)));
+    // As on the CPU: unused slots hold INT32_MAX, a position no query sees.
+    cuda::launch_fill_i32(p.pos, int64_t(slots), INT32_MAX, stream_);
+    return p;
+  }
+
+  void free_kv_pool(KVPoolView& pool) override {
+    for (void* p : {pool.k, pool.v, static_cast<void*>(pool.pos)}) {
+      if (!p) continue;
+      owned_.erase(p);
+      BMX_CUDA(cudaFree(p));
+    }
+    pool = KVPoolView{};
+  }
+
+  void kv_store(const Tensor& k, const Tensor& v, int n_kv_heads, std::span<const int32_t> slots,
+                std::span<const int32_t> pos, KVPoolView& pool) override {
+    const int64_t n = int64_t(pos.size());
+    if (int64_t(slots.size()) != n * n_kv_heads) throw Error("cuda kv_store: slots size");
+    for (int32_t sl : slots)  // negative: a padding row/head, skipped
+      if (sl >= n_slots(pool)) throw Error("cuda kv_store: slot " + std::to_string(sl) + " is out of range");
+    if (n == 0) return;
+    const int32_t* d = put_ints({slots, pos});
+    cuda::launch_kv_store(k, v, n_kv_heads, d, d + slots.size(), n, pool, stream_);
+  }
+
+  void kv_move(std::span<const int32_t> src, std::span<const int32_t> dst,
+               KVPoolView& pool) override {
+    if (src.size() != dst.size()) throw Error("cuda kv_move: src and dst sizes differ");
+    check_ids(src, n_slots(pool), "kv_move: source slot");
+    check_ids(dst, n_slots(pool), "kv_move: destination slot");
+    if (src.empty()) return;
+    const int32_t* d = put_ints({src, dst});
+    void* scratch = move_scratch_.get(cuda::kv_move_scratch_bytes(pool, int64_t(src.size())));
+    cuda::launch_kv_move(d, d + src.size(), int64_t(src.size()), scratch, pool, stream_);
+  }
+
+  void attention(const Tensor& q, std::span<const AttentionSeq> seqs, const AttentionParams& p,
+                 const KVPoolView& pool, Tensor& out) override {
+    const cuda::AttentionTiles t = cuda::attention_tiles(p);
+    cuda::AttentionLaunch a = pack_attention(q, seqs, p, pool, t.small, t.big, t.small);
+    if (a.n_small + a.n_big == 0) return;
+    if (q.type != out.type || out.rows != q.rows || out.cols != q.cols)
+      throw Error("cuda attention: out must match q");
+    a.meta = put_packed();
+    cuda::launch_attention(q, a, p, pool, out, stream_);
+  }
+
+  void attention_scores(const Tensor& q, std::span<const AttentionSeq> seqs,
+                        const AttentionParams& p, const KVPoolView& pool,
+                        std::span<float* const> out, int64_t out_stride) override {
+    if (out.size() != seqs.size()) throw Error("cuda attention_scores: one output per sequence");
+    for (const AttentionSeq& a : seqs)
+      for (int32_t e : a.head_entries)
+        if (e > out_stride) throw Error("cuda attention_scores: out_stride below the entries");
+    // One query vector per work item, all in the first list.
+    cuda::AttentionLaunch a = pack_attention(q, seqs, p, pool, 1, 1, INT64_MAX);
+    if (a.n_small == 0) return;
+    const size_t per_seq = size_t(p.n_kv_heads) * out_stride;
+    float* d_out = static_cast<float*>(scores_out_.get(std::max<size_t>(seqs.size() * per_seq, 1) * 4));
+    BMX_CUDA(cudaMemsetAsync(d_out, 0, seqs.size() * per_seq * 4, stream_));
+    a.meta = put_packed();
+    cuda::launch_attention_scores(q, a, p, pool, d_out, out_stride, stream_);
+    host_scores_.resize(seqs.size() * per_seq);
+    BMX_CUDA(cudaMemcpyAsync(host_scores_.data(), d_out, host_scores_.size() * 4,
+                             cudaMemcpyDeviceToHost, stream_));
+    BMX_CUDA(cudaStreamSynchronize(stream_));
+    for (size_t i = 0; i < seqs.size(); ++i)
+      for (int h = 0; h < p.n_kv_heads; ++h) {
+        const float* src = host_scores_.data() + i * per_seq + size_t(h) * out_stride;
+        std::copy(src, src + seqs[i].head_entries[h], out[i] + size_t(h) * out_stride);
+      }
+  }
+
+  void key_norms(const KVPoolView& pool, std::span<const int32_t> blocks, int64_t n_entries,
+                 float* out) override {
+    if (n_entries > int64_t(blocks.size()) * pool.block_tokens)
+      throw Error("cuda key_norms: more entries than the blocks hold");
+    check_ids(blocks, pool.n_blocks, "key_norms: block");
+    if (n_entries == 0) return;
+    float* d_out = static_cast<float*>(scores_out_.get(size_t(n_entries) * 4));
+    cuda::launch_key_norms(pool, put_ints({blocks}), n_entries, d_out, stream_);
+    BMX_CUDA(cudaMemcpyAsync(out, d_out, size_t(n_entries) * 4, cudaMemcpyDeviceToHost, stream_));
+    BMX_CUDA(cudaStreamSynchronize(stream_));
+  }
+
+ private:
+  void* device_alloc(size_t n) {
+    void* p = nullptr;
+    BMX_CUDA(cudaMalloc(&p, n));
+    owned_.insert(p);
+    return p;
+  }
+  static int64_t n_slots(const KVPoolView& pool) { return pool.n_blocks * pool.block_tokens; }
+  static void check_ids(std::span<const int32_t> ids, int64_t n, const char* what) {
+    for (int32_t i : ids)
+      if (i < 0 || i >= n)
+        throw Error(std::string("cuda ") + what + " " + std::to_string(i) + " is out of range [0, " +
+                    std::to_string(n) + ")");
+  }
+  // Concatenates host spans into one staging put; returns the device copy.
+  const int32_t* put_ints(std::initializer_list<std::span<const int32_t>> parts) {
+    host_ints_.clear();
+    for (auto s : parts) host_ints_.insert(host_ints_.end(), s.begin(), s.end());
+    return static_cast<const int32_t*>(
+        staging_->put(host_ints_.data(), host_ints_.size() * sizeof(int32_t), stream_));
+  }
+  const int32_t* put_packed() {
+    return static_cast<const int32_t*>(
+        staging_->put(host_ints_.data(), host_ints_.size() * sizeof(int32_t), stream_));
+  }
+  // inv_freq is uploaded once per distinct RopeParams content.
+  const float* inv_freq(const RopeParams& p) {
+    for (auto& r : ropes_)
+      if (r.host == p.inv_freq) return r.dev;
+    RopeEntry e{p.inv_freq, nullptr};
+    BMX_CUDA(cudaMalloc(reinterpret_cast<void**>(&e.dev), std::max<size_t>(p.inv_freq.size(), 1) * 4));
+    BMX_CUDA(cudaMemcpyAsync(e.dev, p.inv_freq.data(), p.inv_freq.size() * 4,
+                             cudaMemcpyHostToDevice, stream_));
+    BMX_CUDA(cudaStreamSynchronize(stream_));  // the host vector may change after return
+    ropes_.push_back(std::move(e));
+    return ropes_.back().dev;
+  }
+
+  struct RopeEntry {
+    std::vector<float> host;
+    float* dev;
+  };
+  int device_;
+  std::string name_;
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<Gemm> gemm_;
+  std::unique_ptr<Staging> staging_;
+  std::unordered_set<void*> owned_;
+  std::vector<RopeEntry> ropes_;
+  // Packs the per-call attention metadata into host_ints_ (layout in
+  // attention_kernels.cu): (sequence, KV head) pairs with at most `small_max` query
+  // vectors get work items of `small` vectors, first; the others items of `big` vectors.
+  cuda::AttentionLaunch pack_attention(const Tensor& q, std::span<const AttentionSeq> seqs,
+                                       const AttentionParams& p, const KVPoolView& pool,
+                                       int small, int big, int64_t small_max);
+
+  DeviceBuffer weight_stage_, move_scratch_, scores_out_;
+  std::vector<int32_t> host_ints_, big_work_;
+  std::vector<float> host_scores_;
+};
+
+cuda::AttentionLaunch CudaBackend::pack_attention(const Tensor& q,
+                                                  std::span<const AttentionSeq> seqs,
+                                                  const AttentionParams& p,
+                                                  const KVPoolView& pool, int small, int big,
+                                                  int64_t small_max) {
+  if (p.n_kv_heads <= 0 || p.n_heads % p.n_kv_heads)
+    throw Error("cuda attention: n_heads must be a multiple of n_kv_heads");
+  if (q.cols != int64_t(p.n_heads) * p.head_dim)
+    throw Error("cuda attention: q columns do not match the heads");
+  if (pool.head_dim != p.head_dim) throw Error("cuda attention: pool head_dim differs");
+  const int group = p.n_heads / p.n_kv_heads;
+  const int n_seqs = int(seqs.size()), nkv = p.n_kv_heads;
+  // Work items first: their count fixes where the per-sequence records start.
+  std::vector<int32_t>& m = host_ints_;
+  m.clear();
+  big_work_.clear();
+  for (int s = 0; s < n_seqs; ++s) {
+    const AttentionSeq& a = seqs[s];
+    if (a.q_begin < 0 || a.n_q < 0 || a.q_begin + a.n_q > q.rows)
+      throw Error("cuda attention: sequence rows outside q");
+    if (int(a.head_blocks.size()) != nkv || int(a.head_entries.size()) != nkv)
+      throw Error("cuda attention: one block table per KV head expected");
+    const int64_t n_vec = a.n_q * group;
+    const int tile = n_vec <= small_max ? small : big;
+    std::vector<int32_t>& list = n_vec <= small_max ? m : big_work_;
+    for (int h = 0; h < nkv; ++h)
+      for (int64_t v0 = 0; v0 < n_vec; v0 += tile) list.insert(list.end(), {s, h, int32_t(v0), 0});
+  }
+  cuda::AttentionLaunch L{nullptr, int(m.size() / 4), int(big_work_.size() / 4), n_seqs, 0};
+  m.insert(m.end(), big_work_.begin(), big_work_.end());
+  if (m.empty()) return L;
+  const size_t seq_at = m.size(), head_at = seq_at + 4 * size_t(n_seqs);
+  L.seq_at = int(seq_at);
+  m.resize(head_at + 2 * size_t(n_seqs) * nkv);
+  for (int s = 0; s < n_seqs; ++s) {
+    const AttentionSeq& a = seqs[s];
+    int32_t* rec = m.data() + seq_at + 4 * s;
+    rec[0] = int32_t(a.q_begin);
+    rec[1] = int32_t(a.n_q);
+    rec[2] = int32_t(m.size());
+    rec[3] = s * nkv;
+    m.insert(m.end(), a.q_pos, a.q_pos + a.n_q);
+    for (int h = 0; h < nkv; ++h) {
+      const auto& blocks = a.head_blocks[h];
+      if (a.head_entries[h] < 0 ||
+          int64_t(a.head_entries[h]) > int64_t(blocks.size()) * pool.block_tokens)
+        throw Error("cuda attention: more entries than the block table holds");
+      for (int32_t b : blocks)
+        if (b < 0 || b >= pool.n_blocks) throw Error("cuda attention: block id out of range");
+      int32_t* hr = m.data() + head_at + 2 * (size_t(s) * nkv + h);
+      hr[0] = int32_t(m.size());
+      hr[1] = a.head_entries[h];
+      m.insert(m.end(), blocks.begin(), blocks.end());
+    }
+  }
+  if (m.size() > size_t(INT32_MAX)) throw Error("cuda attention: metadata too large");
+  return L;
+}
+
+}  // namespace
+}  // namespace cuda
+
+std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& opts) {
+  int n = cuda_device_count();
+  if (n == 0) throw Error("no CUDA device is available");
+  if (opts.device < 0 || opts.device >= n)
+    throw Error("CUDA device " + std::to_string(opts.device) + " does not exist (" +
+                std::to_string(n) + " found)");
+  return std::make_unique<cuda::CudaBackend>(opts);
+}
+
+int cuda_device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky-free error so later calls start clean
+    return 0;
+  }
+  return n;
+}
+
+}  // namespace batchmax

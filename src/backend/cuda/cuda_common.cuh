@@ -1,0 +1,141 @@
+#pragma once
+// Shared by the CUDA sources: error checks, element access for the two activation
+// types (F32, BF16), and the launch functions each kernel file exports.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "backend/backend.h"
+#include "core/error.h"
+
+namespace batchmax::cuda {
+
+[[noreturn]] void throw_cuda(cudaError_t e, const char* what, const char* file, int line);
+
+#define BMX_CUDA(call)                                                           \
+  do {                                                                           \
+    cudaError_t e_ = (call);                                                     \
+    if (e_ != cudaSuccess) ::batchmax::cuda::throw_cuda(e_, #call, __FILE__, __LINE__); \
+  } while (0)
+// After every launch: a bad configuration shows here, not at some later call.
+#define BMX_LAUNCHED() BMX_CUDA(cudaGetLastError())
+
+using bf16 = __nv_bfloat16;
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(bf16 x) { return __bfloat162float(x); }
+template <class T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ bf16 from_f<bf16>(float x) { return __float2bfloat16(x); }
+
+// 8 consecutive elements as floats; p must be 16-byte aligned (bf16) or 32-byte (f32).
+__device__ __forceinline__ void load8(const bf16* p, float (&v)[8]) {
+  uint4 u = *reinterpret_cast<const uint4*>(p);
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    float2 f = __bfloat1622float2(h[i]);
+    v[2 * i] = f.x;
+    v[2 * i + 1] = f.y;
+  }
+}
+__device__ __forceinline__ void load8(const float* p, float (&v)[8]) {
+  float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
+  v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+  v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+}
+__device__ __forceinline__ void store8(bf16* p, const float (&v)[8]) {
+  uint4 u;
+  __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&u);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) h[i] = __floats2bfloat162_rn(v[2 * i], v[2 * i + 1]);
+  *reinterpret_cast<uint4*>(p) = u;
+}
+__device__ __forceinline__ void store8(float* p, const float (&v)[8]) {
+  reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
+  reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+
+// Row-major 2-D view passed to kernels; stride in elements.
+template <class T>
+struct View {
+  T* p;
+  int64_t stride;
+  __device__ __forceinline__ T* row(int64_t r) const { return p + r * stride; }
+};
+
+inline bool is_act_type(GgmlType t) { return t == GgmlType::F32 || t == GgmlType::BF16; }
+inline size_t elem_bytes(GgmlType t) {
+  switch (t) {
+    case GgmlType::F32: case GgmlType::I32: return 4;
+    case GgmlType::BF16: case GgmlType::F16: return 2;
+    default: throw Error("cuda backend: " + std::string("no plain element size for this type"));
+  }
+}
+template <class T>
+View<T> view(const Tensor& t) {
+  return {static_cast<T*>(t.data), int64_t(t.row_stride / sizeof(T))};
+}
+// Whether every row start of t is 16-byte aligned and cols a multiple of 8: the
+// vectorised paths' condition.
+inline bool vec8_ok(const Tensor& t) {
+  const size_t eb = elem_bytes(t.type);
+  return t.cols % 8 == 0 && (reinterpret_cast<uintptr_t>(t.data) % (8 * eb)) == 0 &&
+         t.row_stride % (8 * eb) == 0;
+}
+
+// Calls f(T{}) with T = float or bf16 by the tensor type.
+template <class F>
+void dispatch_act(GgmlType t, const char* what, F&& f) {
+  if (t == GgmlType::F32) f(float{});
+  else if (t == GgmlType::BF16) f(bf16{});
+  else throw Error(std::string("cuda backend: ") + what + " must be F32 or BF16");
+}
+
+// ---- launch functions (one file per concept) ----
+// elementwise_kernels.cu
+void launch_embed(const Tensor& table, const int32_t* d_ids, Tensor& out, cudaStream_t s);
+void launch_gather_rows(const Tensor& x, const int32_t* d_rows, Tensor& out, cudaStream_t s);
+void launch_swiglu(const Tensor& gate, const Tensor& up, Tensor& out, cudaStream_t s);
+void launch_add(Tensor& x, const Tensor& y, cudaStream_t s);
+void launch_add_bias(Tensor& out, const Tensor& bias, cudaStream_t s);
+void launch_fill_random(void* p, GgmlType t, int64_t n, uint64_t seed, cudaStream_t s);
+// norm_rope_kernels.cu
+void launch_rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out, cudaStream_t s);
+void launch_rope(Tensor& x, int n_heads, const int32_t* d_pos, const float* d_inv_freq,
+                 const RopeParams& p, cudaStream_t s);
+// dequant_kernels.cu: rows of `src_type` (contiguous, GGUF layout) to F32 or BF16 rows.
+void launch_dequant(GgmlType src_type, const void* d_src, int64_t rows, int64_t cols,
+                    const Tensor& out, int64_t out_row0, cudaStream_t s);
+// kv_kernels.cu
+void launch_kv_store(const Tensor& k, const Tensor& v, int n_kv_heads, const int32_t* d_slots,
+                     const int32_t* d_pos, int64_t n_rows, KVPoolView& pool, cudaStream_t s);
+// Parallel assignment: every source is read (into `scratch`) before any slot is written.
+void launch_kv_move(const int32_t* d_src, const int32_t* d_dst, int64_t n, void* scratch,
+                    KVPoolView& pool, cudaStream_t s);
+size_t kv_move_scratch_bytes(const KVPoolView& pool, int64_t n);
+void launch_fill_i32(int32_t* p, int64_t n, int32_t value, cudaStream_t s);
+// attention_kernels.cu
+struct AttentionLaunch {
+  const int32_t* meta;  // device copy of the packed metadata (see attention_kernels.cu)
+  int n_small, n_big;   // work items (CTAs) of the two lists, small tiles first
+  int n_seqs;
+  int seq_at;           // where the per-sequence records start: 4 * (n_small + n_big)
+};
+// Query vectors per CTA: `small` for (sequence, KV head) pairs with at most that many
+// vectors (decode rows), `big` otherwise.
+struct AttentionTiles { int small, big; };
+AttentionTiles attention_tiles(const AttentionParams& p);
+void launch_attention(const Tensor& q, const AttentionLaunch& a, const AttentionParams& p,
+                      const KVPoolView& pool, Tensor& out, cudaStream_t s);
+// scores_kernels.cu. a: one query vector per work item (all in the small list); d_out [n_seqs][n_kv][stride], zeroed.
+void launch_attention_scores(const Tensor& q, const AttentionLaunch& a, const AttentionParams& p,
+                             const KVPoolView& pool, float* d_out, int64_t stride,
+                             cudaStream_t s);
+void launch_key_norms(const KVPoolView& pool, const int32_t* d_blocks, int64_t n, float* d_out,
+                      cudaStream_t s);
+
+}  // namespace batchmax::cuda

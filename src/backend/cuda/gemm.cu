@@ -1,0 +1,111 @@
+#include "backend/cuda/gemm.h"
+
+#include <string>
+
+#include "backend/cuda/cuda_common.cuh"
+
+namespace batchmax::cuda {
+namespace {
+
+void check_lt(cublasStatus_t st, const char* what) {
+  if (st != CUBLAS_STATUS_SUCCESS)
+    throw Error(std::string("cuBLASLt: ") + what + " failed (status " + std::to_string(int(st)) +
+                ")");
+}
+
+// Largest power of two (<= 256) dividing the address: the heuristic may only pick
+// kernels whose alignment needs this meets.
+int alignment(const void* p) {
+  uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  int al = 256;
+  while (al > 1 && a % al) al /= 2;
+  return al;
+}
+
+}  // namespace
+
+Gemm::Gemm(size_t workspace_bytes) : workspace_bytes_(workspace_bytes) {
+  check_lt(cublasLtCreate(&handle_), "create");
+  if (workspace_bytes_) BMX_CUDA(cudaMalloc(&workspace_, workspace_bytes_));
+}
+
+Gemm::~Gemm() {
+  for (auto& [k, p] : plans_) {
+    cublasLtMatrixLayoutDestroy(p.a);
+    cublasLtMatrixLayoutDestroy(p.b);
+    cublasLtMatrixLayoutDestroy(p.c);
+    cublasLtMatmulDescDestroy(p.desc);
+  }
+  if (workspace_) cudaFree(workspace_);
+  if (handle_) cublasLtDestroy(handle_);
+}
+
+Gemm::Plan& Gemm::plan(const Key& key) {
+  auto it = plans_.find(key);
+  if (it != plans_.end()) return it->second;
+  const auto [m, n, k, ldx, ldw, ldo, out_type, al_x, al_w, al_o] = key;
+  // Column-major view of the row-major problem: out^T[m, n] = w[m, k] . x^T[k, n], with
+  // w stored as a k x m column-major matrix (transposed: "TN").
+  Plan p;
+  check_lt(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "desc");
+  cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+  check_lt(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)),
+           "transa");
+  check_lt(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)),
+           "transb");
+  const cudaDataType_t ot = out_type == int(GgmlType::F32) ? CUDA_R_32F : CUDA_R_16BF;
+  check_lt(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16BF, k, m, ldw), "layout w");
+  check_lt(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16BF, k, n, ldx), "layout x");
+  check_lt(cublasLtMatrixLayoutCreate(&p.c, ot, m, n, ldo), "layout out");
+
+  cublasLtMatmulPreference_t pref;
+  check_lt(cublasLtMatmulPreferenceCreate(&pref), "preference");
+  uint64_t ws = workspace_bytes_;
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
+                                       sizeof(ws));
+  uint32_t ax = al_x, aw = al_w, ao = al_o;
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &aw,
+                                       sizeof(aw));
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &ax,
+                                       sizeof(ax));
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &ao,
+                                       sizeof(ao));
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ao,
+                                       sizeof(ao));
+  cublasLtMatmulHeuristicResult_t res{};
+  int found = 0;
+  cublasStatus_t st =
+      cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.a, p.b, p.c, p.c, pref, 1, &res, &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
+    cublasLtMatrixLayoutDestroy(p.a);
+    cublasLtMatrixLayoutDestroy(p.b);
+    cublasLtMatrixLayoutDestroy(p.c);
+    cublasLtMatmulDescDestroy(p.desc);
+    throw Error("cuBLASLt: no algorithm for matmul m=" + std::to_string(m) + " n=" +
+                std::to_string(n) + " k=" + std::to_string(k));
+  }
+  p.algo = res.algo;
+  return plans_.emplace(key, p).first->second;
+}
+
+void Gemm::run(const Tensor& x, const Tensor& w, Tensor& out, cudaStream_t s) {
+  if (x.type != GgmlType::BF16 || w.type != GgmlType::BF16)
+    throw Error("cuda matmul: x and w must be BF16 (weights are converted at load)");
+  if (out.type != GgmlType::BF16 && out.type != GgmlType::F32)
+    throw Error("cuda matmul: output must be BF16 or F32");
+  if (x.cols != w.cols || out.rows != x.rows || out.cols != w.rows)
+    throw Error("cuda matmul: shapes do not match");
+  if (x.rows == 0 || w.rows == 0) return;
+  const size_t eo = out.type == GgmlType::F32 ? 4 : 2;
+  const Key key{w.rows, x.rows, x.cols, int64_t(x.row_stride / 2), int64_t(w.row_stride / 2),
+                int64_t(out.row_stride / eo), int(out.type), alignment(x.data),
+                alignment(w.data), alignment(out.data)};
+  Plan& p = plan(key);
+  const float alpha = 1.0f, beta = 0.0f;
+  check_lt(cublasLtMatmul(handle_, p.desc, &alpha, w.data, p.a, x.data, p.b, &beta, out.data,
+                          p.c, out.data, p.c, &p.algo, workspace_, workspace_bytes_, s),
+           "matmul");
+}
+
+}  // namespace batchmax::cuda

@@ -1,0 +1,125 @@
+// RMS norm (one CTA per row, fp32 sums) and rotary embedding (in place).
+#include <algorithm>
+
+#include "backend/cuda/cuda_common.cuh"
+
+namespace batchmax::cuda {
+namespace {
+
+constexpr int kNormThreads = 256;
+
+__device__ __forceinline__ float block_sum(float v, float* red) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  float t = 0;
+  for (int i = 0; i < int(blockDim.x / 32); ++i) t += red[i];
+  return t;
+}
+
+template <class TX, class TW, class TO, bool VEC>
+__global__ void __launch_bounds__(kNormThreads) rms_norm_kernel(View<const TX> x, const TW* w,
+                                                                View<TO> out, int64_t cols,
+                                                                float eps) {
+  __shared__ float red[kNormThreads / 32];
+  const TX* xr = x.row(blockIdx.x);
+  TO* o = out.row(blockIdx.x);
+  float ss = 0;
+  if constexpr (VEC) {
+    for (int64_t c = threadIdx.x * 8; c < cols; c += blockDim.x * 8) {
+      float v[8];
+      load8(xr + c, v);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) ss += v[j] * v[j];
+    }
+  } else {
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) ss += to_f(xr[c]) * to_f(xr[c]);
+  }
+  const float inv = rsqrtf(block_sum(ss, red) / float(cols) + eps);
+  // Second pass re-reads the row (L1/L2 hits); each thread touches only its own
+  // elements, so out may alias x.
+  if constexpr (VEC) {
+    for (int64_t c = threadIdx.x * 8; c < cols; c += blockDim.x * 8) {
+      float v[8], g[8];
+      load8(xr + c, v);
+      load8(w + c, g);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[j] = v[j] * inv * g[j];
+      store8(o + c, v);
+    }
+  } else {
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)
+      o[c] = from_f<TO>(to_f(xr[c]) * inv * to_f(w[c]));
+  }
+}
+
+template <class T>
+__global__ void rope_kernel(View<T> x, int n_heads, int head_dim, int half, bool neox,
+                            const int32_t* pos, const float* inv_freq, int64_t rows) {
+  const int64_t per_row = int64_t(n_heads) * half;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < rows * per_row;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / per_row;
+    const int h = int((i % per_row) / half), k = int(i % half);
+    // The angle in double and reduced to [0, 2pi) first: positions reach 1e5+, where a
+    // float product alone loses ~1e-2 rad.
+    double th = double(pos[r]) * double(inv_freq[k]);
+    th -= 6.283185307179586 * floor(th * 0.15915494309189535);
+    float s, c;
+    sincosf(float(th), &s, &c);
+    T* v = x.row(r) + int64_t(h) * head_dim;
+    const int a = neox ? k : 2 * k, b = neox ? k + half : 2 * k + 1;
+    const float x0 = to_f(v[a]), x1 = to_f(v[b]);
+    v[a] = from_f<T>(x0 * c - x1 * s);
+    v[b] = from_f<T>(x0 * s + x1 * c);
+  }
+}
+
+}  // namespace
+
+void launch_rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out, cudaStream_t s) {
+  if (x.rows != out.rows || x.cols != out.cols || w.cols != x.cols)
+    throw Error("cuda rms_norm: shapes differ");
+  if (x.rows == 0) return;
+  if (x.rows > INT32_MAX) throw Error("cuda rms_norm: too many rows");
+  const bool vec = vec8_ok(x) && vec8_ok(w) && vec8_ok(out);
+  dispatch_act(x.type, "rms_norm input", [&](auto tx) {
+    using TX = decltype(tx);
+    dispatch_act(w.type, "rms_norm weight", [&](auto tw) {
+      using TW = decltype(tw);
+      dispatch_act(out.type, "rms_norm output", [&](auto to) {
+        using TO = decltype(to);
+        const TW* wp = static_cast<const TW*>(w.data);
+        if (vec)
+          rms_norm_kernel<TX, TW, TO, true><<<unsigned(x.rows), kNormThreads, 0, s>>>(
+              view<const TX>(x), wp, view<TO>(out), x.cols, eps);
+        else
+          rms_norm_kernel<TX, TW, TO, false><<<unsigned(x.rows), kNormThreads, 0, s>>>(
+              view<const TX>(x), wp, view<TO>(out), x.cols, eps);
+        BMX_LAUNCHED();
+      });
+    });
+  });
+}
+
+void launch_rope(Tensor& x, int n_heads, const int32_t* d_pos, const float* d_inv_freq,
+                 const RopeParams& p, cudaStream_t s) {
+  if (p.rotary_dim > p.head_dim || p.rotary_dim % 2 || int64_t(n_heads) * p.head_dim > x.cols)
+    throw Error("cuda rope: bad shape");
+  const int half = p.rotary_dim / 2;
+  const int64_t work = x.rows * n_heads * half;
+  if (work == 0) return;
+  const int threads = 256;
+  const int blocks = int(std::min<int64_t>((work + threads - 1) / threads, 1 << 20));
+  dispatch_act(x.type, "rope input", [&](auto tx) {
+    using T = decltype(tx);
+    rope_kernel<T><<<blocks, threads, 0, s>>>(view<T>(x), n_heads, p.head_dim, half,
+                                              p.style == RopeStyle::Neox, d_pos, d_inv_freq,
+                                              x.rows);
+    BMX_LAUNCHED();
+  });
+}
+
+}  // namespace batchmax::cuda

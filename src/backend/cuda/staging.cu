@@ -1,0 +1,54 @@
+#include "backend/cuda/staging.h"
+
+#include <cstring>
+
+#include "backend/cuda/cuda_common.cuh"
+
+namespace batchmax::cuda {
+
+Staging::Staging(size_t half_bytes) : half_(half_bytes) {
+  BMX_CUDA(cudaHostAlloc(reinterpret_cast<void**>(&host_), 2 * half_, cudaHostAllocDefault));
+  BMX_CUDA(cudaMalloc(reinterpret_cast<void**>(&dev_), 2 * half_));
+  for (auto& e : left_) BMX_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+}
+
+Staging::~Staging() {
+  for (auto& e : left_) cudaEventDestroy(e);
+  cudaFree(dev_);
+  cudaFreeHost(host_);
+}
+
+void Staging::grow(size_t need, cudaStream_t s) {
+  BMX_CUDA(cudaStreamSynchronize(s));  // nothing in flight reads the old buffers
+  cudaFree(dev_);
+  cudaFreeHost(host_);
+  while (half_ < need) half_ *= 2;
+  BMX_CUDA(cudaHostAlloc(reinterpret_cast<void**>(&host_), 2 * half_, cudaHostAllocDefault));
+  BMX_CUDA(cudaMalloc(reinterpret_cast<void**>(&dev_), 2 * half_));
+  cur_ = 0;
+  off_ = 0;
+  pending_[0] = pending_[1] = false;
+}
+
+void* Staging::put(const void* src, size_t n, cudaStream_t s) {
+  const size_t bytes = n;
+  n = (n + 15) / 16 * 16;  // keeps every put 16-byte aligned
+  if (n > half_) {
+    grow(n, s);
+  } else if (off_ + n > half_) {
+    BMX_CUDA(cudaEventRecord(left_[cur_], s));
+    pending_[cur_] = true;
+    cur_ ^= 1;
+    if (pending_[cur_]) BMX_CUDA(cudaEventSynchronize(left_[cur_]));
+    pending_[cur_] = false;
+    off_ = 0;
+  }
+  char* h = host_ + cur_ * half_ + off_;
+  char* d = dev_ + cur_ * half_ + off_;
+  std::memcpy(h, src, bytes);
+  BMX_CUDA(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, s));
+  off_ += n;
+  return d;
+}
+
+}  // namespace batchmax::cuda

@@ -1,0 +1,34 @@
+#pragma once
+// Host spans (token ids, positions, slots, block tables) reach the GPU through a pinned
+// ring of two halves mirrored on the device. Each op makes ONE put() before its
+// launches; when the ring moves to the other half it first waits for the event recorded
+// when that half was last left, which follows every launch that read it.
+#include <cuda_runtime.h>
+
+#include <cstddef>
+
+namespace batchmax::cuda {
+
+class Staging {
+ public:
+  explicit Staging(size_t half_bytes = size_t(4) << 20);
+  ~Staging();
+  Staging(const Staging&) = delete;
+  Staging& operator=(const Staging&) = delete;
+
+  // Copies n bytes to the device (stream-ordered); the pointer stays valid for launches
+  // made before the next put().
+  void* put(const void* src, size_t n, cudaStream_t s);
+
+ private:
+  void grow(size_t need, cudaStream_t s);
+  char* host_ = nullptr;
+  char* dev_ = nullptr;
+  size_t half_ = 0;
+  int cur_ = 0;
+  size_t off_ = 0;
+  cudaEvent_t left_[2]{};
+  bool pending_[2] = {false, false};
+};
+
+}  // namespace batchmax::cuda

@@ -1,0 +1,166 @@
+// The CUDA backend against the CPU reference kernels (force_scalar), op by op, on fresh
+// random inputs; bounds and method in cuda_test_util.h. Attention and the KV pool ops
+// are in test_cuda_attention.cpp.
+#include "kernels/cuda_test_util.h"
+
+namespace batchmax::cudatest {
+namespace {
+
+using CudaKernels = CudaFixture;
+
+const GgmlType kWeightTypes[] = {GgmlType::F32,  GgmlType::F16,  GgmlType::BF16,
+                                 GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1,
+                                 GgmlType::Q4_K, GgmlType::Q6_K};
+
+TEST_F(CudaKernels, LoadWeightDequantisesEveryType) {
+  for (GgmlType t : kWeightTypes) {
+    const int64_t rows = 9, cols = 512;
+    std::vector<uint8_t> raw = random_weight(t, rows, cols);
+    Tensor w = gpu->load_weight(t, raw.data(), rows, cols);
+    gpu_owned.push_back(w);
+    EXPECT_EQ(w.type, GgmlType::BF16);
+    std::vector<float> want(rows * cols);
+    const size_t rb = row_bytes(t, cols);
+    for (int64_t r = 0; r < rows; ++r)
+      dequantize_row(t, raw.data() + r * rb, want.data() + r * cols, cols);
+    expect_close("load_weight " + type_name(t), down_gpu(w), want, kDequantBound);
+  }
+  // 1-row vectors (norm weights, biases) stay F32: exact.
+  std::vector<float> vec = randv(300);
+  Tensor v = gpu->load_weight(GgmlType::F32, vec.data(), 1, 300);
+  gpu_owned.push_back(v);
+  EXPECT_EQ(v.type, GgmlType::F32);
+  expect_close("load_weight F32 vector", down_gpu(v), vec, kExactBound);
+}
+
+TEST_F(CudaKernels, Embed) {
+  for (GgmlType t : {GgmlType::Q6_K, GgmlType::Q4_K, GgmlType::BF16, GgmlType::F32}) {
+    const int64_t vocab = 50, d = 512;
+    std::vector<uint8_t> raw = random_weight(t, vocab, d);
+    Tensor tc = cpu->load_weight(t, raw.data(), vocab, d);
+    Tensor tg = gpu->load_weight(t, raw.data(), vocab, d);
+    gpu_owned.push_back(tg);
+    std::vector<int32_t> ids(13);
+    for (int32_t& i : ids) i = randi(0, int(vocab - 1));
+    ids[3] = ids[7];  // repeats
+    Pair out = make_out(int64_t(ids.size()), d);
+    cpu->embed(tc, ids, out.c);
+    gpu->embed(tg, ids, out.g);
+    expect_close("embed " + type_name(t), down_gpu(out.g), down_cpu(out.c), kDequantBound);
+  }
+}
+
+TEST_F(CudaKernels, RmsNorm) {
+  // (rows, cols): vectorised path, and an odd width for the scalar path.
+  for (auto [rows, cols] : {std::pair<int64_t, int64_t>{7, 4096}, {5, 100}, {1, 576}}) {
+    for (GgmlType ot : {GgmlType::BF16, GgmlType::F32}) {
+      Pair x = make(rows, cols, randv(rows * cols, -3, 3));
+      std::vector<float> wv = randv(cols, 0.5f, 1.5f);
+      Tensor wc = cpu->load_weight(GgmlType::F32, wv.data(), 1, cols);
+      Tensor wg = gpu->load_weight(GgmlType::F32, wv.data(), 1, cols);
+      gpu_owned.push_back(wg);
+      Pair out = make_out(rows, cols, ot);
+      cpu->rms_norm(x.c, wc, 1e-5f, out.c);
+      gpu->rms_norm(x.g, wg, 1e-5f, out.g);
+      expect_close("rms_norm " + std::to_string(rows) + "x" + std::to_string(cols) + " -> " +
+                       type_name(ot),
+                   down_gpu(out.g), down_cpu(out.c), kBf16OpBound);
+    }
+  }
+}
+
+TEST_F(CudaKernels, MatmulEveryWeightTypeAndShape) {
+  struct Shape { int64_t n, k, m; };
+  for (Shape s : {Shape{1, 256, 96}, Shape{7, 512, 160}, Shape{64, 768, 384}, Shape{33, 256, 1000}})
+    for (GgmlType t : {GgmlType::F32, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0,
+                       GgmlType::Q4_K, GgmlType::Q6_K}) {
+      std::vector<uint8_t> raw = random_weight(t, s.m, s.k);
+      Tensor wc = cpu->load_weight(t, raw.data(), s.m, s.k);
+      Tensor wg = gpu->load_weight(t, raw.data(), s.m, s.k);
+      gpu_owned.push_back(wg);
+      Pair x = make(s.n, s.k, randv(s.n * s.k));
+      for (GgmlType ot : {GgmlType::BF16, GgmlType::F32}) {  // F32: the logits
+        Pair out = make_out(s.n, s.m, ot);
+        cpu->matmul(x.c, wc, nullptr, out.c);
+        gpu->matmul(x.g, wg, nullptr, out.g);
+        expect_close("matmul n=" + std::to_string(s.n) + " k=" + std::to_string(s.k) + " m=" +
+                         std::to_string(s.m) + " w=" + type_name(t) + " out=" + type_name(ot),
+                     down_gpu(out.g), down_cpu(out.c), kBf16OpBound);
+      }
+    }
+}
+
+TEST_F(CudaKernels, MatmulBiasAndRowSlices) {
+  const int64_t k = 512, m = 192;
+  std::vector<uint8_t> raw = random_weight(GgmlType::BF16, m, k);
+  Tensor wc = cpu->load_weight(GgmlType::BF16, raw.data(), m, k);
+  Tensor wg = gpu->load_weight(GgmlType::BF16, raw.data(), m, k);
+  gpu_owned.push_back(wg);
+  std::vector<float> bv = randv(m);
+  Tensor bc = cpu->load_weight(GgmlType::F32, bv.data(), 1, m);
+  Tensor bg = gpu->load_weight(GgmlType::F32, bv.data(), 1, m);
+  gpu_owned.push_back(bg);
+  Pair x = make(11, k, randv(11 * k));
+  Pair out = make_out(11, m);
+  cpu->matmul(x.c, wc, &bc, out.c);
+  gpu->matmul(x.g, wg, &bg, out.g);
+  expect_close("matmul bias", down_gpu(out.g), down_cpu(out.c), kBf16OpBound);
+  // Row slices start at addresses that are not 256-byte aligned.
+  Tensor xs_c = x.c.slice_rows(3, 5), xs_g = x.g.slice_rows(3, 5);
+  Pair out2 = make_out(9, m);
+  Tensor os_c = out2.c.slice_rows(1, 5), os_g = out2.g.slice_rows(1, 5);
+  cpu->matmul(xs_c, wc, nullptr, os_c);
+  gpu->matmul(xs_g, wg, nullptr, os_g);
+  expect_close("matmul row slices", down_gpu(os_g), down_cpu(os_c), kBf16OpBound);
+}
+
+TEST_F(CudaKernels, RopeBothStyles) {
+  for (RopeStyle style : {RopeStyle::Interleaved, RopeStyle::Neox})
+    for (auto [hd, rot] : {std::pair<int, int>{64, 64}, {128, 128}, {128, 32}}) {
+      const int heads = 4;
+      const int64_t rows = 6;
+      RopeParams p;
+      p.style = style;
+      p.head_dim = hd;
+      p.rotary_dim = rot;
+      for (int i = 0; i < rot / 2; ++i)
+        p.inv_freq.push_back(float(std::pow(500000.0, -2.0 * i / rot)));
+      std::vector<int32_t> pos(rows);
+      for (int32_t& x : pos) x = randi(0, 130000);
+      pos[0] = 0;
+      Pair x = make(rows, int64_t(heads) * hd, randv(rows * heads * hd));
+      cpu->rope(x.c, heads, pos, p);
+      gpu->rope(x.g, heads, pos, p);
+      gpu->rope(x.g, heads, pos, p);  // twice on both: the cached inv_freq is reused
+      cpu->rope(x.c, heads, pos, p);
+      expect_close(std::string("rope ") + (style == RopeStyle::Neox ? "neox" : "interleaved") +
+                       " hd=" + std::to_string(hd) + " rot=" + std::to_string(rot),
+                   down_gpu(x.g), down_cpu(x.c), kBf16OpBound);
+    }
+}
+
+TEST_F(CudaKernels, SwigluAddGather) {
+  for (auto [rows, cols] : {std::pair<int64_t, int64_t>{9, 1536}, {4, 77}}) {
+    const std::string shape = std::to_string(rows) + "x" + std::to_string(cols);
+    Pair g = make(rows, cols, randv(rows * cols, -4, 4));
+    Pair u = make(rows, cols, randv(rows * cols));
+    Pair out = make_out(rows, cols);
+    cpu->swiglu(g.c, u.c, out.c);
+    gpu->swiglu(g.g, u.g, out.g);
+    expect_close("swiglu " + shape, down_gpu(out.g), down_cpu(out.c), kBf16OpBound);
+
+    Pair a = make(rows, cols, randv(rows * cols));
+    cpu->add(a.c, u.c);
+    gpu->add(a.g, u.g);
+    expect_close("add " + shape, down_gpu(a.g), down_cpu(a.c), kBf16OpBound);
+
+    std::vector<int32_t> idx = {int32_t(rows - 1), 0, 2, 2};
+    Pair gout = make_out(int64_t(idx.size()), cols);
+    cpu->gather_rows(g.c, idx, gout.c);
+    gpu->gather_rows(g.g, idx, gout.g);
+    expect_close("gather_rows " + shape, down_gpu(gout.g), down_cpu(gout.c), kExactBound);
+  }
+}
+
+}  // namespace
+}  // namespace batchmax::cudatest
