@@ -42,6 +42,9 @@ struct Request {
   std::vector<int32_t> prompt;   // token ids (BOS included when the model wants one)
   SamplingParams sampling;
   std::optional<KVSettings> kv;  // unset: the engine's default
+  // Perplexity: also return log p(prompt[i] | prompt[0..i)) for i >= 1, computed with
+  // the cache as the request's compression leaves it at each chunk.
+  bool prompt_logprobs = false;
 };
 
 struct Output {
@@ -55,6 +58,7 @@ struct Output {
   double total_s = 0;
   std::vector<float> last_logits;  // logits of the last prompt position, if asked
   std::vector<std::vector<float>> step_logits;  // logits of every generated token, if asked
+  std::vector<float> prompt_logprobs;  // prompt.size() - 1 values, if asked
   int64_t kv_peak_entries = 0;   // most entries any (layer, head) held
   int64_t kv_peak_bytes = 0;     // most KV bytes held at once
   int64_t kv_evicted = 0;        // entries evicted, all layers and heads
@@ -63,10 +67,14 @@ struct Output {
 struct EngineOptions {
   std::string model_path;
   int n_threads = 0;          // 0: all hardware threads
-  int max_batch = 8;          // sequences running at once
+  std::string backend = "cpu";  // "cpu" or "cuda" (builds with -DBATCHMAX_CUDA=ON)
+  int max_batch = 8;          // sequences running at once (0: as many as the KV pool admits)
   int step_tokens = 512;      // tokens per forward step (decode tokens + prefill chunks)
   int prefill_chunk = 0;      // largest prefill chunk of one sequence (0: step_tokens)
   int64_t kv_mem_bytes = int64_t(2) << 30;  // KV pool size (capped at what max_batch can use)
+  // When > 0: everything the engine allocates (weights, workspace, KV pool) stays within
+  // this many bytes; the KV pool gets what weights and measured workspace leave.
+  int64_t mem_budget_bytes = 0;
   int max_context = 0;        // 0: the model's context length
   bool force_scalar = false;  // CPU reference kernels
   bool q8_activations = false;  // CPU: integer-dot decode matmuls (faster, ~1e-3 error)
@@ -85,7 +93,19 @@ struct Progress {
   int64_t steps = 0;
 };
 
-struct ModelSummary;
+// How the engine splits its memory (DESIGN.md section 2).
+struct MemoryPlan {
+  std::string backend;
+  int64_t mem_budget_bytes = 0;   // 0: no overall budget (KV pool from kv_mem_bytes)
+  int64_t weight_bytes = 0;       // weights as the backend holds them
+  int64_t workspace_bytes = 0;    // activations and logits of the largest step, measured
+  int64_t kv_pool_bytes = 0;
+  int64_t kv_block_bytes = 0;
+  int64_t kv_blocks = 0;
+  int64_t block_tokens = 0;
+  int64_t kv_heads_total = 0;     // layers x KV heads: blocks per block_tokens entries
+  int64_t kv_bytes_per_token = 0; // K and V of one token, all layers and heads
+};
 
 class Engine {
  public:
@@ -97,6 +117,16 @@ class Engine {
   // nullptr when the model has no chat template.
   virtual const ChatTemplate* chat_template() const = 0;
   virtual int64_t context_length() const = 0;
+  // The memory plan the engine runs with (what `batchmax plan` prints).
+  virtual const MemoryPlan& memory_plan() const = 0;
+  // KV blocks one request of this shape reserves, and how many such requests the pool
+  // holds at once (the largest batch for this workload).
+  virtual int64_t blocks_per_request(const KVSettings& kv, int64_t prompt_tokens,
+                                     int64_t max_tokens) const = 0;
+  int64_t max_concurrent(const KVSettings& kv, int64_t prompt_tokens, int64_t max_tokens) const {
+    const int64_t b = blocks_per_request(kv, prompt_tokens, max_tokens);
+    return b > 0 ? memory_plan().kv_blocks / b : 0;
+  }
 
   // Runs every request to completion and returns outputs in request order. A request
   // that cannot run (empty or too long prompt, bad parameters) gets finish_reason
