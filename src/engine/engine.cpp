@@ -49,6 +49,12 @@ struct Running {
   Output out;
 };
 
+std::string comp_name(const KVCompression& c) {
+  return c.evicts() ? kv_mode_name(c.mode) + " (" + c.policy + ", budget " +
+                          std::to_string(c.params.budget) + ")"
+                    : std::string("full");
+}
+
 KVCompression to_compression(const KVSettings& k) {
   KVCompression c;
   c.mode = parse_kv_mode(k.mode);
@@ -201,11 +207,15 @@ class LlmEngine final : public Engine {
         if (!kv_->add_sequence(seq_id, worst, comp)) {
           if (running.empty()) {
             waiting.pop_front();
-            finish_error(i, "request needs " + std::to_string(kv_->blocks_for_entries(worst)) +
-                                " KV blocks for " + std::to_string(worst) +
-                                " tokens but the pool has only " +
-                                std::to_string(kv_->blocks().n_blocks()) +
-                                "; raise the KV memory or lower max_tokens");
+            const int64_t fits = kv_->blocks().n_blocks() / plan_.kv_heads_total * plan_.block_tokens;
+            finish_error(i, "request needs " + std::to_string(worst) +
+                                " KV entries per layer and head (" +
+                                format_bytes(kv_->blocks_for_entries(worst) * plan_.kv_block_bytes) +
+                                ") in " + comp_name(comp) + " mode, but the whole KV pool (" +
+                                format_bytes(plan_.kv_pool_bytes) + ") holds " +
+                                std::to_string(fits) +
+                                " per layer and head; lower max_tokens or the prompt, use a "
+                                "smaller kv budget with kv_mode batchmax, or raise the memory budget");
             continue;
           }
           break;  // wait for running requests to free blocks
