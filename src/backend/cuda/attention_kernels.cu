@@ -1,4 +1,5 @@
-// Paged causal attention for prefill chunks and decode rows in one launch.
+// Paged causal attention for prefill chunks and decode rows in one launch: the SIMT
+// fallback (f32 q or pool, head dims the tensor-core path in flash_attention.cu lacks).
 //
 // Each CTA takes one (sequence, KV head, tile of M query vectors), where the query
 // vectors of a (sequence, KV head) are its rows times the query heads of the GQA group
@@ -230,7 +231,8 @@ void launch_hd(const Tensor& q, const AttentionLaunch& a, const AttentionParams&
 
 }  // namespace
 
-AttentionTiles attention_tiles(const AttentionParams& p) {
+AttentionTiles attention_tiles(const AttentionParams& p, GgmlType q, GgmlType pool) {
+  if (flash_attention_supported(q, pool, p.head_dim)) return flash_attention_tiles();
   return {small_m(p.head_dim), kBigM};
 }
 
@@ -239,6 +241,8 @@ void launch_attention(const Tensor& q, const AttentionLaunch& a, const Attention
   if (a.n_small + a.n_big == 0) return;
   if (q.type != out.type) throw Error("cuda attention: q and out types differ");
   if (pool.head_dim != p.head_dim) throw Error("cuda attention: pool head_dim differs");
+  if (flash_attention_supported(q.type, pool.type, p.head_dim))
+    return launch_flash_attention(q, a, p, pool, out, s);
   dispatch_act(q.type, "attention q", [&](auto tq) {
     using TQ = decltype(tq);
     dispatch_act(pool.type, "kv pool", [&](auto tk) {
