@@ -218,6 +218,8 @@ template <class TQ, class TKV>
 void launch_hd(const Tensor& q, const AttentionLaunch& a, const AttentionParams& p,
                const KVPoolView& pool, Tensor& out, cudaStream_t s) {
   switch (p.head_dim) {
+    case 16: return launch_typed<TQ, TKV, 16>(q, a, p, pool, out, s);
+    case 32: return launch_typed<TQ, TKV, 32>(q, a, p, pool, out, s);
     case 64: return launch_typed<TQ, TKV, 64>(q, a, p, pool, out, s);
     case 80: return launch_typed<TQ, TKV, 80>(q, a, p, pool, out, s);
     case 96: return launch_typed<TQ, TKV, 96>(q, a, p, pool, out, s);
@@ -225,7 +227,7 @@ void launch_hd(const Tensor& q, const AttentionLaunch& a, const AttentionParams&
     case 256: return launch_typed<TQ, TKV, 256>(q, a, p, pool, out, s);
     default:
       throw Error("cuda attention: head_dim " + std::to_string(p.head_dim) +
-                  " is not built (64, 80, 96, 128, 256 are)");
+                  " is not built (16, 32, 64, 80, 96, 128, 256 are)");
   }
 }
 

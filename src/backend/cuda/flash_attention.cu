@@ -19,6 +19,7 @@
 // Work items and metadata: as in attention_kernels.cu.
 #include <algorithm>
 #include <climits>
+#include <cstdlib>
 
 #include "backend/cuda/cuda_common.cuh"
 
@@ -450,7 +451,12 @@ void launch_hd(const FlashArgs& base, const AttentionLaunch& L, cudaStream_t s) 
 }  // namespace
 
 bool flash_attention_supported(GgmlType q, GgmlType pool, int head_dim) {
-  return q == GgmlType::BF16 && pool == GgmlType::BF16 &&
+  // BATCHMAX_CUDA_SIMT_ATTENTION=1 forces the SIMT kernel (A/B timings, debugging).
+  static const bool simt = [] {
+    const char* e = std::getenv("BATCHMAX_CUDA_SIMT_ATTENTION");
+    return e && *e && *e != '0';
+  }();
+  return !simt && q == GgmlType::BF16 && pool == GgmlType::BF16 &&
          (head_dim == 64 || head_dim == 96 || head_dim == 128);
 }
 AttentionTiles flash_attention_tiles() { return {kDecodeM, kPrefillM}; }
