@@ -167,7 +167,8 @@ __global__ void __launch_bounds__(kThreads) flash_kernel(const FlashArgs a) {
     __syncthreads();
     const int maxq = red_s[0];
     int last = -1;
-    for (int e = e_begin + tid; e < e_end; e += kThreads)
+#pragma unroll 8
+    for (int e = e_begin + tid; e < e_end; e += kThreads)  // unrolled: loads in flight together
       if (a.ppos[slot_of(e)] <= maxq) last = e;
     if (last >= 0) atomicMax(&red_s[1], last);
     __syncthreads();
