@@ -16,6 +16,8 @@
 #include <numeric>
 #include <random>
 
+#include <unistd.h>
+
 #include "batchmax/engine.h"
 #include "unit/gguf_writer.h"
 #ifdef BATCHMAX_HAVE_CUDA
@@ -103,15 +105,7 @@ bool in_top_k(const std::vector<float>& logits, int32_t id, int k) {
   return above < k;
 }
 
-TEST(CudaEngine, MatchesCpuEngineOnSyntheticModel) {
-#ifndef BATCHMAX_HAVE_CUDA
-  GTEST_SKIP() << "built without BATCHMAX_CUDA";
-#else
-  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
-  register_cuda_backend();  // idempotent with tests/golden/cuda_registration.cpp
-  const std::string path =
-      write_model((std::filesystem::temp_directory_path() / "batchmax_cuda_e2e.gguf").string());
-
+std::vector<Request> requests() {
   std::mt19937 rng(11);
   std::vector<Request> reqs;
   for (int len : {5, 130, 257, 600, 900, 40}) {
@@ -123,18 +117,49 @@ TEST(CudaEngine, MatchesCpuEngineOnSyntheticModel) {
     r.sampling.ignore_eos = true;
     reqs.push_back(r);
   }
-  auto run = [&](const std::string& backend) {
-    EngineOptions o;
-    o.model_path = path;
-    o.backend = backend;
-    o.max_batch = 4;
-    o.step_tokens = 256;
-    o.kv_mem_bytes = int64_t(256) << 20;
-    o.keep_last_logits = true;
-    o.keep_step_logits = true;
-    return Engine::create(o)->generate(reqs);
-  };
-  const std::vector<Output> cpu = run("cpu"), gpu = run("cuda");
+  return reqs;
+}
+
+std::vector<Output> run_engine(const std::string& path, const std::string& backend) {
+  EngineOptions o;
+  o.model_path = path;
+  o.backend = backend;
+  o.max_batch = 4;
+  o.step_tokens = 256;
+  o.kv_mem_bytes = int64_t(256) << 20;
+  o.keep_last_logits = true;
+  o.keep_step_logits = true;
+  return Engine::create(o)->generate(requests());
+}
+
+std::string model_path() {
+  return (std::filesystem::temp_directory_path() /
+          ("batchmax_cuda_e2e_" + std::to_string(::getpid()) + ".gguf"))
+      .string();
+}
+
+// The synthetic model itself (no GPU needed): it loads and generates on the CPU.
+TEST(CudaEngine, SyntheticModelRunsOnCpu) {
+  const std::string path = write_model(model_path());
+  const std::vector<Output> out = run_engine(path, "cpu");
+  std::filesystem::remove(path);
+  ASSERT_EQ(out.size(), 6u);
+  for (const Output& o : out) {
+    EXPECT_EQ(o.finish_reason, "length") << o.id << ": " << o.error;
+    EXPECT_EQ(o.tokens.size(), 24u);
+    EXPECT_EQ(o.step_logits.size(), o.tokens.size());
+  }
+}
+
+TEST(CudaEngine, MatchesCpuEngineOnSyntheticModel) {
+#ifndef BATCHMAX_HAVE_CUDA
+  GTEST_SKIP() << "built without BATCHMAX_CUDA";
+#else
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  register_cuda_backend();  // idempotent with tests/golden/cuda_registration.cpp
+  const std::string path = write_model(model_path());
+  const std::vector<Output> cpu = run_engine(path, "cpu"), gpu = run_engine(path, "cuda");
+  std::filesystem::remove(path);
   ASSERT_EQ(cpu.size(), gpu.size());
   int diverged = 0;
   for (size_t i = 0; i < cpu.size(); ++i) {
@@ -162,7 +187,6 @@ TEST(CudaEngine, MatchesCpuEngineOnSyntheticModel) {
     }
   }
   std::cout << "[ e2e      ] " << diverged << " of " << cpu.size() << " requests diverged\n";
-  std::filesystem::remove(path);
 #endif
 }
 
