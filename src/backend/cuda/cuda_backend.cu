@@ -360,8 +360,11 @@ cuda::AttentionLaunch CudaBackend::pack_attention(const Tensor& q,
     if (n_vec <= small_max)
       for (int32_t e : a.head_entries) max_small = std::max(max_small, e);
     std::vector<int32_t>& list = n_vec <= small_max ? m : big_work_;
+    // Later query tiles first: in a causal chunk they see the most keys, and the
+    // longest CTAs should start first, not form the tail.
+    const int64_t last = n_vec > 0 ? (n_vec - 1) / tile * tile : -1;
     for (int h = 0; h < nkv; ++h)
-      for (int64_t v0 = 0; v0 < n_vec; v0 += tile) list.insert(list.end(), {s, h, int32_t(v0), 0});
+      for (int64_t v0 = last; v0 >= 0; v0 -= tile) list.insert(list.end(), {s, h, int32_t(v0), 0});
   }
   cuda::AttentionLaunch L{nullptr, int(m.size() / 4), int(big_work_.size() / 4), n_seqs, 0,
                           max_small, {}};
