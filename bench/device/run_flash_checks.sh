@@ -4,7 +4,8 @@
 # then the kernel bench twice: tensor-core attention, and the SIMT kernel for the
 # before/after (BATCHMAX_CUDA_SIMT_ATTENTION=1). Logs and JSON land in $OUT.
 #
-# usage: bench/device/run_flash_checks.sh BIN_DIR   (batchmax_tests, batchmax_cuda_bench)
+# usage: [MODE=ab] bench/device/run_flash_checks.sh BIN_DIR   (batchmax_tests, batchmax_cuda_bench)
+# MODE=ab: the attention tests and the prefill kernel's 3- vs 2-CTA builds only.
 set -uo pipefail
 BIN=${1:?bin dir}
 OUT=${OUT:-flash_checks_out}
@@ -17,6 +18,17 @@ if ! ldconfig -p 2>/dev/null | grep -q libcublasLt.so.13; then
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader | tee "$OUT/card.txt"
 step() { echo "== $1 ($(date +%T))"; }
+if [ "${MODE:-full}" = ab ]; then  # short: attention tests, then prefill occupancy A/B
+  step tests
+  timeout 200 "$BIN/batchmax_tests" --gtest_filter='CudaFlash*:CudaAttention*:CudaEngine*' > "$OUT/tests.log" 2>&1
+  echo "tests rc=$?"; grep -E "cuda-err|e2e|PASSED|FAILED" "$OUT/tests.log" | tail -40
+  for c in 3 2; do
+    step "bench prefill ctas=$c"
+    BATCHMAX_FLASH_PREFILL_CTAS=$c BMX_BENCH_ATTENTION_ONLY=1 timeout 100 "$BIN/batchmax_cuda_bench" \
+      "$OUT/bench_ctas$c.json" > "$OUT/bench_ctas$c.log" 2>&1; echo "rc=$?"; cat "$OUT/bench_ctas$c.log"
+  done
+  exit 0
+fi
 step tests
 timeout 300 "$BIN/batchmax_tests" --gtest_filter='Cuda*' > "$OUT/tests.log" 2>&1; echo "tests rc=$?"
 grep -E "cuda-err|e2e|FAILED|PASSED|SKIPPED|Failure|error" "$OUT/tests.log" | grep -v "^\[       OK" | tail -60

@@ -106,8 +106,10 @@ struct Shape {
   static_assert(WN == 1 || WN * 16 * (HD + 2) * 4 <= 4 * kTile * 2, "merge fits");
 };
 
-template <int HD, int WM, int WN>
-__global__ void __launch_bounds__(kThreads) flash_kernel(const FlashArgs a) {
+// kMinCtas: CTAs per SM the register allocation must allow (prefill: 180 registers
+// unbounded gives 2 CTAs, 8 warps per SM; 3 caps it at 168).
+template <int HD, int WM, int WN, int kMinCtas>
+__global__ void __launch_bounds__(kThreads, kMinCtas) flash_kernel(const FlashArgs a) {
   using S = Shape<HD, WM, WN>;
   constexpr int kN = S::kN, kStride = S::kStride;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -422,7 +424,7 @@ template <int HD>
 void launch_hd(const FlashArgs& base, const AttentionLaunch& L, cudaStream_t s) {
   if (L.n_small > 0) {  // decode items
     using S = Shape<HD, 1, 4>;
-    static const int slots = resident_ctas(flash_kernel<HD, 1, 4>, S::kSmem);
+    static const int slots = resident_ctas(flash_kernel<HD, 1, 4, 1>, S::kSmem);
     const int n_split = choose_splits(L.n_small, L.max_small_entries, slots);
     FlashArgs a = base;
     if (n_split > 1) {
@@ -431,7 +433,7 @@ void launch_hd(const FlashArgs& base, const AttentionLaunch& L, cudaStream_t s) 
       a.part_o = scratch;
       a.part_ml = scratch + n_part * HD;
     }
-    flash_kernel<HD, 1, 4><<<dim3(L.n_small, n_split), kThreads, S::kSmem, s>>>(a);
+    flash_kernel<HD, 1, 4, 1><<<dim3(L.n_small, n_split), kThreads, S::kSmem, s>>>(a);
     BMX_LAUNCHED();
     if (n_split > 1) {
       flash_combine<HD><<<L.n_small, kThreads, 0, s>>>(a, n_split);
@@ -440,11 +442,18 @@ void launch_hd(const FlashArgs& base, const AttentionLaunch& L, cudaStream_t s) 
   }
   if (L.n_big > 0) {  // prefill items
     using S = Shape<HD, 4, 1>;
-    static const int slots = resident_ctas(flash_kernel<HD, 4, 1>, S::kSmem);
-    (void)slots;
+    // BATCHMAX_FLASH_PREFILL_CTAS=2: the unbounded-register build (A/B timings).
+    static const bool two = [] {
+      const char* e = std::getenv("BATCHMAX_FLASH_PREFILL_CTAS");
+      return e && std::atoi(e) == 2;
+    }();
+    static const int slots2 = resident_ctas(flash_kernel<HD, 4, 1, 1>, S::kSmem);
+    static const int slots3 = resident_ctas(flash_kernel<HD, 4, 1, 3>, S::kSmem);
+    (void)slots2, (void)slots3;
     FlashArgs a = base;
     a.work = base.work + 4 * L.n_small;
-    flash_kernel<HD, 4, 1><<<L.n_big, kThreads, S::kSmem, s>>>(a);
+    if (two) flash_kernel<HD, 4, 1, 1><<<L.n_big, kThreads, S::kSmem, s>>>(a);
+    else flash_kernel<HD, 4, 1, 3><<<L.n_big, kThreads, S::kSmem, s>>>(a);
     BMX_LAUNCHED();
   }
 }
