@@ -22,7 +22,7 @@ if [ "${MODE:-full}" = ab ]; then  # short: attention tests, then prefill occupa
   step tests
   timeout 200 "$BIN/batchmax_tests" --gtest_filter='CudaFlash*:CudaAttention*:CudaEngine*' > "$OUT/tests.log" 2>&1
   echo "tests rc=$?"; grep -E "cuda-err|e2e|PASSED|FAILED" "$OUT/tests.log" | tail -40
-  for c in 3 2; do
+  for c in 3 2; do  # (the knob was removed after this A/B: 2 won)
     step "bench prefill ctas=$c"
     BATCHMAX_FLASH_PREFILL_CTAS=$c BMX_BENCH_ATTENTION_ONLY=1 timeout 100 "$BIN/batchmax_cuda_bench" \
       "$OUT/bench_ctas$c.json" > "$OUT/bench_ctas$c.log" 2>&1; echo "rc=$?"; cat "$OUT/bench_ctas$c.log"

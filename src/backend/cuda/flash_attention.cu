@@ -106,8 +106,7 @@ struct Shape {
   static_assert(WN == 1 || WN * 16 * (HD + 2) * 4 <= 4 * kTile * 2, "merge fits");
 };
 
-// kMinCtas: CTAs per SM the register allocation must allow (prefill: 180 registers
-// unbounded gives 2 CTAs, 8 warps per SM; 3 caps it at 168).
+// kMinCtas: CTAs per SM the register allocation must allow (1: unbounded).
 template <int HD, int WM, int WN, int kMinCtas>
 __global__ void __launch_bounds__(kThreads, kMinCtas) flash_kernel(const FlashArgs a) {
   using S = Shape<HD, WM, WN>;
@@ -442,18 +441,13 @@ void launch_hd(const FlashArgs& base, const AttentionLaunch& L, cudaStream_t s) 
   }
   if (L.n_big > 0) {  // prefill items
     using S = Shape<HD, 4, 1>;
-    // BATCHMAX_FLASH_PREFILL_CTAS=2: the unbounded-register build (A/B timings).
-    static const bool two = [] {
-      const char* e = std::getenv("BATCHMAX_FLASH_PREFILL_CTAS");
-      return e && std::atoi(e) == 2;
-    }();
-    static const int slots2 = resident_ctas(flash_kernel<HD, 4, 1, 1>, S::kSmem);
-    static const int slots3 = resident_ctas(flash_kernel<HD, 4, 1, 3>, S::kSmem);
-    (void)slots2, (void)slots3;
+    // Unbounded registers (180 at head_dim 128: 2 CTAs per SM) measured 4-15% faster
+    // than a cap at 3 CTAs (168, small spills): bench/device/cuda_notes.md.
+    static const int slots = resident_ctas(flash_kernel<HD, 4, 1, 1>, S::kSmem);
+    (void)slots;  // sets the shared-memory attribute once
     FlashArgs a = base;
     a.work = base.work + 4 * L.n_small;
-    if (two) flash_kernel<HD, 4, 1, 1><<<L.n_big, kThreads, S::kSmem, s>>>(a);
-    else flash_kernel<HD, 4, 1, 3><<<L.n_big, kThreads, S::kSmem, s>>>(a);
+    flash_kernel<HD, 4, 1, 1><<<L.n_big, kThreads, S::kSmem, s>>>(a);
     BMX_LAUNCHED();
   }
 }
