@@ -89,7 +89,7 @@ std::string write_model(const std::string& path) {
   return path;
 }
 
-double norm_err(const std::vector<float>& got, const std::vector<float>& want) {
+[[maybe_unused]] double norm_err(const std::vector<float>& got, const std::vector<float>& want) {
   double num = 0, den = 0;
   for (size_t i = 0; i < want.size(); ++i) {
     const double d = (i < got.size() ? double(got[i]) : 0.0) - want[i];
@@ -99,7 +99,7 @@ double norm_err(const std::vector<float>& got, const std::vector<float>& want) {
   return got.size() == want.size() ? std::sqrt(num / std::max(den, 1e-30)) : INFINITY;
 }
 
-bool in_top_k(const std::vector<float>& logits, int32_t id, int k) {
+[[maybe_unused]] bool in_top_k(const std::vector<float>& logits, int32_t id, int k) {
   int above = 0;
   for (float x : logits) above += x > logits[size_t(id)];
   return above < k;
