@@ -12,7 +12,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "print help for every subcommand");
   const std::vector<Command> commands = {add_generate(app), add_run(app), add_info(app),
-                                         add_tokenize(app)};
+                                         add_tokenize(app), add_eval(app)};
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
