@@ -57,7 +57,11 @@ int run_eval(EvalArgs& a) {
   g.backend = a.backend;
   g.commit = a.commit.empty() ? git_commit() : a.commit;
   g.model = fs::path(a.engine.model).filename().string();
-  eval::validate_grid(g);  // usage problems before the model loads
+  try {
+    eval::validate_grid(g);  // usage problems before the model loads
+  } catch (const Error& e) {
+    throw UsageError(e.what());
+  }
 
   std::unique_ptr<eval::TextCorpus> corpus;
   for (const auto& t : g.tasks)

@@ -339,8 +339,17 @@ Sample make_needle_task(const TaskSpec& spec, int64_t i, const Tokenizer& tok,
     for (int k = 1; k < 5; ++k)
       needles.push_back({d[k], "VAR " + names[k] + " = VAR " + names[k - 1] + "."});
     s.answers = names;
-    parts.intro =
+    // RULER gives one worked example before the task; small models need it to answer
+    // with names at all.
+    const std::string task_line =
         "Memorize and track the chain(s) of variable assignment hidden in the following text.";
+    parts.intro =
+        "Example:\n" + task_line +
+        "\n\nThe grass is green. VAR QPWOE = 54321. The sky is blue. VAR ZXCVB = VAR QPWOE. "
+        "The sun is yellow. VAR MNBVC = VAR ZXCVB. Here we go.\n\nQuestion: Find all variables "
+        "that are assigned the value 54321 in the text above.\nAnswer: According to the "
+        "chain(s) of variable assignment in the text above, 3 variables are assigned the value "
+        "54321, they are: QPWOE ZXCVB MNBVC\n\nNow the task:\n" + task_line;
     parts.question = "Question: Find all variables that are assigned the value " + value +
                      " in the text above.";
     parts.answer_prefix = "Answer: According to the chain(s) of variable assignment in the text above, 5 "

@@ -212,17 +212,18 @@ TextCorpus TextCorpus::load(const std::string& dir_arg) {
       "(or BATCHMAX_EVAL_TEXT) at a copy of its html/_sources directory";
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) throw Error("eval text not found at " + dir + hint);
-  // Narrative prose only (the library reference is mostly signatures), in sorted order
-  // so every machine builds the same corpus from the same package version.
+  // The narrative parts (the filter keeps only prose paragraphs of the reference
+  // parts), in sorted order so every machine builds the same corpus from the same
+  // package version.
   std::vector<fs::path> files;
-  for (const char* sub : {"tutorial", "howto", "faq"}) {
+  for (const char* sub : {"tutorial", "howto", "faq", "reference", "using", "library"}) {
     fs::path d = fs::path(dir) / sub;
     if (!fs::is_directory(d, ec)) continue;
     for (const auto& e : fs::recursive_directory_iterator(d, ec))
       if (e.is_regular_file() && e.path().string().ends_with(".rst.txt")) files.push_back(e.path());
   }
   std::sort(files.begin(), files.end());
-  if (files.empty()) throw Error("no *.rst.txt under " + dir + "/{tutorial,howto,faq}" + hint);
+  if (files.empty()) throw Error("no *.rst.txt under " + dir + "/{tutorial,howto,faq,...}" + hint);
   TextCorpus c;
   c.source_ = "python3-doc:" + dir;
   for (const auto& f : files) {

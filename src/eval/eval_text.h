@@ -16,7 +16,7 @@ inline constexpr const char* kTextDirEnv = "BATCHMAX_EVAL_TEXT";
 
 class TextCorpus {
  public:
-  // Reads the prose (tutorial, howto, faq) under `dir`: empty means $BATCHMAX_EVAL_TEXT
+  // Reads the prose (tutorial, howto, faq, reference, using, library) under `dir`: empty means $BATCHMAX_EVAL_TEXT
   // or kDefaultTextDir. Throws batchmax::Error naming the package when missing.
   static TextCorpus load(const std::string& dir = "");
   // From text already in memory: paragraphs separated by blank lines (tests).
