@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/format.h"
 
 namespace batchmax::cli {
 
@@ -34,16 +35,61 @@ void add_engine_flags(CLI::App& cmd, EngineFlags& f) {
   cmd.add_option("--ctx", f.ctx, "context length (0: the model's)")
       ->check(CLI::NonNegativeNumber);
   cmd.add_flag("--scalar", f.scalar, "use the scalar reference kernels (slow; for checking)");
+  cmd.add_flag("--q8", f.q8, "CPU: integer-dot decode matmuls (faster, ~1e-3 error)");
+  cmd.add_option("--backend", f.backend, "cpu or cuda")->capture_default_str();
+  cmd.add_option("--step-tokens", f.step_tokens, "tokens per forward step (decode + prefill)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd.add_option("--mem-budget", f.mem_budget,
+                 "cap on everything the engine allocates (weights, workspace, KV), e.g. 24GiB");
+  cmd.add_option("--kv-mem", f.kv_mem, "KV pool size when there is no --mem-budget")
+      ->capture_default_str();
+  add_kv_flags(cmd, f.kv);
+}
+
+void add_kv_flags(CLI::App& cmd, KVSettings& kv) {
+  cmd.add_option("--kv-mode", kv.mode, "full, post-prefill or batchmax")->capture_default_str();
+  cmd.add_option("--kv-policy", kv.policy, "window, h2o, tova, snapkv, knorm, random")
+      ->capture_default_str();
+  cmd.add_option("--kv-budget", kv.budget, "KV entries kept per layer and head")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd.add_option("--chunk", kv.chunk, "prefill chunk in batchmax mode")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd.add_option("--slack", kv.slack, "decode: evict once budget + slack entries are held")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd.add_option("--obs-window", kv.obs_window, "snapkv observation window")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd.add_option("--sinks", kv.sinks, "first positions never evicted")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd.add_option("--window", kv.window, "most recent entries never evicted")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+}
+
+EngineOptions engine_options(const EngineFlags& f) {
+  EngineOptions opts;
+  opts.model_path = f.model;
+  opts.backend = f.backend;
+  opts.n_threads = f.threads;
+  opts.max_batch = f.max_batch;
+  opts.max_context = f.ctx;
+  opts.step_tokens = f.step_tokens;
+  opts.force_scalar = f.scalar;
+  opts.q8_activations = f.q8;
+  if (!f.mem_budget.empty()) opts.mem_budget_bytes = parse_bytes(f.mem_budget);
+  opts.kv_mem_bytes = parse_bytes(f.kv_mem);
+  opts.kv = f.kv;
+  return opts;
 }
 
 std::unique_ptr<Engine> load_engine(const EngineFlags& f, double* load_s) {
   check_model_path(f.model);
-  EngineOptions opts;
-  opts.model_path = f.model;
-  opts.n_threads = f.threads;
-  opts.max_batch = f.max_batch;
-  opts.max_context = f.ctx;
-  opts.force_scalar = f.scalar;
+  EngineOptions opts = engine_options(f);
   double t0 = now_s();
   auto engine = Engine::create(opts);
   if (load_s) *load_s = now_s() - t0;

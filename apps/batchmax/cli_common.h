@@ -35,6 +35,7 @@ Command add_run(CLI::App& root);
 Command add_info(CLI::App& root);
 Command add_tokenize(CLI::App& root);
 Command add_eval(CLI::App& root);
+Command add_plan(CLI::App& root);
 
 // --model alone (info, tokenize).
 void add_model_flag(CLI::App& cmd, std::string& model);
@@ -44,12 +45,21 @@ void check_model_path(const std::string& path);
 // Flags of the subcommands that load the engine.
 struct EngineFlags {
   std::string model;
+  std::string backend = "cpu";
   int threads = 0;
   int max_batch = 8;
   int ctx = 0;
+  int step_tokens = 512;
   bool scalar = false;
+  bool q8 = false;
+  std::string mem_budget;  // e.g. "24GiB"; empty: none
+  std::string kv_mem = "2GiB";
+  KVSettings kv;           // compression defaults (per-request fields override)
 };
 void add_engine_flags(CLI::App& cmd, EngineFlags& flags);
+// The compression flags alone (--kv-mode, --kv-policy, --kv-budget, --chunk, ...).
+void add_kv_flags(CLI::App& cmd, KVSettings& kv);
+EngineOptions engine_options(const EngineFlags& flags);
 // Loads the model; `load_s` receives the seconds it took.
 std::unique_ptr<Engine> load_engine(const EngineFlags& flags, double* load_s = nullptr);
 

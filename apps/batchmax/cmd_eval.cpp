@@ -20,8 +20,7 @@ namespace {
 namespace fs = std::filesystem;
 
 struct EvalArgs {
-  EngineFlags engine;
-  std::string backend = "cpu";
+  EngineFlags engine;  // with the KV flags: --chunk, --sinks, --window, --obs-window, ...
   eval::GridSpec grid;
   std::string out, markdown, commit, text_dir;
   bool no_chat = false;
@@ -54,7 +53,10 @@ void write_atomic(const std::string& path, const std::string& text) {
 int run_eval(EvalArgs& a) {
   eval::GridSpec& g = a.grid;
   g.chat = !a.no_chat;
-  g.backend = a.backend;
+  g.backend = a.engine.backend;
+  // The grid sets mode, policy and budget per cell; the rest comes from the KV flags.
+  g.kv_base = a.engine.kv;
+  g.chunk = a.engine.kv.chunk;
   g.commit = a.commit.empty() ? git_commit() : a.commit;
   g.model = fs::path(a.engine.model).filename().string();
   try {
@@ -72,17 +74,10 @@ int run_eval(EvalArgs& a) {
     }
 
   check_model_path(a.engine.model);
-  EngineOptions opts;
-  opts.model_path = a.engine.model;
-  opts.n_threads = a.engine.threads;
-  opts.max_batch = a.engine.max_batch;
-  opts.max_context = a.engine.ctx;
-  opts.force_scalar = a.engine.scalar;
-  opts.backend = a.backend;
-  opts.kv = g.kv_base;
+  EngineOptions opts = engine_options(a.engine);
   const double t0 = now_s();
   auto engine = Engine::create(opts);
-  std::fprintf(stderr, "eval: loaded %s (%s) in %.1fs\n", g.model.c_str(), a.backend.c_str(), now_s() - t0);
+  std::fprintf(stderr, "eval: loaded %s (%s) in %.1fs\n", g.model.c_str(), g.backend.c_str(), now_s() - t0);
 
   auto save = [&](const std::vector<eval::Row>& rows) {
     write_atomic(a.out, eval::rows_to_json_text(rows));
@@ -111,9 +106,6 @@ Command add_eval(CLI::App& root) {
   g.budgets = {256};
   CLI::App* cmd = root.add_subcommand("eval", "accuracy under KV-cache compression (task grid)");
   add_engine_flags(*cmd, a->engine);
-  cmd->add_option("--backend", a->backend, "cpu or cuda")
-      ->check(CLI::IsMember({"cpu", "cuda"}))
-      ->capture_default_str();
   cmd->add_option("--tasks", g.tasks, "passkey, niah_single, niah_multikey, vartrack, ppl")
       ->delimiter(',')
       ->capture_default_str();
@@ -129,18 +121,10 @@ Command add_eval(CLI::App& root) {
   cmd->add_option("--budgets", g.budgets, "KV entries kept per (layer, KV head)")
       ->delimiter(',')
       ->capture_default_str();
-  cmd->add_option("--chunk", g.chunk, "prefill chunk (batchmax evicts after each)")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
   cmd->add_option("--samples", g.samples, "samples per task and context")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   cmd->add_option("--seed", g.seed, "sample generator seed")->capture_default_str();
-  cmd->add_option("--sinks", g.kv_base.sinks, "first positions never evicted")->capture_default_str();
-  cmd->add_option("--window", g.kv_base.window, "most recent entries never evicted")
-      ->capture_default_str();
-  cmd->add_option("--obs-window", g.kv_base.obs_window, "snapkv observation window")
-      ->capture_default_str();
   cmd->add_option("--requests-per-call", g.requests_per_call,
                   "requests grouped into one engine call (several cells)")
       ->check(CLI::PositiveNumber)

@@ -219,6 +219,7 @@ int run_batch(const RunArgs& a) {
     req.id = std::to_string(i);
     req.prompt = std::move(ids);
     req.sampling = lines[i].sampling;
+    req.kv = lines[i].kv_settings(a.engine.kv);
     requests.push_back(std::move(req));
   }
 

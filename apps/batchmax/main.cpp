@@ -4,15 +4,21 @@
 
 #include "cli_common.h"
 #include "core/error.h"
+#ifdef BATCHMAX_HAVE_CUDA
+#include "backend/cuda/cuda_backend.h"
+#endif
 
 int main(int argc, char** argv) {
   using namespace batchmax::cli;
-  CLI::App app{"batchmax: LLM inference with continuous batching (GGUF models, CPU)",
+  CLI::App app{"batchmax: LLM inference with KV compression during prefill (Batch-Max), continuous batching, GGUF models",
                "batchmax"};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "print help for every subcommand");
+#ifdef BATCHMAX_HAVE_CUDA
+  batchmax::register_cuda_backend();
+#endif
   const std::vector<Command> commands = {add_generate(app), add_run(app), add_info(app),
-                                         add_tokenize(app), add_eval(app)};
+                                         add_tokenize(app), add_eval(app), add_plan(app)};
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

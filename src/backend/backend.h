@@ -93,6 +93,13 @@ class Backend {
   virtual void upload(const void* host, Tensor& dst) = 0;        // dst.bytes() bytes
   virtual void download(const Tensor& src, void* host) = 0;      // src.bytes() bytes
   virtual void synchronize() {}
+  // Bytes this backend holds now / at most: tensors, copied weights, KV pools, scratch.
+  // (What the memory planner measures; weights used in place from a mapped file are
+  // not included, see maps_weights().)
+  virtual int64_t allocated_bytes() const = 0;
+  virtual int64_t peak_allocated_bytes() const = 0;
+  // True when load_weight() uses the mapped file's bytes in place (no copy).
+  virtual bool maps_weights() const { return false; }
 
   // Ops. Activations are F32 on the CPU backend; weights may be any dequantizable type.
   // out[r] = table[ids[r]] (ids in host memory)

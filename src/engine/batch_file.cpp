@@ -1,5 +1,8 @@
 #include "engine/batch_file.h"
 
+#include "kv/eviction_policy.h"
+
+#include <algorithm>
 #include <climits>
 #include <unordered_set>
 
@@ -169,6 +172,41 @@ void parse_sampling(const json& body, const ParseOptions& opts, SamplingParams& 
   }
 }
 
+// Compression extension fields, checked here so a bad value fails its own line only.
+void parse_kv(const json& body, BatchLine& line) {
+  if (const json* v = field(body, "kv_mode")) {
+    std::string m = get_string(*v, "body.kv_mode");
+    if (m != "full" && m != "post-prefill" && m != "batchmax")
+      reject(code::kInvalidValue, "'body.kv_mode' must be full, post-prefill or batchmax, got " + v->dump());
+    line.kv_mode = m;
+  }
+  if (const json* v = field(body, "kv_policy")) {
+    std::string p = get_string(*v, "body.kv_policy");
+    const auto& names = policy_names();
+    if (std::find(names.begin(), names.end(), p) == names.end()) {
+      std::string known;
+      for (const auto& n : names) known += (known.empty() ? "" : ", ") + n;
+      reject(code::kInvalidValue, "'body.kv_policy' must be one of " + known + ", got " + v->dump());
+    }
+    line.kv_policy = p;
+  }
+  if (const json* v = field(body, "kv_budget")) line.kv_budget = get_int(*v, "body.kv_budget", 1, INT32_MAX);
+  if (const json* v = field(body, "kv_chunk")) line.kv_chunk = get_int(*v, "body.kv_chunk", 1, INT32_MAX);
+}
+
+}  // namespace
+
+KVSettings BatchLine::kv_settings(const KVSettings& defaults) const {
+  KVSettings k = defaults;
+  if (kv_mode) k.mode = *kv_mode;
+  if (kv_policy) k.policy = *kv_policy;
+  if (kv_budget) k.budget = *kv_budget;
+  if (kv_chunk) k.chunk = *kv_chunk;
+  return k;
+}
+
+namespace {
+
 void parse_into(std::string_view text, const ParseOptions& opts, BatchLine& line) {
   json j = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) {
@@ -216,6 +254,7 @@ void parse_into(std::string_view text, const ParseOptions& opts, BatchLine& line
   else
     parse_prompt(*body, line);
   parse_sampling(*body, opts, line.sampling);
+  parse_kv(*body, line);
 }
 
 }  // namespace

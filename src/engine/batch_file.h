@@ -54,7 +54,14 @@ struct BatchLine {
   std::vector<int32_t> prompt_ids;      // completions given as token ids
   bool prompt_is_ids = false;
   SamplingParams sampling;
+  // Per-request compression (extension fields kv_mode, kv_policy, kv_budget, kv_chunk);
+  // unset fields take the command line's defaults.
+  std::optional<std::string> kv_mode, kv_policy;
+  std::optional<int64_t> kv_budget, kv_chunk;
   std::optional<LineError> error;
+
+  // The command line's settings with this line's overrides applied.
+  KVSettings kv_settings(const KVSettings& defaults) const;
 
   bool ok() const { return !error.has_value(); }
 };

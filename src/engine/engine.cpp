@@ -3,11 +3,14 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <deque>
 #include <optional>
 #include <string>
 
 #include "backend/backend.h"
+#include "backend/backend_registry.h"
+#include "core/format.h"
 #include "core/error.h"
 #include "engine/sampler.h"
 #include "engine/scheduler.h"
@@ -23,6 +26,14 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+float log_softmax_at(std::span<const float> logits, int32_t id) {
+  float mx = logits[0];
+  for (float x : logits) mx = std::max(mx, x);
+  double sum = 0;
+  for (float x : logits) sum += std::exp(double(x - mx));
+  return float(double(logits[id] - mx) - std::log(sum));
+}
+
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
@@ -37,6 +48,12 @@ struct Running {
   KVCompression comp;
   Output out;
 };
+
+std::string comp_name(const KVCompression& c) {
+  return c.evicts() ? kv_mode_name(c.mode) + " (" + c.policy + ", budget " +
+                          std::to_string(c.params.budget) + ")"
+                    : std::string("full");
+}
 
 KVCompression to_compression(const KVSettings& k) {
   KVCompression c;
@@ -56,8 +73,9 @@ KVCompression to_compression(const KVSettings& k) {
 class LlmEngine final : public Engine {
  public:
   explicit LlmEngine(const EngineOptions& opts) : opts_(opts) {
-    if (opts.max_batch <= 0) throw Error("max_batch must be positive");
+    if (opts.max_batch < 0) throw Error("max_batch must be >= 0");
     if (opts.step_tokens <= 0) throw Error("step_tokens must be positive");
+    if (opts.mem_budget_bytes < 0) throw Error("memory budget must be positive");
     file_ = std::shared_ptr<const gguf::File>(gguf::File::open(opts.model_path));
     read_hparams(*file_);  // an unsupported architecture is the first thing to report
     tokenizer_ = Tokenizer::from_gguf(*file_);
@@ -66,11 +84,11 @@ class LlmEngine final : public Engine {
     } catch (const Error&) {
       chat_.reset();  // a model without a (known) template still serves raw prompts
     }
-    CpuBackendOptions bo;
+    BackendOptions bo;
     bo.n_threads = opts.n_threads;
     bo.force_scalar = opts.force_scalar;
     bo.q8_activations = opts.q8_activations;
-    backend_ = make_cpu_backend(bo);
+    backend_ = make_backend(opts.backend, bo);
     model_ = std::make_unique<Model>(file_, *backend_);
     const HParams& hp = model_->hparams();
     if (tokenizer_->n_vocab() > hp.n_vocab)
@@ -78,25 +96,67 @@ class LlmEngine final : public Engine {
                   " tokens but the embedding only " + std::to_string(hp.n_vocab));
     context_ = opts.max_context > 0 ? std::min<int64_t>(opts.max_context, hp.n_ctx_train)
                                     : hp.n_ctx_train;
+    plan_memory();
+  }
+
+  // DESIGN.md section 2: weights, then the measured workspace of the largest step, then
+  // the KV pool gets the rest of the budget (or kv_mem_bytes when there is no budget).
+  void plan_memory() {
+    const HParams& hp = model_->hparams();
+    MemoryPlan& m = plan_;
+    m.backend = backend_->name();
+    m.mem_budget_bytes = opts_.mem_budget_bytes;
+    const int64_t held_before = backend_->allocated_bytes();
+    m.weight_bytes = held_before + (backend_->maps_weights() ? model_->weight_bytes() : 0);
+    model_->reserve_workspace(opts_.step_tokens);
+    m.workspace_bytes = backend_->allocated_bytes() - held_before;
 
     KVCacheConfig kc;
     kc.n_layer = int(hp.n_layer);
     kc.n_kv_heads = int(hp.n_head_kv);
     kc.head_dim = int(hp.head_dim);
     kc.block_tokens = 16;
-    kc.type = GgmlType::F32;
-    const int64_t bb = PagedKVCache::block_bytes(kc);
-    int64_t blocks = opts.kv_mem_bytes / bb;
-    const int64_t per_seq = (context_ + kc.block_tokens - 1) / kc.block_tokens * kc.n_layer *
-                            kc.n_kv_heads;
-    // Never more than the batch could use at full context.
-    blocks = std::min(blocks, per_seq * opts.max_batch);
-    if (blocks < kc.n_layer * kc.n_kv_heads)
-      throw Error("kv memory " + std::to_string(opts.kv_mem_bytes) +
-                  " bytes is too small for even one block per layer and head (" +
-                  std::to_string(bb * kc.n_layer * kc.n_kv_heads) + " bytes)");
-    kc.n_blocks = blocks;
+    kc.type = backend_->activation_type();  // F32 on the CPU, BF16 on CUDA
+    m.block_tokens = kc.block_tokens;
+    m.kv_block_bytes = PagedKVCache::block_bytes(kc);
+    m.kv_heads_total = int64_t(kc.n_layer) * kc.n_kv_heads;
+    m.kv_bytes_per_token = m.kv_block_bytes / kc.block_tokens * m.kv_heads_total;
+    if (opts_.mem_budget_bytes > 0) {
+      m.kv_pool_bytes = opts_.mem_budget_bytes - m.weight_bytes - m.workspace_bytes;
+      if (m.kv_pool_bytes < m.kv_block_bytes * m.kv_heads_total)
+        throw Error("memory budget " + format_bytes(opts_.mem_budget_bytes) +
+                    " is too small: weights take " + format_bytes(m.weight_bytes) +
+                    " and the workspace of a " + std::to_string(opts_.step_tokens) +
+                    "-token step " + format_bytes(m.workspace_bytes) +
+                    ", leaving no room for the KV cache; at least " +
+                    format_bytes(m.weight_bytes + m.workspace_bytes +
+                                 m.kv_block_bytes * m.kv_heads_total * 64) +
+                    " is needed for a 1k-token sequence");
+    } else {
+      m.kv_pool_bytes = opts_.kv_mem_bytes;
+      // Without a budget, never more than the batch could use at full context.
+      if (opts_.max_batch > 0) {
+        const int64_t per_seq = (context_ + kc.block_tokens - 1) / kc.block_tokens *
+                                m.kv_heads_total * m.kv_block_bytes;
+        m.kv_pool_bytes = std::min(m.kv_pool_bytes, per_seq * opts_.max_batch);
+      }
+    }
+    kc.n_blocks = m.kv_pool_bytes / m.kv_block_bytes;
+    if (kc.n_blocks < m.kv_heads_total)
+      throw Error("KV memory " + format_bytes(m.kv_pool_bytes) +
+                  " is too small for one block per layer and head (" +
+                  format_bytes(m.kv_block_bytes * m.kv_heads_total) + ")");
+    m.kv_blocks = kc.n_blocks;
+    m.kv_pool_bytes = kc.n_blocks * m.kv_block_bytes;
     kv_ = std::make_unique<PagedKVCache>(*backend_, kc);
+  }
+
+  const MemoryPlan& memory_plan() const override { return plan_; }
+
+  int64_t blocks_per_request(const KVSettings& kv, int64_t prompt_tokens,
+                             int64_t max_tokens) const override {
+    const int64_t gen = std::min<int64_t>(max_tokens, context_ - prompt_tokens);
+    return kv_->blocks_for_entries(worst_case_entries(to_compression(kv), prompt_tokens, gen));
   }
 
   const Tokenizer& tokenizer() const override { return *tokenizer_; }
@@ -138,7 +198,7 @@ class LlmEngine final : public Engine {
     while (!waiting.empty() || !running.empty()) {
       // Capacity first: admit while the batch has room and the pool can promise the
       // request's worst case.
-      while (!waiting.empty() && int(running.size()) < opts_.max_batch) {
+      while (!waiting.empty() && (opts_.max_batch == 0 || int(running.size()) < opts_.max_batch)) {
         size_t i = waiting.front();
         const Request& r = requests[i];
         KVCompression comp = to_compression(r.kv.value_or(opts_.kv));
@@ -147,11 +207,15 @@ class LlmEngine final : public Engine {
         if (!kv_->add_sequence(seq_id, worst, comp)) {
           if (running.empty()) {
             waiting.pop_front();
-            finish_error(i, "request needs " + std::to_string(kv_->blocks_for_entries(worst)) +
-                                " KV blocks for " + std::to_string(worst) +
-                                " tokens but the pool has only " +
-                                std::to_string(kv_->blocks().n_blocks()) +
-                                "; raise the KV memory or lower max_tokens");
+            const int64_t fits = kv_->blocks().n_blocks() / plan_.kv_heads_total * plan_.block_tokens;
+            finish_error(i, "request needs " + std::to_string(worst) +
+                                " KV entries per layer and head (" +
+                                format_bytes(kv_->blocks_for_entries(worst) * plan_.kv_block_bytes) +
+                                ") in " + comp_name(comp) + " mode, but the whole KV pool (" +
+                                format_bytes(plan_.kv_pool_bytes) + ") holds " +
+                                std::to_string(fits) +
+                                " per layer and head; lower max_tokens or the prompt, use a "
+                                "smaller kv budget with kv_mode batchmax, or raise the memory budget");
             continue;
           }
           break;  // wait for running requests to free blocks
@@ -185,6 +249,7 @@ class LlmEngine final : public Engine {
           const auto& prompt = requests[s.index].prompt;
           b.tokens = std::span<const int32_t>(prompt.data() + s.progress.computed, size_t(it.n_tokens));
           b.want_logits = it.last_chunk;
+          b.all_logits = requests[s.index].prompt_logprobs;
         } else {
           decode_tokens[it.seq] = s.last_token;
           b.tokens = std::span<const int32_t>(&decode_tokens[it.seq], 1);
@@ -216,7 +281,22 @@ class LlmEngine final : public Engine {
         Running& s = running[it.seq];
         s.progress.computed += it.n_tokens;
         if (it.prefill) prog.prompt_tokens += it.n_tokens;
-        if (!batch[&it - items.data()].want_logits) continue;
+        const SeqBatch& b = batch[size_t(&it - items.data())];
+        if (b.all_logits) {
+          // Row i predicts prompt token first_pos + i + 1; the last row of the last chunk
+          // also feeds the sampler below.
+          const auto& prompt = requests[s.index].prompt;
+          for (int64_t i = 0; i < it.n_tokens; ++i) {
+            const int64_t next = b.first_pos + i + 1;
+            if (next < int64_t(prompt.size()))
+              s.out.prompt_logprobs.push_back(log_softmax_at(
+                  std::span<const float>(logits.data() + (li + i) * V, size_t(V)), prompt[next]));
+          }
+          li += size_t(it.n_tokens - 1);
+          if (!b.want_logits) { ++li; continue; }
+        } else if (!b.want_logits) {
+          continue;
+        }
         std::span<const float> row(logits.data() + li * V, size_t(V));
         ++li;
         if (it.prefill && opts_.keep_last_logits) s.out.last_logits.assign(row.begin(), row.end());
@@ -299,6 +379,7 @@ class LlmEngine final : public Engine {
   std::unique_ptr<PagedKVCache> kv_;
   int64_t context_ = 0;
   int64_t next_seq_id_ = 1;
+  MemoryPlan plan_;
 };
 
 }  // namespace

@@ -25,9 +25,14 @@ struct ModelWeights {
 struct Model::Workspace {
   int64_t capacity = 0;  // rows
   Tensor x, h, q, k, v, attn, gate, up, act;
+  // Logits are computed kLogitRows rows at a time: a vocabulary of 128k times a step of
+  // thousands of rows would not fit anywhere.
+  static constexpr int64_t kLogitRows = 64;
+  Tensor last, normed, logits;
   void release(Backend& b) {
-    for (Tensor* t : {&x, &h, &q, &k, &v, &attn, &gate, &up, &act})
+    for (Tensor* t : {&x, &h, &q, &k, &v, &attn, &gate, &up, &act, &last, &normed, &logits})
       if (t->data) b.free(*t);
+    capacity = 0;
   }
 };
 
@@ -150,6 +155,28 @@ Model::Model(std::shared_ptr<const gguf::File> file, Backend& backend)
 
 Model::~Model() { ws_->release(backend_); }
 
+void Model::reserve_workspace(int64_t T) {
+  Workspace& ws = *ws_;
+  if (T <= ws.capacity) return;
+  ws.release(backend_);
+  const int64_t d = hp_.n_embd, nq = hp_.n_head * hp_.head_dim,
+                nkv = hp_.n_head_kv * hp_.head_dim, ff = hp_.n_ff;
+  const GgmlType at = backend_.activation_type();
+  ws.x = backend_.alloc(at, T, d);
+  ws.h = backend_.alloc(at, T, d);
+  ws.q = backend_.alloc(at, T, nq);
+  ws.k = backend_.alloc(at, T, nkv);
+  ws.v = backend_.alloc(at, T, nkv);
+  ws.attn = backend_.alloc(at, T, nq);
+  ws.gate = backend_.alloc(at, T, ff);
+  ws.up = backend_.alloc(at, T, ff);
+  ws.act = backend_.alloc(at, T, ff);
+  ws.last = backend_.alloc(at, Workspace::kLogitRows, d);
+  ws.normed = backend_.alloc(at, Workspace::kLogitRows, d);
+  ws.logits = backend_.alloc(GgmlType::F32, Workspace::kLogitRows, hp_.n_vocab);
+  ws.capacity = T;
+}
+
 int64_t Model::weight_bytes() const { return w_->bytes; }
 
 std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) {
@@ -165,7 +192,12 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
       ids.push_back(t);
       pos.push_back(int32_t(s.first_pos + int64_t(i)));
     }
-    if (s.want_logits) want_rows.push_back(int32_t(ids.size() - 1));
+    if (s.all_logits) {
+      for (size_t i = 0; i < s.tokens.size(); ++i)
+        want_rows.push_back(int32_t(ids.size() - s.tokens.size() + i));
+    } else if (s.want_logits) {
+      want_rows.push_back(int32_t(ids.size() - 1));
+    }
   }
   const int64_t T = int64_t(ids.size());
   if (T == 0) return {};
@@ -173,20 +205,7 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
                 nkv = hp_.n_head_kv * hd, ff = hp_.n_ff;
 
   Workspace& ws = *ws_;
-  if (T > ws.capacity) {
-    ws.release(backend_);
-    const GgmlType at = backend_.activation_type();
-    ws.x = backend_.alloc(at, T, d);
-    ws.h = backend_.alloc(at, T, d);
-    ws.q = backend_.alloc(at, T, nq);
-    ws.k = backend_.alloc(at, T, nkv);
-    ws.v = backend_.alloc(at, T, nkv);
-    ws.attn = backend_.alloc(at, T, nq);
-    ws.gate = backend_.alloc(at, T, ff);
-    ws.up = backend_.alloc(at, T, ff);
-    ws.act = backend_.alloc(at, T, ff);
-    ws.capacity = T;
-  }
+  if (T > ws.capacity) reserve_workspace(T);
   Tensor x = ws.x.slice_rows(0, T), h = ws.h.slice_rows(0, T), q = ws.q.slice_rows(0, T),
          k = ws.k.slice_rows(0, T), v = ws.v.slice_rows(0, T), attn = ws.attn.slice_rows(0, T),
          gate = ws.gate.slice_rows(0, T), up = ws.up.slice_rows(0, T),
@@ -264,17 +283,17 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
     backend_.add(x, h);
   }
   if (want_rows.empty()) return {};
-  const int64_t nw = int64_t(want_rows.size());
-  Tensor last = h.slice_rows(0, nw);
-  backend_.gather_rows(x, want_rows, last);
-  Tensor normed = backend_.alloc(backend_.activation_type(), nw, d);
-  backend_.rms_norm(last, w_->output_norm, hp_.rms_eps, normed);
-  Tensor logits = backend_.alloc(GgmlType::F32, nw, hp_.n_vocab);
-  backend_.matmul(normed, w_->lm_head, nullptr, logits);
-  std::vector<float> out(size_t(nw * hp_.n_vocab));
-  backend_.download(logits, out.data());
-  backend_.free(logits);
-  backend_.free(normed);
+  const int64_t nw = int64_t(want_rows.size()), V = hp_.n_vocab;
+  std::vector<float> out(size_t(nw * V));
+  for (int64_t r0 = 0; r0 < nw; r0 += Workspace::kLogitRows) {
+    const int64_t n = std::min(Workspace::kLogitRows, nw - r0);
+    Tensor last = ws.last.slice_rows(0, n), normed = ws.normed.slice_rows(0, n),
+           logits = ws.logits.slice_rows(0, n);
+    backend_.gather_rows(x, std::span<const int32_t>(want_rows.data() + r0, size_t(n)), last);
+    backend_.rms_norm(last, w_->output_norm, hp_.rms_eps, normed);
+    backend_.matmul(normed, w_->lm_head, nullptr, logits);
+    backend_.download(logits, out.data() + r0 * V);
+  }
   return out;
 }
 

@@ -19,6 +19,7 @@ struct SeqBatch {
   std::span<const int32_t> tokens;
   int64_t first_pos = 0;       // position of tokens[0]
   bool want_logits = false;    // logits of the last token of this chunk
+  bool all_logits = false;     // logits of every token of this chunk (perplexity)
 };
 
 struct ModelWeights;
@@ -31,9 +32,14 @@ class Model {
   const HParams& hparams() const { return hp_; }
   const gguf::File& file() const { return *file_; }
 
-  // Runs one step over all sequences' tokens; returns logits [n_want, n_vocab] on the
-  // host for the sequences with want_logits, in order.
+  // Runs one step over all sequences' tokens; returns logits on the host, n_vocab per
+  // row, in batch order: every row of a sequence with all_logits, else its last row
+  // when want_logits.
   std::vector<float> forward(std::span<const SeqBatch> batch, KVCache& kv);
+
+  // Allocates the activations of a step of `max_rows` tokens and the logits buffer, so
+  // the memory planner can measure them before sizing the KV pool.
+  void reserve_workspace(int64_t max_rows);
 
   // Bytes of weights as stored (what `info` prints).
   int64_t weight_bytes() const;

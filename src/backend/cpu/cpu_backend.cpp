@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <sys/mman.h>
 #include <limits>
 #include <vector>
 
@@ -21,6 +22,19 @@ void* aligned_bytes(size_t n) {
   void* p = std::aligned_alloc(64, rounded);
   if (!p) throw Error("CPU backend: out of memory allocating " + std::to_string(n) + " bytes");
   return p;
+}
+
+void* map_zeroed(size_t n) {
+  void* p = mmap(nullptr, std::max<size_t>(n, 1), PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) throw Error("CPU backend: out of memory mapping " + std::to_string(n) + " bytes");
+  return p;
+}
+
+int64_t kv_pool_bytes(const KVPoolView& p) {
+  const int64_t slots = p.n_blocks * p.block_tokens;
+  const int64_t elem = p.type == GgmlType::F32 ? 4 : 2;
+  return slots * (2 * p.head_dim * elem + int64_t(sizeof(int32_t)));
 }
 
 void require(bool ok, const char* what) {
@@ -65,10 +79,12 @@ Tensor CpuBackend::alloc(GgmlType type, int64_t rows, int64_t cols) {
   t.row_stride = row_bytes(type, cols);
   t.data = aligned_bytes(t.bytes());
   std::memset(t.data, 0, t.bytes());
+  track(int64_t(t.bytes()));
   return t;
 }
 
 void CpuBackend::free(Tensor& t) {
+  if (t.data) track(-int64_t(t.bytes()));
   std::free(t.data);
   t = Tensor{};
 }
@@ -214,18 +230,23 @@ KVPoolView CpuBackend::alloc_kv_pool(GgmlType type, int64_t n_blocks, int block_
   p.n_blocks = n_blocks;
   const int64_t slots = n_blocks * block_tokens;
   const size_t elem = type == GgmlType::F32 ? 4 : 2;
-  p.k = aligned_bytes(slots * head_dim * elem);
-  p.v = aligned_bytes(slots * head_dim * elem);
+  // K and V come from the kernel zeroed and are touched only as blocks fill, so a large
+  // pool costs memory only for what sequences use.
+  p.k = map_zeroed(size_t(slots) * head_dim * elem);
+  p.v = map_zeroed(size_t(slots) * head_dim * elem);
   p.pos = static_cast<int32_t*>(aligned_bytes(slots * sizeof(int32_t)));
-  std::memset(p.k, 0, slots * head_dim * elem);
-  std::memset(p.v, 0, slots * head_dim * elem);
   std::fill(p.pos, p.pos + slots, std::numeric_limits<int32_t>::max());
+  track(kv_pool_bytes(p));
   return p;
 }
 
 void CpuBackend::free_kv_pool(KVPoolView& pool) {
-  std::free(pool.k);
-  std::free(pool.v);
+  if (!pool.k) return;
+  track(-kv_pool_bytes(pool));
+  const size_t kv = size_t(pool.n_blocks) * pool.block_tokens * pool.head_dim *
+                    (pool.type == GgmlType::F32 ? 4 : 2);
+  munmap(pool.k, std::max<size_t>(kv, 1));
+  munmap(pool.v, std::max<size_t>(kv, 1));
   std::free(pool.pos);
   pool = KVPoolView{};
 }

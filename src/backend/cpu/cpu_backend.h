@@ -12,6 +12,9 @@ class CpuBackend final : public Backend {
   explicit CpuBackend(const CpuBackendOptions& opts);
 
   std::string name() const override;
+  int64_t allocated_bytes() const override { return allocated_; }
+  int64_t peak_allocated_bytes() const override { return peak_; }
+  bool maps_weights() const override { return true; }
   bool uses_avx2() const { return simd_; }
   int n_threads() const { return pool_.size(); }
 
@@ -45,6 +48,11 @@ class CpuBackend final : public Backend {
                  float* out) override;
 
  private:
+  void track(int64_t delta) {
+    allocated_ += delta;
+    if (allocated_ > peak_) peak_ = allocated_;
+  }
+  int64_t allocated_ = 0, peak_ = 0;
   bool simd_;
   bool q8_;  // integer-dot decode matmuls (CpuBackendOptions::q8_activations)
   ThreadPool pool_;

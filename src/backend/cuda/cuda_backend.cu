@@ -2,6 +2,7 @@
 // expanded to BF16 on the GPU at load (1-row vectors to F32); all work goes to one
 // stream, so ops are ordered without host waits except download() and synchronize().
 #include "backend/cuda/cuda_backend.h"
+#include "backend/backend_registry.h"
 
 #include <algorithm>
 #include <cstring>
@@ -44,6 +45,8 @@ class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(const CudaBackendOptions& o) : device_(o.device) {
     BMX_CUDA(cudaSetDevice(device_));
+    BMX_CUDA(cudaFree(nullptr));  // creates the context, so the baseline includes it
+    baseline_used_ = device_used();
     BMX_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     gemm_ = std::make_unique<Gemm>(o.gemm_workspace_bytes);
     staging_ = std::make_unique<Staging>();
@@ -62,6 +65,17 @@ class CudaBackend final : public Backend {
   }
 
   std::string name() const override { return name_; }
+  // Measured on the device: everything allocated since the backend started (tensors,
+  // weights, KV pool, cuBLASLt workspace, staging), whoever in this process asked.
+  int64_t allocated_bytes() const override {
+    const int64_t now = device_used() - baseline_used_;
+    peak_ = std::max(peak_, now);
+    return now;
+  }
+  int64_t peak_allocated_bytes() const override {
+    allocated_bytes();
+    return peak_;
+  }
   GgmlType activation_type() const override { return GgmlType::BF16; }
 
   Tensor alloc(GgmlType type, int64_t rows, int64_t cols) override {
@@ -253,7 +267,13 @@ class CudaBackend final : public Backend {
     void* p = nullptr;
     BMX_CUDA(cudaMalloc(&p, n));
     owned_.insert(p);
+    allocated_bytes();  // keeps the peak current
     return p;
+  }
+  static int64_t device_used() {
+    size_t free_b = 0, total_b = 0;
+    BMX_CUDA(cudaMemGetInfo(&free_b, &total_b));
+    return int64_t(total_b) - int64_t(free_b);
   }
   static int64_t n_slots(const KVPoolView& pool) { return pool.n_blocks * pool.block_tokens; }
   static void check_ids(std::span<const int32_t> ids, int64_t n, const char* what) {
@@ -291,6 +311,8 @@ class CudaBackend final : public Backend {
     float* dev;
   };
   int device_;
+  int64_t baseline_used_ = 0;
+  mutable int64_t peak_ = 0;
   std::string name_;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<Gemm> gemm_;
@@ -387,6 +409,18 @@ int cuda_device_count() {
     return 0;
   }
   return n;
+}
+
+}  // namespace batchmax
+
+namespace batchmax {
+
+void register_cuda_backend() {
+  register_backend("cuda", [](const BackendOptions& o) {
+    CudaBackendOptions c;
+    c.device = o.device;
+    return make_cuda_backend(c);
+  });
 }
 
 }  // namespace batchmax

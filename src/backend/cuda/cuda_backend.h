@@ -28,4 +28,7 @@ struct CudaCeilings {
 };
 CudaCeilings measure_ceilings(int device = 0);
 
+// Makes "cuda" available to make_backend() (backend/backend_registry.h).
+void register_cuda_backend();
+
 }  // namespace batchmax
