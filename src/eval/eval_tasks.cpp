@@ -290,12 +290,16 @@ Sample make_needle_task(const TaskSpec& spec, int64_t i, const Tokenizer& tok,
   if (spec.task == "passkey") {
     const std::string key = random_digits(r, 5);
     s.answers = {key};
+    // The question is asked before the text too, and the answer is phrased like the
+    // RULER needle ("... mentioned in the provided text is"): with the bare classic
+    // prompt SmolLM2-135M defines what a pass key is instead of recalling it.
     parts.intro =
         "There is an important info hidden inside a lot of irrelevant text. Find it and "
-        "memorize it. I will quiz you about the important information there.";
+        "memorize it. I will quiz you about the important information there: what is the "
+        "pass key mentioned in the provided text?";
     needles.push_back({s.depth, "The pass key is " + key + ". Remember it. " + key + " is the pass key."});
-    parts.question = "What is the pass key?";
-    parts.answer_prefix = "The pass key is";
+    parts.question = "What is the pass key mentioned in the provided text?";
+    parts.answer_prefix = "The pass key mentioned in the provided text is";
     const size_t shift = r.below(kFiller.size());
     unit = [shift](size_t u) { return kFiller[(u + shift) % kFiller.size()] + " "; };
   } else if (spec.task == "niah_single" || spec.task == "niah_multikey") {
