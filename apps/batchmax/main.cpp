@@ -18,7 +18,7 @@ int main(int argc, char** argv) {
   batchmax::register_cuda_backend();
 #endif
   const std::vector<Command> commands = {add_generate(app), add_run(app), add_info(app),
-                                         add_tokenize(app), add_plan(app)};
+                                         add_tokenize(app), add_eval(app), add_plan(app)};
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
