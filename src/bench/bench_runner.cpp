@@ -122,7 +122,7 @@ BenchRow run_config(Engine& engine, const Workload& w, const KVSettings& kv,
   if (r.truncated) {  // what the steps computed so far; no request failed
     r.input_tokens = last.prompt_tokens;
     r.output_tokens = last.generated_tokens;
-    r.requests = last.done;
+    r.completed = last.done;
   }
   for (const Output& o : outs) {
     if (o.finish_reason == "error") {
@@ -132,9 +132,10 @@ BenchRow run_config(Engine& engine, const Workload& w, const KVSettings& kv,
     }
     r.input_tokens += o.prompt_tokens;
     r.output_tokens += int64_t(o.tokens.size());
+    ++r.completed;
   }
   const double wall = std::max(r.wall_s, 1e-9);
-  r.requests_per_s = double(r.requests - r.failed) / wall;
+  r.requests_per_s = double(r.completed) / wall;
   r.output_tok_s = double(r.output_tokens) / wall;
   r.total_tok_s = double(r.input_tokens + r.output_tokens) / wall;
   if (r.prefill_s > 0) {
@@ -156,7 +157,7 @@ BenchRow run_config(Engine& engine, const Workload& w, const KVSettings& kv,
     if (ceil.gemm_tflops > 0) r.prefill_peak_frac = r.prefill_tflops / ceil.gemm_tflops;
   }
   if (r.decode_s > 0)  // each request's first token comes from its prefill
-    r.decode_tok_s = double(r.output_tokens - (r.requests - r.failed)) / r.decode_s;
+    r.decode_tok_s = double(r.output_tokens - r.completed) / r.decode_s;
   if (decode_only_s > 0) {
     r.decode_gbps = decode_bytes / decode_only_s / 1e9;
     if (ceil.copy_gbps > 0) r.decode_bw_frac = r.decode_gbps / ceil.copy_gbps;
@@ -179,6 +180,7 @@ nlohmann::ordered_json to_json(const BenchRow& r) {
       {"input_len", r.input_len},
       {"output_len", r.output_len},
       {"requests", r.requests},
+      {"completed", r.completed},
       {"failed", r.failed},
       {"input_tokens", r.input_tokens},
       {"output_tokens", r.output_tokens},
@@ -242,7 +244,8 @@ std::string format_table(const std::vector<BenchRow>& rows) {
                   frac(r.decode_gbps, r.decode_bw_frac, "").c_str());
     out += buf;
     if (r.truncated)
-      out += "  stopped at the time limit: " + std::to_string(r.requests) +
+      out += "  stopped at the time limit: " + std::to_string(r.completed) + " of " +
+             std::to_string(r.requests) +
              " requests finished, rates over the time run\n";
     if (r.failed)
       out += "  " + std::to_string(r.failed) + " of " + std::to_string(r.requests) +

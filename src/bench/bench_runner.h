@@ -58,7 +58,7 @@ struct BenchRow {
   std::string workload, model, backend, gpu, mode, policy, commit, command, error;
   std::string input_len, output_len;
   int64_t kv_budget = 0, chunk = 0, mem_budget_bytes = 0, step_tokens = 0;
-  int64_t requests = 0, failed = 0, input_tokens = 0, output_tokens = 0;
+  int64_t requests = 0, completed = 0, failed = 0, input_tokens = 0, output_tokens = 0;
   int64_t max_batch = 0, planned_max_batch = 0;
   double wall_s = 0, requests_per_s = 0, output_tok_s = 0, total_tok_s = 0;
   double prefill_s = 0, prefill_tok_s = 0, decode_s = 0, decode_tok_s = 0;
