@@ -126,7 +126,7 @@ std::string throughput_svg(const std::vector<BenchRow>& rows, const std::string&
   std::map<std::string, std::vector<Point>> by_batch, by_mem;
   std::vector<std::string> order;
   for (const BenchRow& r : rows) {
-    if (r.requests == r.failed) continue;  // nothing ran
+    if (r.output_tok_s <= 0) continue;  // nothing ran
     if (std::find(order.begin(), order.end(), r.mode) == order.end()) order.push_back(r.mode);
     std::string label = r.kv_budget ? "b" + std::to_string(r.kv_budget) : "";
     if (r.policy != "-" && r.policy != "snapkv") label += " " + r.policy;
