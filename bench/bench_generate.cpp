@@ -57,12 +57,14 @@ int main(int argc, char** argv) {
   CLI::App app{"batchmax end-to-end generation benchmark"};
   std::string model, json_path, batches = "1,8";
   int prompt_tokens = 512, gen_tokens = 64, threads = 0;
+  bool q8 = false;
   app.add_option("--model", model, "GGUF model")->required();
   app.add_option("--prompt-tokens", prompt_tokens, "prompt length");
   app.add_option("--gen-tokens", gen_tokens, "tokens generated per request");
   app.add_option("--batch", batches, "comma-separated batch sizes");
   app.add_option("--threads", threads, "CPU threads (0: all)");
   app.add_option("--json", json_path, "append JSON rows to this file");
+  app.add_flag("--q8", q8, "integer-dot decode matmuls (CPU)");
   CLI11_PARSE(app, argc, argv);
   try {
     std::vector<int> bs;
@@ -74,6 +76,7 @@ int main(int argc, char** argv) {
     eo.n_threads = threads;
     eo.max_batch = max_b;
     eo.step_tokens = std::max(512, prompt_tokens);
+    eo.q8_activations = q8;
     auto engine = Engine::create(eo);
     const unsigned hw = threads > 0 ? unsigned(threads) : std::thread::hardware_concurrency();
     std::printf("%-6s %-8s %-8s %12s %12s %10s %10s\n", "batch", "prompt", "gen", "prefill tok/s",
@@ -104,7 +107,7 @@ int main(int argc, char** argv) {
       if (js) {
         nlohmann::json row = {{"bench", "generate"},       {"model", model},
                               {"batch", b},                {"prompt_tokens", prompt_tokens},
-                              {"gen_tokens", gen_tokens},  {"threads", hw},
+                              {"gen_tokens", gen_tokens},  {"threads", hw}, {"q8_activations", q8},
                               {"prefill_tok_s", prefill_tps}, {"decode_tok_s", decode_tps},
                               {"prefill_s", t_pre},        {"decode_s", t_dec}};
         js << row.dump() << "\n";

@@ -4,8 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# python3-doc: the English prose (Python docs sources) that `batchmax eval` builds its
+# haystacks and perplexity texts from.
 debs=(cmake g++ ninja-build pkg-config libgtest-dev libgmock-dev libbenchmark-dev
-      nlohmann-json3-dev libcli11-dev libcpp-httplib-dev libfmt-dev python3 python3-pip)
+      nlohmann-json3-dev libcli11-dev libcpp-httplib-dev libfmt-dev python3 python3-pip
+      python3-doc)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -31,3 +31,14 @@ inline std::string shared_testdata() {
       GTEST_SKIP() << "model not found at " << batchmax::test::smollm2_path()       \
                    << " (run scripts/fetch_model.sh)";                              \
   } while (0)
+
+namespace batchmax::test {
+
+// The backend the engine-level tests run on: BATCHMAX_TEST_BACKEND (cpu or cuda),
+// default cpu. The device script sets cuda to run the golden tests on the GPU.
+inline std::string engine_backend() {
+  const char* b = std::getenv("BATCHMAX_TEST_BACKEND");
+  return b && *b ? b : "cpu";
+}
+
+}  // namespace batchmax::test

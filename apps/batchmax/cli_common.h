@@ -34,6 +34,7 @@ Command add_generate(CLI::App& root);
 Command add_run(CLI::App& root);
 Command add_info(CLI::App& root);
 Command add_tokenize(CLI::App& root);
+Command add_eval(CLI::App& root);
 Command add_plan(CLI::App& root);
 Command add_bench(CLI::App& root);
 

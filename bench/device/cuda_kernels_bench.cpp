@@ -8,10 +8,12 @@
 // usage: batchmax_cuda_bench [out.json]
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstdio>
 #include <fstream>
 #include <numeric>
 #include <random>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -79,12 +81,17 @@ int main(int argc, char** argv) {
   j["ceilings"] = {{"bf16_gemm_tflops", c.bf16_gemm_tflops}, {"copy_gbps", c.copy_gbps}};
   auto be = make_cuda_backend();
   Backend& b = *be;
+  // BMX_BENCH_ATTENTION_ONLY=1: attention cases alone (A/B runs of the two kernels).
+  const char* only_env = std::getenv("BMX_BENCH_ATTENTION_ONLY");
+  const bool attention_only = only_env && *only_env == '1';
+  const char* simt_env = std::getenv("BATCHMAX_CUDA_SIMT_ATTENTION");
+  j["attention_kernel"] = simt_env && *simt_env && *simt_env != '0' ? "simt" : "flash";
 
   // ---- matmul: Llama-3-8B projections ----
   struct W { const char* name; int64_t m, k; };
   const W shapes[] = {{"wq/wo 4096x4096", 4096, 4096}, {"gate/up 14336x4096", 14336, 4096},
                       {"down 4096x14336", 4096, 14336}};
-  for (const W& w : shapes) {
+  for (const W& w : attention_only ? std::span<const W>() : std::span<const W>(shapes)) {
     const int copies = w.m * w.k * 2 < (int64_t(96) << 20) ? 4 : 2;  // beat the 50 MB L2
     std::vector<Tensor> ws;
     for (int i = 0; i < copies; ++i) ws.push_back(random_weight(b, w.m, w.k));
@@ -166,12 +173,14 @@ int main(int argc, char** argv) {
   };
   attention_case(1, 1, "decode");
   attention_case(16, 1, "decode");
+  attention_case(32, 1, "decode");
   attention_case(64, 1, "decode");
   attention_case(1, 512, "prefill");
   attention_case(4, 512, "prefill");
+  attention_case(1, 4096, "prefill");  // a whole 4096-token prompt in one causal chunk
 
   // ---- small fused ops at a 4096-token step ----
-  {
+  if (!attention_only) {
     const int64_t T = 4096, D = 4096, F = 14336;
     Tensor x = random_tensor(b, T, D), h = b.alloc(GgmlType::BF16, T, D);
     Tensor g = random_tensor(b, T, F), u = random_tensor(b, T, F), a = b.alloc(GgmlType::BF16, T, F);

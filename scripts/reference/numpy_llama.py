@@ -12,6 +12,8 @@ Conventions (ggml / llama.cpp GGUF layout):
   * llama.cpp's HF->GGUF converter permutes the rows of attn_q / attn_k so that RoPE acts
     on *adjacent* pairs (x[2i], x[2i+1]) ("normal" rope in ggml terms), not on the
     NeoX/HF halves (x[i], x[i + d/2]). Pair i is rotated by pos * theta^(-2i/n_rot).
+  * qwen2 is converted without that permutation, so llama.cpp runs it with NeoX rope
+    (LLAMA_ROPE_TYPE_NEOX): pair i is (x[i], x[i + n_rot/2]), same frequencies.
 
 Precision: weights are dequantised by `gguf` to float32 (exact for Q4_1/Q8_0 blocks:
 d*q + m evaluated in fp32) and then up-cast to the compute dtype (float64 by default,
@@ -129,6 +131,8 @@ class LlamaModel:
         else:
             raise NotImplementedError(f"rope scaling {cfg.rope_scaling_type!r}")
         self.inv_freq = inv_freq
+        # qwen2's q/k rows are in HF order: rotate halves (see the module docstring).
+        self.neox = cfg.arch == "qwen2"
         self.reset()
 
     # ----------------------------------------------------------------- state
@@ -159,15 +163,18 @@ class LlamaModel:
         return (x64 * r).astype(self.dtype) * w
 
     def rope(self, x, positions):
-        """x: [T, H, head_dim]; rotate adjacent pairs of the first n_rot dims."""
+        """x: [T, H, head_dim]; rotate the pairs of the first n_rot dims: adjacent
+        (2i, 2i+1), or (i, i + n_rot/2) for NeoX."""
         ang = np.outer(positions.astype(np.float64) * self.pos_scale, self.inv_freq)  # [T, n_rot/2]
         cos = np.cos(ang)[:, None, :].astype(self.dtype)
         sin = np.sin(ang)[:, None, :].astype(self.dtype)
         n = self.cfg.n_rot
-        x0, x1 = x[..., 0:n:2], x[..., 1:n:2]
+        first, second = (slice(0, n // 2), slice(n // 2, n)) if self.neox else \
+            (slice(0, n, 2), slice(1, n, 2))
+        x0, x1 = x[..., first], x[..., second]
         out = x.copy()
-        out[..., 0:n:2] = x0 * cos - x1 * sin
-        out[..., 1:n:2] = x0 * sin + x1 * cos
+        out[..., first] = x0 * cos - x1 * sin
+        out[..., second] = x0 * sin + x1 * cos
         return out
 
     def attention(self, q, k, v, positions):
@@ -240,7 +247,7 @@ if __name__ == "__main__":
     import time
     path = sys.argv[1]
     m = LlamaModel(path)
-    print(m.cfg, "rope_mode:", m.rope_mode, "tied:", m.tied_embeddings)
+    print(m.cfg, "rope_mode:", m.rope_mode, "neox:", m.neox, "tied:", m.tied_embeddings)
     ids = [int(t) for t in sys.argv[2:]] or [504, 3575, 282, 4649, 314]
     t0 = time.time()
     _, new, _ = m.greedy(ids, 16)

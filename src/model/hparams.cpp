@@ -90,11 +90,17 @@ HParams read_hparams(const gguf::File& f) {
 
   // Llama-3.1 frequency scaling, when given as metadata (files may instead carry the
   // precomputed factors as the tensor rope_freqs.weight; the model reads that).
-  if (auto type = f.get_string_opt(a + "rope.scaling.type"); type && *type == "llama3") {
-    hp.rope_scale_factor = float(f.get_float_opt(a + "rope.scaling.factor").value_or(8.0));
+  if (auto type = f.get_string_opt(a + "rope.scaling.type");
+      type && *type == "llama3" && !f.find_tensor("rope_freqs.weight")) {
+    // No silent defaults: a wrong factor would quietly change every long-context answer.
+    hp.rope_scale_factor = float(f.get_float(a + "rope.scaling.factor"));
     hp.rope_low_freq_factor = float(f.get_float_opt(a + "rope.scaling.low_freq_factor").value_or(1.0));
     hp.rope_high_freq_factor = float(f.get_float_opt(a + "rope.scaling.high_freq_factor").value_or(4.0));
-    hp.rope_orig_ctx = f.get_int_opt(a + "rope.scaling.original_context_length").value_or(8192);
+    hp.rope_orig_ctx = f.get_int(a + "rope.scaling.original_context_length");
+    if (!(hp.rope_scale_factor >= 1) || hp.rope_orig_ctx <= 0 ||
+        !(hp.rope_high_freq_factor > hp.rope_low_freq_factor))
+      throw Error(f.path() + ": llama3 rope scaling needs factor >= 1, original_context_length > 0 "
+                  "and high_freq_factor > low_freq_factor");
   }
 
   hp.qkv_bias = (hp.arch == "qwen2");

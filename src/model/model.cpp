@@ -261,8 +261,7 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
   }
   const int64_t T = int64_t(ids.size());
   if (T == 0) return {};
-  const int64_t d = hp_.n_embd, hd = hp_.head_dim, nq = hp_.n_head * hd,
-                nkv = hp_.n_head_kv * hd, ff = hp_.n_ff;
+  const int64_t hd = hp_.head_dim;
 
   Workspace& ws = *ws_;
   if (T > ws.capacity) reserve_workspace(T);

@@ -35,7 +35,15 @@ EngineOptions options(int step_tokens) {
   eo.step_tokens = step_tokens;
   eo.keep_step_logits = true;
   eo.kv_mem_bytes = int64_t(256) << 20;
+  eo.backend = test::engine_backend();
   return eo;
+}
+
+// Bytes of one KV block of SmolLM2 (16 entries, head_dim 64, + positions) on the
+// backend under test: F32 entries on the CPU, BF16 on CUDA.
+int64_t smollm2_block_bytes() {
+  const int64_t elem = test::engine_backend() == "cuda" ? 2 : 4;
+  return 16 * (2 * 64 * elem + 4);
 }
 
 Request request(std::vector<int32_t> prompt, int max_tokens, const KVSettings& kv) {
@@ -146,8 +154,7 @@ TEST(KVCompression, AdmissionReachesThePlannedBatch) {
   bm.slack = 16;
   bm.window = 16;
   // Pool for 3 full requests of 400 + 8 tokens: 26 blocks per head, 90 heads.
-  const int64_t block_bytes = 16 * (2 * 64 * 4 + 4);
-  eo.kv_mem_bytes = 3 * 26 * 90 * block_bytes;
+  eo.kv_mem_bytes = 3 * 26 * 90 * smollm2_block_bytes();
   auto engine = Engine::create(eo);
   auto prompt = prompt_of(*engine, 400);
   ASSERT_EQ(engine->max_concurrent(full, 400, 8), 3);
@@ -173,7 +180,7 @@ TEST(KVCompression, AdmissionReachesThePlannedBatch) {
 TEST(KVCompression, RequestThatCanNeverFitIsRejectedWithWhatFits) {
   BATCHMAX_REQUIRE_SMOLLM2();
   EngineOptions eo = options(512);
-  eo.kv_mem_bytes = 20 * 90 * int64_t(16 * (2 * 64 * 4 + 4));  // 20 blocks per head: 320 entries
+  eo.kv_mem_bytes = 20 * 90 * smollm2_block_bytes();  // 20 blocks per head: 320 entries
   auto engine = Engine::create(eo);
   auto prompt = prompt_of(*engine, 400);
   KVSettings full;

@@ -47,10 +47,18 @@ bool contains(const std::vector<int32_t>& v, int32_t x) {
   return std::find(v.begin(), v.end(), x) != v.end();
 }
 
-// Tolerances for float32 inference against the float64 reference on the same
-// dequantised weights (logits of this model span about -20..35).
-constexpr double kMaxAbsLogitError = 0.05;
-constexpr double kRelL2LogitError = 2e-3;
+// Tolerances against the float64 reference on the same dequantised weights (logits of
+// this model span about -20..35): float32 on the CPU; bf16 weights and activations on
+// CUDA, where greedy paths may part at near-ties (each side's token then in the other's
+// top 5).
+struct Tolerance {
+  double max_abs, rel_l2;
+  int allowed_divergent_prompts;
+};
+Tolerance tolerance() {
+  if (test::engine_backend() == "cuda") return {1.5, 5e-2, 10};
+  return {0.05, 2e-3, 2};
+}
 
 }  // namespace
 
@@ -70,6 +78,8 @@ TEST_P(ModelGolden, LogitsAndGreedyTokensMatchReference) {
   eo.step_tokens = 384;  // long prompts run in several chunks, mixed with decode steps
   eo.keep_last_logits = true;
   eo.keep_step_logits = true;
+  eo.backend = test::engine_backend();
+  const Tolerance tol = tolerance();
   auto engine = Engine::create(eo);
 
   std::vector<Request> reqs;
@@ -103,8 +113,8 @@ TEST_P(ModelGolden, LogitsAndGreedyTokensMatchReference) {
       den += double(ref[j]) * ref[j];
     }
     const double rel = std::sqrt(num / den);
-    EXPECT_LE(max_abs, kMaxAbsLogitError) << o.id;
-    EXPECT_LE(rel, kRelL2LogitError) << o.id;
+    EXPECT_LE(max_abs, tol.max_abs) << o.id;
+    EXPECT_LE(rel, tol.rel_l2) << o.id;
     std::printf("[golden] %-14s prompt %5zu tok  max|dlogit| %.2e  rel-L2 %.2e", o.id.c_str(),
                 reqs[i].prompt.size(), max_abs, rel);
 
@@ -127,7 +137,9 @@ TEST_P(ModelGolden, LogitsAndGreedyTokensMatchReference) {
     std::printf("  greedy %zu/%zu equal\n", same, ref_ids.size());
   }
   // Most prompts have no near-tie at all: they must match all 64 tokens.
-  EXPECT_GE(exact_prompts, int(prompts.size()) - 2);
+  EXPECT_GE(exact_prompts, int(prompts.size()) - tol.allowed_divergent_prompts);
+  std::printf("[golden] backend %s: %d of %zu prompts with all %d greedy tokens equal\n",
+              eo.backend.c_str(), exact_prompts, prompts.size(), n_new);
 }
 
 INSTANTIATE_TEST_SUITE_P(Batching, ModelGolden, ::testing::Values(true, false),

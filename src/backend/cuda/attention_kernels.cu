@@ -1,4 +1,5 @@
-// Paged causal attention for prefill chunks and decode rows in one launch.
+// Paged causal attention for prefill chunks and decode rows in one launch: the SIMT
+// fallback (f32 q or pool, head dims the tensor-core path in flash_attention.cu lacks).
 //
 // Each CTA takes one (sequence, KV head, tile of M query vectors), where the query
 // vectors of a (sequence, KV head) are its rows times the query heads of the GQA group
@@ -217,6 +218,8 @@ template <class TQ, class TKV>
 void launch_hd(const Tensor& q, const AttentionLaunch& a, const AttentionParams& p,
                const KVPoolView& pool, Tensor& out, cudaStream_t s) {
   switch (p.head_dim) {
+    case 16: return launch_typed<TQ, TKV, 16>(q, a, p, pool, out, s);
+    case 32: return launch_typed<TQ, TKV, 32>(q, a, p, pool, out, s);
     case 64: return launch_typed<TQ, TKV, 64>(q, a, p, pool, out, s);
     case 80: return launch_typed<TQ, TKV, 80>(q, a, p, pool, out, s);
     case 96: return launch_typed<TQ, TKV, 96>(q, a, p, pool, out, s);
@@ -224,13 +227,14 @@ void launch_hd(const Tensor& q, const AttentionLaunch& a, const AttentionParams&
     case 256: return launch_typed<TQ, TKV, 256>(q, a, p, pool, out, s);
     default:
       throw Error("cuda attention: head_dim " + std::to_string(p.head_dim) +
-                  " is not built (64, 80, 96, 128, 256 are)");
+                  " is not built (16, 32, 64, 80, 96, 128, 256 are)");
   }
 }
 
 }  // namespace
 
-AttentionTiles attention_tiles(const AttentionParams& p) {
+AttentionTiles attention_tiles(const AttentionParams& p, GgmlType q, GgmlType pool) {
+  if (flash_attention_supported(q, pool, p.head_dim)) return flash_attention_tiles();
   return {small_m(p.head_dim), kBigM};
 }
 
@@ -239,6 +243,8 @@ void launch_attention(const Tensor& q, const AttentionLaunch& a, const Attention
   if (a.n_small + a.n_big == 0) return;
   if (q.type != out.type) throw Error("cuda attention: q and out types differ");
   if (pool.head_dim != p.head_dim) throw Error("cuda attention: pool head_dim differs");
+  if (flash_attention_supported(q.type, pool.type, p.head_dim))
+    return launch_flash_attention(q, a, p, pool, out, s);
   dispatch_act(q.type, "attention q", [&](auto tq) {
     using TQ = decltype(tq);
     dispatch_act(pool.type, "kv pool", [&](auto tk) {

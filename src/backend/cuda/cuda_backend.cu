@@ -220,12 +220,13 @@ class CudaBackend final : public Backend {
 
   void attention(const Tensor& q, std::span<const AttentionSeq> seqs, const AttentionParams& p,
                  const KVPoolView& pool, Tensor& out) override {
-    const cuda::AttentionTiles t = cuda::attention_tiles(p);
+    const cuda::AttentionTiles t = cuda::attention_tiles(p, q.type, pool.type);
     cuda::AttentionLaunch a = pack_attention(q, seqs, p, pool, t.small, t.big, t.small);
     if (a.n_small + a.n_big == 0) return;
     if (q.type != out.type || out.rows != q.rows || out.cols != q.cols)
       throw Error("cuda attention: out must match q");
     a.meta = put_packed();
+    a.scratch = [this](size_t n) { return attn_scratch_.get(n); };
     cuda::launch_attention(q, a, p, pool, out, stream_);
   }
 
@@ -331,7 +332,7 @@ class CudaBackend final : public Backend {
                                        const AttentionParams& p, const KVPoolView& pool,
                                        int small, int big, int64_t small_max);
 
-  DeviceBuffer weight_stage_, move_scratch_, scores_out_;
+  DeviceBuffer weight_stage_, move_scratch_, scores_out_, attn_scratch_;
   std::vector<int32_t> host_ints_, big_work_;
   std::vector<float> host_scores_;
 };
@@ -352,6 +353,7 @@ cuda::AttentionLaunch CudaBackend::pack_attention(const Tensor& q,
   std::vector<int32_t>& m = host_ints_;
   m.clear();
   big_work_.clear();
+  int32_t max_small = 0;
   for (int s = 0; s < n_seqs; ++s) {
     const AttentionSeq& a = seqs[s];
     if (a.q_begin < 0 || a.n_q < 0 || a.q_begin + a.n_q > q.rows)
@@ -360,11 +362,17 @@ cuda::AttentionLaunch CudaBackend::pack_attention(const Tensor& q,
       throw Error("cuda attention: one block table per KV head expected");
     const int64_t n_vec = a.n_q * group;
     const int tile = n_vec <= small_max ? small : big;
+    if (n_vec <= small_max)
+      for (int32_t e : a.head_entries) max_small = std::max(max_small, e);
     std::vector<int32_t>& list = n_vec <= small_max ? m : big_work_;
+    // Later query tiles first: in a causal chunk they see the most keys, and the
+    // longest CTAs should start first, not form the tail.
+    const int64_t last = n_vec > 0 ? (n_vec - 1) / tile * tile : -1;
     for (int h = 0; h < nkv; ++h)
-      for (int64_t v0 = 0; v0 < n_vec; v0 += tile) list.insert(list.end(), {s, h, int32_t(v0), 0});
+      for (int64_t v0 = last; v0 >= 0; v0 -= tile) list.insert(list.end(), {s, h, int32_t(v0), 0});
   }
-  cuda::AttentionLaunch L{nullptr, int(m.size() / 4), int(big_work_.size() / 4), n_seqs, 0};
+  cuda::AttentionLaunch L{nullptr, int(m.size() / 4), int(big_work_.size() / 4), n_seqs, 0,
+                          max_small, {}};
   m.insert(m.end(), big_work_.begin(), big_work_.end());
   if (m.empty()) return L;
   const size_t seq_at = m.size(), head_at = seq_at + 4 * size_t(n_seqs);

@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "backend/backend.h"
@@ -126,13 +127,20 @@ struct AttentionLaunch {
   int n_small, n_big;   // work items (CTAs) of the two lists, small tiles first
   int n_seqs;
   int seq_at;           // where the per-sequence records start: 4 * (n_small + n_big)
+  int max_small_entries = 0;  // most entries of any KV head in the small list
+  std::function<void*(size_t)> scratch;  // device scratch of n bytes (split-KV partials)
 };
 // Query vectors per CTA: `small` for (sequence, KV head) pairs with at most that many
-// vectors (decode rows), `big` otherwise.
+// vectors (decode rows), `big` otherwise. They depend on the path the types select.
 struct AttentionTiles { int small, big; };
-AttentionTiles attention_tiles(const AttentionParams& p);
+AttentionTiles attention_tiles(const AttentionParams& p, GgmlType q, GgmlType pool);
 void launch_attention(const Tensor& q, const AttentionLaunch& a, const AttentionParams& p,
                       const KVPoolView& pool, Tensor& out, cudaStream_t s);
+// flash_attention.cu: the tensor-core path (bf16 q and pool; head_dim 64, 96, 128).
+bool flash_attention_supported(GgmlType q, GgmlType pool, int head_dim);
+AttentionTiles flash_attention_tiles();
+void launch_flash_attention(const Tensor& q, const AttentionLaunch& a, const AttentionParams& p,
+                            const KVPoolView& pool, Tensor& out, cudaStream_t s);
 // scores_kernels.cu. a: one query vector per work item (all in the small list); d_out [n_seqs][n_kv][stride], zeroed.
 void launch_attention_scores(const Tensor& q, const AttentionLaunch& a, const AttentionParams& p,
                              const KVPoolView& pool, float* d_out, int64_t stride,

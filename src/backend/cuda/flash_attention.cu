@@ -1,0 +1,497 @@
+// Tensor-core paged attention (flash-attention-2 style) for a bf16 pool and bf16 q/out.
+//
+// One CTA (4 warps) takes a work item (sequence, KV head, tile of query vectors; vector
+// v = row * group + g, so the query heads of a GQA group share every K/V tile) and a
+// range of its cache entries. K/V tiles of 64 entries go through the block table into
+// padded shared memory with cp.async (two stages); S = Q K^T and O += P V run on
+// mma.sync m16n8k16 (bf16 in, fp32 accumulate); the online softmax stays in fp32
+// registers. Key e is visible to a query iff pos[e] <= the query's position: the mask
+// reads the pool's positions, never indices, so gaps after eviction are honoured.
+//
+// Two shapes of the same kernel:
+//   prefill (WM=4, WN=1): 64 query vectors, each warp 16 rows over all 64 keys of a
+//     tile; a first scan finds the last entry any row can see, so causal chunks load
+//     no later tiles.
+//   decode (WM=1, WN=4): up to 16 query vectors (one warp's rows), each warp 16 of the
+//     tile's keys with its own softmax state, merged through shared memory at the end;
+//     split-KV over blockIdx.y, with a combine pass, when there are too few items to
+//     fill the GPU.
+// Work items and metadata: as in attention_kernels.cu.
+#include <algorithm>
+#include <climits>
+#include <cstdlib>
+
+#include "backend/cuda/cuda_common.cuh"
+
+namespace batchmax::cuda {
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kKeys = 64;      // entries per shared-memory tile
+constexpr int kPad = 8;        // bf16 per row: 16 bytes, so ldmatrix rows hit distinct banks
+constexpr int kMaxSplit = 64;  // key ranges per work item (decode)
+constexpr int kDecodeM = 16;
+constexpr int kPrefillM = 64;
+
+struct FlashArgs {
+  const bf16* q;
+  int64_t q_stride;
+  bf16* out;
+  int64_t out_stride;
+  const int32_t* work;
+  const int32_t* meta;
+  int seq_at, n_seqs, group;
+  float scale_log2;
+  const bf16* pk;
+  const bf16* pv;
+  const int32_t* ppos;
+  int block_tokens;
+  float* part_o;   // split > 1: [item][split][kDecodeM][HD] unnormalised O
+  float* part_ml;  // [item][split][kDecodeM][2]: max (log2 units), sum
+};
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return uint32_t(__cvta_generic_to_shared(p));
+}
+// 16 bytes global -> shared; zeros when !valid (src is then not read).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
+               "r"(valid ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
+               "r"(valid ? 4 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const bf16* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p))
+               : "memory");
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const bf16* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p))
+               : "memory");
+}
+// c += a (16x16, row) * b (16x8, col)
+__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);  // lo in the low half: lower k index
+  return *reinterpret_cast<uint32_t*>(&h);
+}
+__device__ __forceinline__ uint32_t ld32(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
+
+template <int HD, int WM, int WN>
+struct Shape {
+  static constexpr int kRows = 16 * WM;       // query vectors per CTA
+  static constexpr int kN = kKeys / WN;       // keys per warp per tile
+  static constexpr int kStride = HD + kPad;   // shared row, bf16
+  static constexpr int kTile = kKeys * kStride;
+  static constexpr size_t kSmem = 4 * kTile * sizeof(bf16) + 2 * kKeys * sizeof(int) + 16;
+  static_assert(HD % 16 == 0 && kN % 16 == 0 && WM * WN * 32 == kThreads, "tile shape");
+  // The decode merge reuses the K/V buffers.
+  static_assert(WN == 1 || WN * 16 * (HD + 2) * 4 <= 4 * kTile * 2, "merge fits");
+};
+
+// kMinCtas: CTAs per SM the register allocation must allow (1: unbounded).
+template <int HD, int WM, int WN, int kMinCtas>
+__global__ void __launch_bounds__(kThreads, kMinCtas) flash_kernel(const FlashArgs a) {
+  using S = Shape<HD, WM, WN>;
+  constexpr int kN = S::kN, kStride = S::kStride;
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf16* Ks = reinterpret_cast<bf16*>(smem);  // [2][kKeys][kStride]
+  bf16* Vs = Ks + 2 * S::kTile;              // [2][kKeys][kStride]
+  int* kpos_s = reinterpret_cast<int*>(Vs + 2 * S::kTile);  // [2][kKeys]
+  int* red_s = kpos_s + 2 * kKeys;                          // [2]
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wm = warp % WM, wn = warp / WM;
+  const int32_t* w = a.work + 4 * blockIdx.x;
+  const int seq = w[0], kvh = w[1], v0 = w[2];
+  const int32_t* sm = a.meta + a.seq_at + 4 * seq;
+  const int64_t q_begin = sm[0];
+  const int n_vec = sm[1] * a.group;
+  const int32_t* qpos = a.meta + sm[2];
+  const int32_t* hm = a.meta + a.seq_at + 4 * a.n_seqs + 2 * (sm[3] + kvh);
+  const int32_t* blocks = a.meta + hm[0];
+  const int entries = hm[1], bt = a.block_tokens;
+
+  // This thread's two rows of the warp's 16: r and r + 8 (mma accumulator layout).
+  const int va = v0 + 16 * wm + (lane >> 2), vb = va + 8;
+  const int qpa = va < n_vec ? qpos[va / a.group] : INT_MIN;
+  const int qpb = vb < n_vec ? qpos[vb / a.group] : INT_MIN;
+  auto q_row = [&](int v) {
+    return a.q + (q_begin + v / a.group) * a.q_stride + int64_t(kvh * a.group + v % a.group) * HD;
+  };
+  uint32_t qf[HD / 16][4];  // A fragments of the warp's 16 x HD queries
+  {
+    const int c = 2 * (lane & 3);
+    const bf16* qa = va < n_vec ? q_row(va) : nullptr;
+    const bf16* qb = vb < n_vec ? q_row(vb) : nullptr;
+#pragma unroll
+    for (int kc = 0; kc < HD / 16; ++kc) {
+      qf[kc][0] = qa ? ld32(qa + 16 * kc + c) : 0u;
+      qf[kc][1] = qb ? ld32(qb + 16 * kc + c) : 0u;
+      qf[kc][2] = qa ? ld32(qa + 16 * kc + 8 + c) : 0u;
+      qf[kc][3] = qb ? ld32(qb + 16 * kc + 8 + c) : 0u;
+    }
+  }
+
+  // This CTA's entries: a split's share (decode), cut at the last one any row sees.
+  int e_begin = 0, e_end = entries;
+  if (gridDim.y > 1) {
+    const int chunk = ((entries + gridDim.y - 1) / gridDim.y + kKeys - 1) / kKeys * kKeys;
+    e_begin = min(entries, int(blockIdx.y) * chunk);
+    e_end = min(entries, e_begin + chunk);
+  }
+  auto slot_of = [&](int e) { return int64_t(blocks[e / bt]) * bt + e % bt; };
+  if (WN == 1) {  // prefill: causal chunks see a prefix of the history (positions need no order)
+    if (tid == 0) red_s[0] = INT_MIN, red_s[1] = -1;
+    __syncthreads();
+    const int vend = min(v0 + S::kRows, n_vec);
+    int mx = INT_MIN;
+    for (int r = v0 / a.group + tid; r <= (vend - 1) / a.group; r += kThreads) mx = max(mx, qpos[r]);
+    if (mx != INT_MIN) atomicMax(&red_s[0], mx);
+    __syncthreads();
+    const int maxq = red_s[0];
+    int last = -1;
+#pragma unroll 8
+    for (int e = e_begin + tid; e < e_end; e += kThreads)  // unrolled: loads in flight together
+      if (a.ppos[slot_of(e)] <= maxq) last = e;
+    if (last >= 0) atomicMax(&red_s[1], last);
+    __syncthreads();
+    e_end = red_s[1] + 1;
+  }
+  const int n_tiles = e_end > e_begin ? (e_end - e_begin + kKeys - 1) / kKeys : 0;
+
+  auto load_tile = [&](int t) {
+    const int st = t & 1, e0 = e_begin + t * kKeys;
+    bf16* kd = Ks + st * S::kTile;
+    bf16* vd = Vs + st * S::kTile;
+    constexpr int kChunks = HD / 8;  // 16-byte pieces per row
+#pragma unroll
+    for (int i = tid; i < kKeys * kChunks; i += kThreads) {
+      const int j = i / kChunks, c = 8 * (i % kChunks), e = e0 + j;
+      const bool ok = e < e_end;
+      const int64_t off = (ok ? slot_of(e) : 0) * HD + c;
+      cp_async16(kd + j * kStride + c, a.pk + off, ok);
+      cp_async16(vd + j * kStride + c, a.pv + off, ok);
+    }
+    if (tid < kKeys) {
+      const int e = e0 + tid;
+      cp_async4(kpos_s + st * kKeys + tid, a.ppos + (e < e_end ? slot_of(e) : 0), e < e_end);
+    }
+  };
+
+  float o[HD / 8][4];
+#pragma unroll
+  for (int i = 0; i < HD / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  float ma = -INFINITY, mb = -INFINITY, la = 0.f, lb = 0.f;  // max in raw score units
+  const float sl = a.scale_log2;
+  // Warps whose rows are all padding skip the math (the barriers still count them).
+  const bool active = __any_sync(0xffffffffu, qpa != INT_MIN || qpb != INT_MIN);
+
+  if (n_tiles > 0) load_tile(0);
+  cp_async_commit();
+  for (int t = 0; t < n_tiles; ++t) {
+    if (t + 1 < n_tiles) load_tile(t + 1);  // its stage was freed by the last barrier
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    if (active) {
+      const int st = t & 1;
+      const bf16* kt = Ks + st * S::kTile + wn * kN * kStride;
+      const bf16* vt = Vs + st * S::kTile + wn * kN * kStride;
+      const int* kp = kpos_s + st * kKeys + wn * kN;
+      const int n_valid = e_end - (e_begin + t * kKeys) - wn * kN;
+
+      float s[kN / 8][4];
+#pragma unroll
+      for (int i = 0; i < kN / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+#pragma unroll
+      for (int kc = 0; kc < HD / 16; ++kc)
+#pragma unroll
+        for (int jj = 0; jj < kN / 16; ++jj) {
+          uint32_t b[4];
+          ldsm_x4(b, kt + (16 * jj + (lane & 7) + 8 * (lane >> 4)) * kStride + 16 * kc +
+                         8 * ((lane >> 3) & 1));
+          mma(s[2 * jj], qf[kc], b[0], b[1]);
+          mma(s[2 * jj + 1], qf[kc], b[2], b[3]);
+        }
+      float mxa = -INFINITY, mxb = -INFINITY;
+#pragma unroll
+      for (int nb = 0; nb < kN / 8; ++nb)
+#pragma unroll
+        for (int x = 0; x < 2; ++x) {
+          const int col = 8 * nb + 2 * (lane & 3) + x;
+          const int kpv = col < n_valid ? kp[col] : INT_MAX;
+          if (kpv > qpa) s[nb][x] = -INFINITY;
+          if (kpv > qpb) s[nb][2 + x] = -INFINITY;
+          mxa = fmaxf(mxa, s[nb][x]);
+          mxb = fmaxf(mxb, s[nb][2 + x]);
+        }
+#pragma unroll
+      for (int off = 1; off < 4; off <<= 1) {  // the 4 lanes of a quad share the rows
+        mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, off));
+        mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, off));
+      }
+      const float mna = fmaxf(ma, mxa), mnb = fmaxf(mb, mxb);
+      // A row that has seen no key keeps max -inf: subtract 0 so exp2 gives 0, not NaN.
+      const float ska = mna == -INFINITY ? 0.f : mna * sl, skb = mnb == -INFINITY ? 0.f : mnb * sl;
+      const float ala = exp2f(ma * sl - ska), alb = exp2f(mb * sl - skb);
+      ma = mna;
+      mb = mnb;
+      la *= ala;
+      lb *= alb;
+#pragma unroll
+      for (int i = 0; i < HD / 8; ++i) {
+        o[i][0] *= ala; o[i][1] *= ala;
+        o[i][2] *= alb; o[i][3] *= alb;
+      }
+#pragma unroll
+      for (int nb = 0; nb < kN / 8; ++nb) {
+        s[nb][0] = exp2f(fmaf(s[nb][0], sl, -ska));
+        s[nb][1] = exp2f(fmaf(s[nb][1], sl, -ska));
+        s[nb][2] = exp2f(fmaf(s[nb][2], sl, -skb));
+        s[nb][3] = exp2f(fmaf(s[nb][3], sl, -skb));
+        la += s[nb][0] + s[nb][1];
+        lb += s[nb][2] + s[nb][3];
+      }
+#pragma unroll
+      for (int kk = 0; kk < kN / 16; ++kk) {
+        const uint32_t pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]),
+                                pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                                pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+        for (int dp = 0; dp < HD / 16; ++dp) {
+          uint32_t b[4];
+          ldsm_x4_t(b, vt + (16 * kk + (lane & 7) + 8 * ((lane >> 3) & 1)) * kStride + 16 * dp +
+                           8 * (lane >> 4));
+          mma(o[2 * dp], pa, b[0], b[1]);
+          mma(o[2 * dp + 1], pa, b[2], b[3]);
+        }
+      }
+    }
+    __syncthreads();  // this stage is read; the next iteration's load may overwrite it
+  }
+  cp_async_wait<0>();
+
+#pragma unroll
+  for (int off = 1; off < 4; off <<= 1) {
+    la += __shfl_xor_sync(0xffffffffu, la, off);
+    lb += __shfl_xor_sync(0xffffffffu, lb, off);
+  }
+  const int c = 2 * (lane & 3);
+  if constexpr (WN == 1) {
+    // No visible key at all (l = 0): zeros, as the CPU reference writes.
+    const float ia = la > 0 ? 1.f / la : 0.f, ib = lb > 0 ? 1.f / lb : 0.f;
+    bf16* oa = va < n_vec ? a.out + (q_begin + va / a.group) * a.out_stride +
+                                int64_t(kvh * a.group + va % a.group) * HD
+                          : nullptr;
+    bf16* ob = vb < n_vec ? a.out + (q_begin + vb / a.group) * a.out_stride +
+                                int64_t(kvh * a.group + vb % a.group) * HD
+                          : nullptr;
+#pragma unroll
+    for (int i = 0; i < HD / 8; ++i) {
+      if (oa) *reinterpret_cast<__nv_bfloat162*>(oa + 8 * i + c) = __floats2bfloat162_rn(o[i][0] * ia, o[i][1] * ia);
+      if (ob) *reinterpret_cast<__nv_bfloat162*>(ob + 8 * i + c) = __floats2bfloat162_rn(o[i][2] * ib, o[i][3] * ib);
+    }
+  } else {
+    // Merge the WN warps' states (same rows, different keys) through shared memory.
+    __syncthreads();  // every warp is done with the K/V buffers
+    float* so = reinterpret_cast<float*>(smem);  // [WN][16][HD]
+    float* sml = so + WN * 16 * HD;               // [WN][16][2]
+    const int ra = lane >> 2;
+#pragma unroll
+    for (int i = 0; i < HD / 8; ++i) {
+      *reinterpret_cast<float2*>(so + (wn * 16 + ra) * HD + 8 * i + c) = make_float2(o[i][0], o[i][1]);
+      *reinterpret_cast<float2*>(so + (wn * 16 + ra + 8) * HD + 8 * i + c) = make_float2(o[i][2], o[i][3]);
+    }
+    if ((lane & 3) == 0) {
+      sml[(wn * 16 + ra) * 2] = ma == -INFINITY ? -INFINITY : ma * sl;
+      sml[(wn * 16 + ra) * 2 + 1] = la;
+      sml[(wn * 16 + ra + 8) * 2] = mb == -INFINITY ? -INFINITY : mb * sl;
+      sml[(wn * 16 + ra + 8) * 2 + 1] = lb;
+    }
+    __syncthreads();
+    const int rows = min(16, n_vec - v0);
+    const int64_t part = (int64_t(blockIdx.x) * gridDim.y + blockIdx.y) * kDecodeM;
+    for (int idx = tid; idx < rows * HD; idx += kThreads) {
+      const int r = idx / HD, d = idx % HD;
+      float M = -INFINITY;
+#pragma unroll
+      for (int x = 0; x < WN; ++x) M = fmaxf(M, sml[(x * 16 + r) * 2]);
+      float acc = 0.f, L = 0.f;
+      if (M != -INFINITY) {
+#pragma unroll
+        for (int x = 0; x < WN; ++x) {
+          const float f = exp2f(sml[(x * 16 + r) * 2] - M);
+          acc += f * so[(x * 16 + r) * HD + d];
+          L += f * sml[(x * 16 + r) * 2 + 1];
+        }
+      }
+      if (gridDim.y == 1) {
+        const int v = v0 + r;
+        a.out[(q_begin + v / a.group) * a.out_stride + int64_t(kvh * a.group + v % a.group) * HD + d] =
+            __float2bfloat16(L > 0 ? acc / L : 0.f);
+      } else {
+        a.part_o[(part + r) * HD + d] = acc;
+        if (d == 0) {
+          a.part_ml[(part + r) * 2] = M;
+          a.part_ml[(part + r) * 2 + 1] = L;
+        }
+      }
+    }
+  }
+}
+
+// Merges the split-KV partial results of each decode item: weights 2^(m_s - M) / L.
+template <int HD>
+__global__ void __launch_bounds__(kThreads) flash_combine(const FlashArgs a, int n_split) {
+  __shared__ float wgt[kMaxSplit][kDecodeM];
+  const int32_t* w = a.work + 4 * blockIdx.x;
+  const int seq = w[0], kvh = w[1], v0 = w[2];
+  const int32_t* sm = a.meta + a.seq_at + 4 * seq;
+  const int64_t q_begin = sm[0];
+  const int rows = min(kDecodeM, sm[1] * a.group - v0);
+  const int64_t base = int64_t(blockIdx.x) * n_split * kDecodeM;
+  const int tid = threadIdx.x;
+  if (tid < rows) {
+    float M = -INFINITY, L = 0.f;
+    for (int s = 0; s < n_split; ++s) M = fmaxf(M, a.part_ml[(base + s * kDecodeM + tid) * 2]);
+    for (int s = 0; s < n_split; ++s) {
+      const float* ml = a.part_ml + (base + s * kDecodeM + tid) * 2;
+      const float f = M == -INFINITY ? 0.f : exp2f(ml[0] - M);
+      wgt[s][tid] = f;
+      L += f * ml[1];
+    }
+    const float inv = L > 0 ? 1.f / L : 0.f;
+    for (int s = 0; s < n_split; ++s) wgt[s][tid] *= inv;
+  }
+  __syncthreads();
+  for (int idx = tid; idx < rows * HD; idx += kThreads) {
+    const int r = idx / HD, d = idx % HD, v = v0 + r;
+    float acc = 0.f;
+    for (int s = 0; s < n_split; ++s) acc += wgt[s][r] * a.part_o[(base + s * kDecodeM + r) * HD + d];
+    a.out[(q_begin + v / a.group) * a.out_stride + int64_t(kvh * a.group + v % a.group) * HD + d] =
+        __float2bfloat16(acc);
+  }
+}
+
+// CTAs of one instantiation resident on the whole GPU at once.
+template <class K>
+int resident_ctas(K kernel, size_t smem) {
+  int per_sm = 0, dev = 0, sms = 0;
+  BMX_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  BMX_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));
+  BMX_CUDA(cudaGetDevice(&dev));
+  BMX_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  return std::max(1, per_sm * sms);
+}
+
+// Splits per decode item: the fewest that fill >= 90% of the last wave, each split
+// keeping >= 2 tiles; none when there are many waves anyway.
+int choose_splits(int n_items, int max_entries, int slots) {
+  const int max_s = std::clamp(max_entries / (2 * kKeys), 1, kMaxSplit);
+  if (n_items >= 4 * slots) return 1;
+  int best = 1;
+  double best_eff = 0;
+  for (int s = 1; s <= max_s; ++s) {
+    const int64_t ctas = int64_t(n_items) * s;
+    const double eff = double(ctas) / double((ctas + slots - 1) / slots * slots);
+    if (eff >= 0.9) return s;
+    if (eff > best_eff + 1e-9) best = s, best_eff = eff;
+  }
+  return best;
+}
+
+template <int HD>
+void launch_hd(const FlashArgs& base, const AttentionLaunch& L, cudaStream_t s) {
+  if (L.n_small > 0) {  // decode items
+    using S = Shape<HD, 1, 4>;
+    static const int slots = resident_ctas(flash_kernel<HD, 1, 4, 1>, S::kSmem);
+    const int n_split = choose_splits(L.n_small, L.max_small_entries, slots);
+    FlashArgs a = base;
+    if (n_split > 1) {
+      const size_t n_part = size_t(L.n_small) * n_split * kDecodeM;
+      float* scratch = static_cast<float*>(L.scratch(n_part * (HD + 2) * sizeof(float)));
+      a.part_o = scratch;
+      a.part_ml = scratch + n_part * HD;
+    }
+    flash_kernel<HD, 1, 4, 1><<<dim3(L.n_small, n_split), kThreads, S::kSmem, s>>>(a);
+    BMX_LAUNCHED();
+    if (n_split > 1) {
+      flash_combine<HD><<<L.n_small, kThreads, 0, s>>>(a, n_split);
+      BMX_LAUNCHED();
+    }
+  }
+  if (L.n_big > 0) {  // prefill items
+    using S = Shape<HD, 4, 1>;
+    // Unbounded registers (180 at head_dim 128: 2 CTAs per SM) measured 4-15% faster
+    // than a cap at 3 CTAs (168, small spills): bench/device/cuda_notes.md.
+    static const int slots = resident_ctas(flash_kernel<HD, 4, 1, 1>, S::kSmem);
+    (void)slots;  // sets the shared-memory attribute once
+    FlashArgs a = base;
+    a.work = base.work + 4 * L.n_small;
+    flash_kernel<HD, 4, 1, 1><<<L.n_big, kThreads, S::kSmem, s>>>(a);
+    BMX_LAUNCHED();
+  }
+}
+
+}  // namespace
+
+bool flash_attention_supported(GgmlType q, GgmlType pool, int head_dim) {
+  // BATCHMAX_CUDA_SIMT_ATTENTION=1 forces the SIMT kernel (A/B timings, debugging).
+  static const bool simt = [] {
+    const char* e = std::getenv("BATCHMAX_CUDA_SIMT_ATTENTION");
+    return e && *e && *e != '0';
+  }();
+  return !simt && q == GgmlType::BF16 && pool == GgmlType::BF16 &&
+         (head_dim == 64 || head_dim == 96 || head_dim == 128);
+}
+AttentionTiles flash_attention_tiles() { return {kDecodeM, kPrefillM}; }
+
+void launch_flash_attention(const Tensor& q, const AttentionLaunch& L, const AttentionParams& p,
+                            const KVPoolView& pool, Tensor& out, cudaStream_t s) {
+  FlashArgs a{};
+  a.q = static_cast<const bf16*>(q.data);
+  a.q_stride = int64_t(q.row_stride / sizeof(bf16));
+  a.out = static_cast<bf16*>(out.data);
+  a.out_stride = int64_t(out.row_stride / sizeof(bf16));
+  a.work = L.meta;
+  a.meta = L.meta;
+  a.seq_at = L.seq_at;
+  a.n_seqs = L.n_seqs;
+  a.group = p.n_heads / p.n_kv_heads;
+  a.scale_log2 = p.scale * 1.4426950408889634f;
+  a.pk = static_cast<const bf16*>(pool.k);
+  a.pv = static_cast<const bf16*>(pool.v);
+  a.ppos = pool.pos;
+  a.block_tokens = pool.block_tokens;
+  // The Q fragments are 4-byte loads: row starts must be 4-byte aligned.
+  if (reinterpret_cast<uintptr_t>(q.data) % 4 || q.row_stride % 4 ||
+      reinterpret_cast<uintptr_t>(out.data) % 4 || out.row_stride % 4)
+    throw Error("cuda attention: q/out rows must be 4-byte aligned");
+  switch (p.head_dim) {
+    case 64: return launch_hd<64>(a, L, s);
+    case 96: return launch_hd<96>(a, L, s);
+    case 128: return launch_hd<128>(a, L, s);
+    default: throw Error("cuda flash attention: head_dim " + std::to_string(p.head_dim));
+  }
+}
+
+}  // namespace batchmax::cuda
