@@ -212,6 +212,13 @@ int run_bench(const BenchArgs& a) {
                      format_bytes(m.weight_bytes).c_str(), format_bytes(m.workspace_bytes).c_str(),
                      format_bytes(m.kv_pool_bytes).c_str());
         if (!work) {
+          for (const KVSettings& kv : configs) {  // a bad setting fails before any run
+            try {
+              engine->blocks_per_request(kv, 1, 1);
+            } catch (const Error& e) {
+              throw UsageError(std::string(e.what()));
+            }
+          }
           std::vector<int32_t> text;
           int32_t bos = -1;
           int64_t n_vocab = hp.n_vocab;
