@@ -108,6 +108,31 @@ std::vector<int32_t> tokenize_text(const Tokenizer& tok, const std::string& text
   return tok.encode(text, true, false);
 }
 
+namespace {
+std::string& command_line_storage() {
+  static std::string s;
+  return s;
+}
+}  // namespace
+
+void set_command_line(int argc, char** argv) {
+  std::string& s = command_line_storage();
+  s.clear();
+  for (int i = 0; i < argc; ++i) {
+    std::string a = argv[i];
+    const bool plain = !a.empty() && a.find_first_not_of(
+        "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_=./,:+@%") == std::string::npos;
+    if (!plain) {
+      std::string q = "'";
+      for (char c : a) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+      a = q + "'";
+    }
+    s += (i ? " " : "") + a;
+  }
+}
+
+const std::string& command_line() { return command_line_storage(); }
+
 bool stdout_is_tty() { return isatty(fileno(stdout)) != 0; }
 bool stderr_is_tty() { return isatty(fileno(stderr)) != 0; }
 

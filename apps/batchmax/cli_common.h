@@ -36,6 +36,11 @@ Command add_info(CLI::App& root);
 Command add_tokenize(CLI::App& root);
 Command add_eval(CLI::App& root);
 Command add_plan(CLI::App& root);
+Command add_bench(CLI::App& root);
+
+// The program's arguments, quoted as a shell would need them (results record it).
+void set_command_line(int argc, char** argv);
+const std::string& command_line();
 
 // --model alone (info, tokenize).
 void add_model_flag(CLI::App& cmd, std::string& model);

@@ -66,6 +66,11 @@ struct Output {
 
 struct EngineOptions {
   std::string model_path;
+  // Instead of model_path: a model shape ("llama3-8b", ... see model/presets.h) with
+  // weights generated on the backend. No tokenizer then: requests are token ids and
+  // run to max_tokens (no EOS, no stop strings, empty text).
+  std::string dummy_weights;
+  uint64_t dummy_seed = 1;
   int n_threads = 0;          // 0: all hardware threads
   std::string backend = "cpu";  // "cpu" or "cuda" (builds with -DBATCHMAX_CUDA=ON)
   int max_batch = 8;          // sequences running at once (0: as many as the KV pool admits)
@@ -91,6 +96,10 @@ struct Progress {
   int64_t kv_bytes = 0, kv_peak_bytes = 0;   // KV blocks in use now / at most
   int64_t kv_pool_bytes = 0;
   int64_t steps = 0;
+  // The last step: prompt and decode tokens it computed and its wall time (benchmarks
+  // split time between prefill and decode from these).
+  int64_t step_prefill_tokens = 0, step_decode_tokens = 0;
+  double step_s = 0;
 };
 
 // How the engine splits its memory (DESIGN.md section 2).
@@ -113,12 +122,15 @@ class Engine {
   // Throws batchmax::Error with a clear message (bad file, unknown architecture, ...).
   static std::unique_ptr<Engine> create(const EngineOptions& opts);
 
+  // Throws batchmax::Error for dummy weights, which have no tokenizer.
   virtual const Tokenizer& tokenizer() const = 0;
   // nullptr when the model has no chat template.
   virtual const ChatTemplate* chat_template() const = 0;
   virtual int64_t context_length() const = 0;
   // The memory plan the engine runs with (what `batchmax plan` prints).
   virtual const MemoryPlan& memory_plan() const = 0;
+  // Most bytes the backend has held since the engine started (weights, workspace, KV).
+  virtual int64_t peak_backend_bytes() const = 0;
   // KV blocks one request of this shape reserves, and how many such requests the pool
   // holds at once (the largest batch for this workload).
   virtual int64_t blocks_per_request(const KVSettings& kv, int64_t prompt_tokens,

@@ -100,6 +100,10 @@ class Backend {
   virtual int64_t peak_allocated_bytes() const = 0;
   // True when load_weight() uses the mapped file's bytes in place (no copy).
   virtual bool maps_weights() const { return false; }
+  // Fills a contiguous F32 or activation-type tensor with offset + scale * u, u uniform
+  // in [-1, 1) from a hash of (seed, element index): the same values on every backend,
+  // generated where the tensor lives (dummy weights; an 8B model never touches the host).
+  virtual void fill_random(Tensor& t, uint64_t seed, float scale, float offset = 0) = 0;
 
   // Ops. Activations are F32 on the CPU backend; weights may be any dequantizable type.
   // out[r] = table[ids[r]] (ids in host memory)

@@ -18,6 +18,7 @@
 #include "kv/kv_compression.h"
 #include "kv/paged_kv_cache.h"
 #include "model/model.h"
+#include "model/presets.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
 
@@ -76,22 +77,28 @@ class LlmEngine final : public Engine {
     if (opts.max_batch < 0) throw Error("max_batch must be >= 0");
     if (opts.step_tokens <= 0) throw Error("step_tokens must be positive");
     if (opts.mem_budget_bytes < 0) throw Error("memory budget must be positive");
-    file_ = std::shared_ptr<const gguf::File>(gguf::File::open(opts.model_path));
-    read_hparams(*file_);  // an unsupported architecture is the first thing to report
-    tokenizer_ = Tokenizer::from_gguf(*file_);
-    try {
-      chat_ = std::make_unique<ChatTemplate>(ChatTemplate::from_gguf(*file_));
-    } catch (const Error&) {
-      chat_.reset();  // a model without a (known) template still serves raw prompts
-    }
     BackendOptions bo;
     bo.n_threads = opts.n_threads;
     bo.force_scalar = opts.force_scalar;
     bo.q8_activations = opts.q8_activations;
-    backend_ = make_backend(opts.backend, bo);
-    model_ = std::make_unique<Model>(file_, *backend_);
+    if (!opts.dummy_weights.empty()) {
+      const HParams hp = preset_hparams(opts.dummy_weights);
+      backend_ = make_backend(opts.backend, bo);
+      model_ = std::make_unique<Model>(hp, *backend_, opts.dummy_seed);
+    } else {
+      file_ = std::shared_ptr<const gguf::File>(gguf::File::open(opts.model_path));
+      read_hparams(*file_);  // an unsupported architecture is the first thing to report
+      tokenizer_ = Tokenizer::from_gguf(*file_);
+      try {
+        chat_ = std::make_unique<ChatTemplate>(ChatTemplate::from_gguf(*file_));
+      } catch (const Error&) {
+        chat_.reset();  // a model without a (known) template still serves raw prompts
+      }
+      backend_ = make_backend(opts.backend, bo);
+      model_ = std::make_unique<Model>(file_, *backend_);
+    }
     const HParams& hp = model_->hparams();
-    if (tokenizer_->n_vocab() > hp.n_vocab)
+    if (tokenizer_ && tokenizer_->n_vocab() > hp.n_vocab)
       throw Error(opts.model_path + ": tokenizer has " + std::to_string(tokenizer_->n_vocab()) +
                   " tokens but the embedding only " + std::to_string(hp.n_vocab));
     context_ = opts.max_context > 0 ? std::min<int64_t>(opts.max_context, hp.n_ctx_train)
@@ -107,7 +114,9 @@ class LlmEngine final : public Engine {
     m.backend = backend_->name();
     m.mem_budget_bytes = opts_.mem_budget_bytes;
     const int64_t held_before = backend_->allocated_bytes();
-    m.weight_bytes = held_before + (backend_->maps_weights() ? model_->weight_bytes() : 0);
+    // Weights used in place from the mapped file are not in the backend's count.
+    const bool mapped = backend_->maps_weights() && model_->has_file();
+    m.weight_bytes = held_before + (mapped ? model_->weight_bytes() : 0);
     model_->reserve_workspace(opts_.step_tokens);
     m.workspace_bytes = backend_->allocated_bytes() - held_before;
 
@@ -159,7 +168,13 @@ class LlmEngine final : public Engine {
     return kv_->blocks_for_entries(worst_case_entries(to_compression(kv), prompt_tokens, gen));
   }
 
-  const Tokenizer& tokenizer() const override { return *tokenizer_; }
+  const Tokenizer& tokenizer() const override {
+    if (!tokenizer_)
+      throw Error("the model has dummy weights (" + opts_.dummy_weights +
+                  ") and no tokenizer: give requests as token ids");
+    return *tokenizer_;
+  }
+  int64_t peak_backend_bytes() const override { return backend_->peak_allocated_bytes(); }
   const ChatTemplate* chat_template() const override { return chat_.get(); }
   int64_t context_length() const override { return context_; }
 
@@ -260,7 +275,12 @@ class LlmEngine final : public Engine {
                                  : (it.last_chunk ? StepPhase::LastPrefill : StepPhase::Prefill));
         batch.push_back(b);
       }
+      const auto step_t0 = Clock::now();
       std::vector<float> logits = model_->forward(batch, *kv_);
+      prog.step_s = seconds_since(step_t0);
+      prog.step_prefill_tokens = prog.step_decode_tokens = 0;
+      for (const StepItem& it : items)
+        (it.prefill ? prog.step_prefill_tokens : prog.step_decode_tokens) += it.n_tokens;
       prog.kv_bytes = kv_->bytes_in_use();
       prog.kv_peak_bytes = std::max(prog.kv_peak_bytes, prog.kv_bytes);
       prog.running = int64_t(running.size());
@@ -350,6 +370,10 @@ class LlmEngine final : public Engine {
     if (o.tokens.empty()) o.first_token_s = seconds_since(t0);
     o.tokens.push_back(tok);
     s.last_token = tok;
+    if (!tokenizer_) {  // dummy weights: no EOS, no text, run to max_tokens
+      if (int64_t(o.tokens.size()) >= effective_max_tokens(r)) o.finish_reason = "length";
+      return;
+    }
     if (!r.sampling.ignore_eos && tokenizer_->is_eog(tok)) {
       o.finish_reason = "stop";
       return;

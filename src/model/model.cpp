@@ -83,7 +83,8 @@ Tensor bind_vector(const gguf::File& f, Backend& b, const std::string& name, int
   return out;
 }
 
-RopeParams make_rope(const gguf::File& f, const HParams& hp) {
+// f: null for dummy weights (no precomputed rope_freqs tensor then).
+RopeParams make_rope(const gguf::File* f, const HParams& hp) {
   RopeParams r;
   r.style = hp.arch == "qwen2" ? RopeStyle::Neox : RopeStyle::Interleaved;
   r.head_dim = int(hp.head_dim);
@@ -92,10 +93,10 @@ RopeParams make_rope(const gguf::File& f, const HParams& hp) {
   r.inv_freq.resize(half);
   for (int i = 0; i < half; ++i)
     r.inv_freq[i] = float(std::pow(double(hp.rope_theta), -2.0 * i / r.rotary_dim));
-  if (const gguf::TensorInfo* ff = f.find_tensor("rope_freqs.weight")) {
+  if (const gguf::TensorInfo* ff = f ? f->find_tensor("rope_freqs.weight") : nullptr) {
     // Precomputed Llama-3 factors: the frequency is divided by them.
     if (ff->type != GgmlType::F32 || ff->n_elements() != half)
-      throw Error(f.path() + ": tensor 'rope_freqs.weight' must be F32 with " +
+      throw Error(f->path() + ": tensor 'rope_freqs.weight' must be F32 with " +
                   std::to_string(half) + " elements");
     const float* fac = reinterpret_cast<const float*>(ff->data);
     for (int i = 0; i < half; ++i) r.inv_freq[i] /= fac[i];
@@ -126,7 +127,7 @@ Model::Model(std::shared_ptr<const gguf::File> file, Backend& backend)
   const int64_t d = hp_.n_embd, hd = hp_.head_dim, nq = hp_.n_head * hd,
                 nkv = hp_.n_head_kv * hd, ff = hp_.n_ff;
   int64_t& bytes = w_->bytes;
-  rope_ = make_rope(f, hp_);
+  rope_ = make_rope(&f, hp_);
   w_->tok_embd = bind(f, backend_, "token_embd.weight", d, hp_.n_vocab, bytes);
   w_->output_norm = bind_vector(f, backend_, "output_norm.weight", d, bytes);
   w_->lm_head = hp_.tied_embeddings ? w_->tok_embd
@@ -153,7 +154,66 @@ Model::Model(std::shared_ptr<const gguf::File> file, Backend& backend)
   }
 }
 
-Model::~Model() { ws_->release(backend_); }
+Model::Model(const HParams& hp, Backend& backend, uint64_t seed)
+    : backend_(backend), hp_(hp), w_(std::make_unique<ModelWeights>()),
+      ws_(std::make_unique<Workspace>()) {
+  if (hp_.n_layer <= 0 || hp_.n_embd <= 0 || hp_.n_head <= 0 || hp_.n_head_kv <= 0 ||
+      hp_.n_head % hp_.n_head_kv != 0 || hp_.head_dim <= 0 || hp_.n_ff <= 0 || hp_.n_vocab <= 0)
+    throw Error("dummy model: inconsistent hyper-parameters for '" + hp_.name + "'");
+  const int64_t d = hp_.n_embd, hd = hp_.head_dim, nq = hp_.n_head * hd,
+                nkv = hp_.n_head_kv * hd, ff = hp_.n_ff;
+  const GgmlType mt = backend_.activation_type();
+  uint64_t n_made = 0;
+  // Uniform in [-a, a) has standard deviation a / sqrt(3): a = sqrt(3 / fan_in) keeps
+  // each product's output at the variance of its (normalised) input.
+  auto make = [&](GgmlType type, int64_t rows, int64_t cols, float scale, float offset) {
+    Tensor t = backend_.alloc(type, rows, cols);
+    backend_.fill_random(t, seed + 0x1000193ull * ++n_made, scale, offset);
+    w_->bytes += int64_t(t.bytes());
+    return t;
+  };
+  auto matrix = [&](int64_t rows, int64_t fan_in) {
+    return make(mt, rows, fan_in, float(std::sqrt(3.0 / double(fan_in))), 0);
+  };
+  auto ones = [&](int64_t n) { return make(GgmlType::F32, 1, n, 0, 1); };
+  auto bias = [&](int64_t n) { return make(GgmlType::F32, 1, n, 0.02f, 0); };
+  rope_ = make_rope(nullptr, hp_);
+  w_->tok_embd = make(mt, hp_.n_vocab, d, 1, 0);
+  w_->output_norm = ones(d);
+  w_->lm_head = hp_.tied_embeddings ? w_->tok_embd : matrix(hp_.n_vocab, d);
+  w_->layers.resize(hp_.n_layer);
+  for (LayerWeights& L : w_->layers) {
+    L.attn_norm = ones(d);
+    L.wq = matrix(nq, d);
+    L.wk = matrix(nkv, d);
+    L.wv = matrix(nkv, d);
+    L.wo = matrix(d, nq);
+    if (hp_.qkv_bias) {
+      L.has_bias = true;
+      L.bq = bias(nq);
+      L.bk = bias(nkv);
+      L.bv = bias(nkv);
+    }
+    L.ffn_norm = ones(d);
+    L.w_gate = matrix(ff, d);
+    L.w_up = matrix(ff, d);
+    L.w_down = matrix(d, ff);
+  }
+  backend_.synchronize();
+}
+
+Model::~Model() {
+  ws_->release(backend_);
+  // Dummy weights were allocated here; GGUF weights belong to the backend's loader.
+  if (!file_) {
+    if (w_->lm_head.data == w_->tok_embd.data) w_->lm_head = Tensor{};
+    for (Tensor* t : {&w_->tok_embd, &w_->output_norm, &w_->lm_head}) backend_.free(*t);
+    for (LayerWeights& L : w_->layers)
+      for (Tensor* t : {&L.attn_norm, &L.wq, &L.wk, &L.wv, &L.wo, &L.bq, &L.bk, &L.bv,
+                        &L.ffn_norm, &L.w_gate, &L.w_up, &L.w_down})
+        if (t->data) backend_.free(*t);
+  }
+}
 
 void Model::reserve_workspace(int64_t T) {
   Workspace& ws = *ws_;
@@ -281,7 +341,10 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
     backend_.matmul(act, L.w_down, nullptr, h);
     backend_.add(x, h);
   }
-  if (want_rows.empty()) return {};
+  if (want_rows.empty()) {
+    backend_.synchronize();  // the step's time is spent here, not in the next step's
+    return {};
+  }
   const int64_t nw = int64_t(want_rows.size()), V = hp_.n_vocab;
   std::vector<float> out(size_t(nw * V));
   for (int64_t r0 = 0; r0 < nw; r0 += Workspace::kLogitRows) {

@@ -28,9 +28,14 @@ class Model {
  public:
   // Binds the GGUF tensors to the backend; throws naming a missing or misshaped tensor.
   Model(std::shared_ptr<const gguf::File> file, Backend& backend);
+  // Dummy weights of the shape `hp` (model/presets.h), generated on the backend from
+  // `seed`: matrices in the backend's activation type, norm weights 1, scaled so
+  // activations stay finite through every layer. For throughput runs; no file.
+  Model(const HParams& hp, Backend& backend, uint64_t seed);
   ~Model();
   const HParams& hparams() const { return hp_; }
-  const gguf::File& file() const { return *file_; }
+  bool has_file() const { return file_ != nullptr; }
+  const gguf::File& file() const { return *file_; }  // only when has_file()
 
   // Runs one step over all sequences' tokens; returns logits on the host, n_vocab per
   // row, in batch order: every row of a sequence with all_logits, else its last row

@@ -56,6 +56,16 @@ Tensor col_view(const Tensor& t, int64_t b, int64_t e) {
 // Rows per parallel chunk for row-wise ops: enough work to be worth a hand-off.
 int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1)); }
 
+// The CUDA fill_random_kernel's hash (splitmix64 of seed + i * golden ratio), so both
+// backends generate the same dummy weights.
+float uniform_pm1(uint64_t seed, uint64_t i) {
+  uint64_t z = seed + i * 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return float(z >> 40) * (2.0f / 16777216.0f) - 1.0f;
+}
+
 // Query rows per attention work unit.
 constexpr int64_t kAttnRows = 16;
 
@@ -103,6 +113,15 @@ Tensor CpuBackend::load_weight(GgmlType type, const void* data, int64_t rows, in
 
 void CpuBackend::upload(const void* host, Tensor& dst) { std::memcpy(dst.data, host, dst.bytes()); }
 void CpuBackend::download(const Tensor& src, void* host) { std::memcpy(host, src.data, src.bytes()); }
+
+void CpuBackend::fill_random(Tensor& t, uint64_t seed, float scale, float offset) {
+  require(t.type == GgmlType::F32 && t.row_stride == size_t(t.cols) * 4,
+          "fill_random: contiguous F32 tensors only");
+  float* p = t.f32();
+  pool_.parallel_for(t.rows * t.cols, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) p[i] = offset + scale * uniform_pm1(seed, uint64_t(i));
+  }, 1 << 16);
+}
 
 void CpuBackend::embed(const Tensor& table, std::span<const int32_t> ids, Tensor& out) {
   require_f32(out, "embed output must be F32");

@@ -23,6 +23,7 @@ class CpuBackend final : public Backend {
   Tensor load_weight(GgmlType type, const void* data, int64_t rows, int64_t cols) override;
   void upload(const void* host, Tensor& dst) override;
   void download(const Tensor& src, void* host) override;
+  void fill_random(Tensor& t, uint64_t seed, float scale, float offset) override;
 
   void embed(const Tensor& table, std::span<const int32_t> ids, Tensor& out) override;
   void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override;

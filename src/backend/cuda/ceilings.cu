@@ -71,4 +71,11 @@ CudaCeilings measure_ceilings(int device) {
   return c;
 }
 
+CudaMemoryInfo cuda_memory_info(int device) {
+  BMX_CUDA(cudaSetDevice(device));
+  size_t free_b = 0, total_b = 0;
+  BMX_CUDA(cudaMemGetInfo(&free_b, &total_b));
+  return {int64_t(free_b), int64_t(total_b)};
+}
+
 }  // namespace batchmax

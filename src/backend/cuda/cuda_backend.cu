@@ -128,6 +128,11 @@ class CudaBackend final : public Backend {
     BMX_CUDA(cudaStreamSynchronize(stream_));
   }
   void synchronize() override { BMX_CUDA(cudaStreamSynchronize(stream_)); }
+  void fill_random(Tensor& t, uint64_t seed, float scale, float offset) override {
+    if (!is_act_type(t.type) || t.row_stride != size_t(t.cols) * elem_bytes(t.type))
+      throw Error("cuda fill_random: contiguous F32 or BF16 tensors only");
+    cuda::launch_fill_random(t.data, t.type, t.rows * t.cols, seed, stream_, scale, offset);
+  }
 
   void embed(const Tensor& table, std::span<const int32_t> ids, Tensor& out) override {
     if (int64_t(ids.size()) != out.rows) throw Error("cuda embed: ids and output rows differ");

@@ -28,6 +28,12 @@ struct CudaCeilings {
 };
 CudaCeilings measure_ceilings(int device = 0);
 
+// Free and total device memory now (benchmarks size "the whole GPU" from it).
+struct CudaMemoryInfo {
+  int64_t free_bytes = 0, total_bytes = 0;
+};
+CudaMemoryInfo cuda_memory_info(int device = 0);
+
 // Makes "cuda" available to make_backend() (backend/backend_registry.h).
 void register_cuda_backend();
 

@@ -103,7 +103,9 @@ void launch_gather_rows(const Tensor& x, const int32_t* d_rows, Tensor& out, cud
 void launch_swiglu(const Tensor& gate, const Tensor& up, Tensor& out, cudaStream_t s);
 void launch_add(Tensor& x, const Tensor& y, cudaStream_t s);
 void launch_add_bias(Tensor& out, const Tensor& bias, cudaStream_t s);
-void launch_fill_random(void* p, GgmlType t, int64_t n, uint64_t seed, cudaStream_t s);
+// p[i] = offset + scale * u(seed, i), u uniform in [-1, 1) (same hash as the CPU backend).
+void launch_fill_random(void* p, GgmlType t, int64_t n, uint64_t seed, cudaStream_t s,
+                        float scale = 1.0f, float offset = 0.0f);
 // norm_rope_kernels.cu
 void launch_rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out, cudaStream_t s);
 void launch_rope(Tensor& x, int n_heads, const int32_t* d_pos, const float* d_inv_freq,

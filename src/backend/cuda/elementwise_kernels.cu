@@ -62,14 +62,14 @@ __global__ void binary_kernel(View<const T> a, View<const TB> b, View<T> o, int6
 }
 
 template <class T>
-__global__ void fill_random_kernel(T* p, int64_t n, uint64_t seed) {
+__global__ void fill_random_kernel(T* p, int64_t n, uint64_t seed, float scale, float offset) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
     uint64_t z = seed + uint64_t(i) * 0x9E3779B97F4A7C15ull;  // splitmix64
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     z ^= z >> 31;
-    p[i] = from_f<T>(float(z >> 40) * (2.0f / 16777216.0f) - 1.0f);  // uniform [-1, 1)
+    p[i] = from_f<T>(offset + scale * (float(z >> 40) * (2.0f / 16777216.0f) - 1.0f));
   }
 }
 
@@ -151,10 +151,12 @@ void launch_add_bias(Tensor& out, const Tensor& bias, cudaStream_t s) {
   binary(out, bias, true, out, AddOp{}, s, "bias");
 }
 
-void launch_fill_random(void* p, GgmlType t, int64_t n, uint64_t seed, cudaStream_t s) {
+void launch_fill_random(void* p, GgmlType t, int64_t n, uint64_t seed, cudaStream_t s,
+                        float scale, float offset) {
   dispatch_act(t, "fill_random", [&](auto tt) {
     using T = decltype(tt);
-    fill_random_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(static_cast<T*>(p), n, seed);
+    fill_random_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(static_cast<T*>(p), n, seed, scale,
+                                                              offset);
     BMX_LAUNCHED();
   });
 }

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# On a GPU machine: end-to-end throughput of the engine with Llama-3.1-8B-shaped dummy
+# weights (no download), for the two workloads of the CUDA issue. Builds nothing: give
+# the directory holding a batchmax built with -DBATCHMAX_CUDA=ON. Writes JSON + SVG +
+# logs to $OUT (default ./throughput_out).
+#
+#   W-limited: --mem-budget 24GiB, 4096 in / 512 out, full, post-prefill, batchmax with
+#              KV budgets 256/512/1024, chunk 512.
+#   W-full:    the whole GPU (--mem-fraction 0.9 of free memory), 4096 in / 256 out.
+#
+# usage: bench/device/run_throughput.sh [bin-dir]
+# env:   REQ_LIMITED (512), REQ_FULL (512): requests per workload; TIME_LIMIT (0): seconds
+#        per configuration before it stops and reports what it did; COMMIT; SKIP_SMOKE=1;
+#        STAGES (default "smoke limited full").
+set -uo pipefail
+BIN=${1:-build-cuda}/batchmax
+OUT=${OUT:-throughput_out}
+REQ_LIMITED=${REQ_LIMITED:-512}
+REQ_FULL=${REQ_FULL:-512}
+TIME_LIMIT=${TIME_LIMIT:-0}
+STAGES=${STAGES:-smoke limited full}
+COMMIT=${COMMIT:-$(cat COMMIT 2>/dev/null || git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+mkdir -p "$OUT"
+
+# cuBLASLt is linked dynamically: find it in the toolkit or in pip's nvidia-cublas.
+if ! ldconfig -p 2>/dev/null | grep -q libcublasLt.so; then
+  for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
+           $(python3 -c 'import nvidia.cublas, os; print(os.path.join(nvidia.cublas.__path__[0], "lib"))' 2>/dev/null); do
+    ls "$d"/libcublasLt.so* >/dev/null 2>&1 && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}" && break
+  done
+fi
+ldd "$BIN" | grep -E "not found" && echo "missing libraries" >&2
+nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv,noheader  # no file: OUT brings back 8 at most
+
+common=(--backend cuda --dummy-weights llama3-8b --commit "$COMMIT" --warmup 2 --time-limit "$TIME_LIMIT")
+rc=0
+for stage in $STAGES; do
+  case $stage in
+    smoke)  # every mode end to end on short requests: shapes, budgets, no crash
+      "$BIN" bench "${common[@]}" --no-ceilings -n 8 --input-len uniform:200:1500 --output-len 16 \
+        --mem-budget 20GiB --kv-budgets 256 --chunk 256 --policies snapkv,h2o,knorm \
+        --out "$OUT/smoke.json" 2>&1 | tee "$OUT/smoke.log" || rc=1 ;;
+    limited)
+      "$BIN" bench "${common[@]}" -n "$REQ_LIMITED" --input-len 4096 --output-len 512 \
+        --mem-budget 24GiB --modes full,post-prefill,batchmax --kv-budgets 256,512,1024 \
+        --chunk 512 --workload-name "W-limited n=$REQ_LIMITED in=4096 out=512" \
+        --out "$OUT/w_limited.json" --plot "$OUT/w_limited.svg" 2>&1 | tee "$OUT/w_limited.log" || rc=1 ;;
+    full)
+      "$BIN" bench "${common[@]}" -n "$REQ_FULL" --input-len 4096 --output-len 256 \
+        --mem-fraction 0.9 --modes full,batchmax --kv-budgets 512 --chunk 512 \
+        --workload-name "W-full n=$REQ_FULL in=4096 out=256" \
+        --out "$OUT/w_full.json" --plot "$OUT/w_full.svg" 2>&1 | tee "$OUT/w_full.log" || rc=1 ;;
+  esac
+done
+exit $rc

@@ -1,0 +1,114 @@
+// `batchmax bench` as a user runs it: a tiny workload on the CPU, JSON rows with the
+// result fields for every configuration, and the SVG plot.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "../test_support.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Ran {
+  int code = -1;
+  std::string out, err;
+};
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+class BenchCli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+#ifndef BATCHMAX_BINARY
+    GTEST_SKIP() << "the batchmax program is not part of this build";
+#else
+    binary_ = BATCHMAX_BINARY;
+#endif
+    dir_ = fs::temp_directory_path() /
+           ("batchmax_bench_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) +
+            "_" + std::to_string(getpid()));
+    fs::create_directories(dir_);
+  }
+  void TearDown() override {
+    std::error_code ec;
+    if (!dir_.empty()) fs::remove_all(dir_, ec);
+  }
+  Ran run(const std::vector<std::string>& args) {
+    std::string cmd = "'" + binary_ + "'";
+    for (const auto& a : args) cmd += " '" + a + "'";
+    cmd += " >'" + (dir_ / "out").string() + "' 2>'" + (dir_ / "err").string() + "' </dev/null";
+    const int st = std::system(cmd.c_str());
+    return {WIFEXITED(st) ? WEXITSTATUS(st) : 128, slurp(dir_ / "out"), slurp(dir_ / "err")};
+  }
+  void check_rows(const fs::path& json, size_t n_rows) {
+    const auto rows = nlohmann::json::parse(slurp(json));
+    ASSERT_TRUE(rows.is_array());
+    ASSERT_EQ(rows.size(), n_rows);
+    for (const auto& r : rows) {
+      for (const char* k : {"workload", "mode", "policy", "kv_budget", "chunk", "mem_budget_bytes",
+                            "input_tokens", "output_tokens", "requests", "max_batch",
+                            "requests_per_s", "output_tok_s", "total_tok_s", "prefill_tok_s",
+                            "peak_kv_bytes", "peak_backend_bytes", "gemm_tflops_measured",
+                            "copy_gbps_measured", "gpu", "commit", "command"})
+        EXPECT_TRUE(r.contains(k)) << k;
+      EXPECT_EQ(r["failed"], 0) << r.dump();
+      EXPECT_GT(r["output_tok_s"].get<double>(), 0);
+      EXPECT_GE(r["max_batch"].get<int64_t>(), 1);
+      EXPECT_LE(r["peak_backend_bytes"].get<int64_t>(), r["mem_budget_bytes"].get<int64_t>());
+      EXPECT_EQ(r["gpu"], "cpu");
+      EXPECT_EQ(r["commit"], "test");
+    }
+  }
+  std::string binary_;
+  fs::path dir_;
+};
+
+TEST_F(BenchCli, DummyWeightsRowsAndPlot) {
+  const fs::path json = dir_ / "rows.json", svg = dir_ / "plot.svg";
+  Ran r = run({"bench", "--dummy-weights", "tiny", "-t", "2", "-n", "6", "--input-len",
+               "uniform:40:120", "--output-len", "4", "--kv-budgets", "48,64", "--chunk", "32",
+               "--mem-budgets", "3MiB,4MiB", "--commit", "test", "--out", json.string(),
+               "--plot", svg.string()});
+  ASSERT_EQ(r.code, 0) << r.err;
+  check_rows(json, 2 * 5);  // per budget: full, post-prefill x 2, batchmax x 2
+  EXPECT_NE(r.out.find("batchmax"), std::string::npos);
+  EXPECT_EQ(slurp(svg).rfind("<svg", 0), 0u);
+}
+
+TEST_F(BenchCli, SmolLM2TextPrompts) {
+  BATCHMAX_REQUIRE_SMOLLM2();
+  const fs::path json = dir_ / "rows.json";
+  Ran r = run({"bench", "-m", batchmax::test::smollm2_path(), "-t", "2", "-n", "2",
+               "--input-len", "96", "--output-len", "3", "--prompts", "text", "--text-dir",
+               batchmax::test::source_dir() + "/scripts/reference/texts", "--modes",
+               "full,batchmax", "--kv-budgets", "48", "--chunk", "32", "--mem-budget", "300MiB",
+               "--commit", "test", "--out", json.string()});
+  ASSERT_EQ(r.code, 0) << r.err;
+  check_rows(json, 2);
+}
+
+TEST_F(BenchCli, BadFlagsAreUsageErrors) {
+  EXPECT_EQ(run({"bench", "--input-len", "4"}).code, 2);  // neither --model nor --dummy-weights
+  EXPECT_EQ(run({"bench", "--dummy-weights", "tiny", "--modes", "lossy"}).code, 2);
+  // budget below sinks + window: refused before anything runs
+  EXPECT_EQ(run({"bench", "--dummy-weights", "tiny", "--kv-budgets", "8"}).code, 2);
+  Ran r = run({"bench", "--dummy-weights", "nope"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("known: "), std::string::npos) << r.err;
+}
+
+}  // namespace

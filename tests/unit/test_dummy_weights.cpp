@@ -1,0 +1,96 @@
+// Dummy weights: an engine from a preset shape runs without a file, its logits are
+// finite, and two engines with the same seed agree exactly.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "batchmax/engine.h"
+#include "core/error.h"
+#include "model/presets.h"
+
+namespace batchmax {
+namespace {
+
+EngineOptions tiny_options() {
+  EngineOptions o;
+  o.dummy_weights = "tiny";
+  o.n_threads = 2;
+  o.max_batch = 4;
+  o.kv_mem_bytes = int64_t(8) << 20;
+  o.keep_last_logits = true;
+  return o;
+}
+
+std::vector<Request> requests() {
+  std::vector<Request> r(3);
+  for (size_t i = 0; i < r.size(); ++i) {
+    r[i].id = std::to_string(i);
+    for (int j = 0; j < 40 + 30 * int(i); ++j) r[i].prompt.push_back((j * 37 + int(i)) % 512);
+    r[i].sampling.max_tokens = 6;
+  }
+  r[2].kv = KVSettings{};
+  r[2].kv->mode = "batchmax";
+  r[2].kv->budget = 48;
+  r[2].kv->chunk = 16;
+  return r;
+}
+
+TEST(DummyWeights, PresetsHaveConsistentShapes) {
+  for (const std::string& n : preset_names()) {
+    const HParams hp = preset_hparams(n);
+    EXPECT_EQ(hp.n_head % hp.n_head_kv, 0) << n;
+    EXPECT_EQ(hp.n_embd, hp.n_head * hp.head_dim) << n;
+  }
+  const HParams hp = preset_hparams("llama3-8b");
+  EXPECT_EQ(hp.n_vocab, 128256);
+  EXPECT_EQ(hp.n_ff, 14336);
+  EXPECT_EQ(hp.n_head_kv, 8);
+  EXPECT_FLOAT_EQ(hp.rope_scale_factor, 8);
+  EXPECT_THROW(preset_hparams("llama9-1t"), Error);
+}
+
+TEST(DummyWeights, RunsFiniteAndDeterministic) {
+  auto a = Engine::create(tiny_options());
+  auto b = Engine::create(tiny_options());
+  EXPECT_THROW(a->tokenizer(), Error);
+  EXPECT_EQ(a->chat_template(), nullptr);
+  const auto oa = a->generate(requests());
+  const auto ob = b->generate(requests());
+  ASSERT_EQ(oa.size(), 3u);
+  for (size_t i = 0; i < oa.size(); ++i) {
+    EXPECT_EQ(oa[i].finish_reason, "length") << oa[i].error;
+    EXPECT_EQ(oa[i].tokens.size(), 6u);
+    ASSERT_EQ(oa[i].last_logits.size(), 512u);
+    for (float x : oa[i].last_logits) ASSERT_TRUE(std::isfinite(x));
+    EXPECT_EQ(oa[i].last_logits, ob[i].last_logits);
+    EXPECT_EQ(oa[i].tokens, ob[i].tokens);
+  }
+  // Random weights: logits are spread, not constant.
+  float lo = oa[0].last_logits[0], hi = lo;
+  for (float x : oa[0].last_logits) lo = std::min(lo, x), hi = std::max(hi, x);
+  EXPECT_GT(hi - lo, 0.1f);
+  EXPECT_GT(a->peak_backend_bytes(), 0);
+}
+
+TEST(DummyWeights, SeedChangesTheWeights) {
+  EngineOptions o = tiny_options();
+  auto a = Engine::create(o);
+  o.dummy_seed = 2;
+  auto b = Engine::create(o);
+  EXPECT_NE(a->generate(requests())[0].last_logits, b->generate(requests())[0].last_logits);
+}
+
+TEST(DummyWeights, MemoryBudgetCountsGeneratedWeights) {
+  EngineOptions o = tiny_options();
+  o.mem_budget_bytes = int64_t(4) << 20;
+  auto e = Engine::create(o);
+  const MemoryPlan& m = e->memory_plan();
+  EXPECT_GT(m.weight_bytes, 500 * 1024);  // tiny: ~0.55 MiB of F32
+  EXPECT_LT(m.weight_bytes, 600 * 1024);
+  EXPECT_LE(m.weight_bytes + m.workspace_bytes + m.kv_pool_bytes, o.mem_budget_bytes);
+  e->generate(requests());
+  EXPECT_LE(e->peak_backend_bytes(), o.mem_budget_bytes);
+}
+
+}  // namespace
+}  // namespace batchmax
