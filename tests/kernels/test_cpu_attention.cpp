@@ -240,3 +240,69 @@ TEST(CpuAttention, KvStoreAndMove) {
 
 }  // namespace
 }  // namespace batchmax::test
+
+// GQA combination of the eviction scores: attention_scores gives, per KV head, the mean
+// over its query heads of each head's softmax probabilities, summed over the observed
+// queries. Checked against a dense softmax per query head computed here.
+TEST(CpuAttentionScores, CombinesTheQueryHeadsOfAGroupByMean) {
+  using namespace batchmax;
+  auto be = make_cpu_backend();
+  const int hd = 8, n_heads = 6, n_kv = 2, group = 3, bt = 4, n_entries = 11, n_q = 3;
+  KVPoolView pool = be->alloc_kv_pool(GgmlType::F32, 16, bt, hd);
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> u(-1, 1);
+  std::vector<std::vector<int32_t>> blocks = {{5, 2, 9}, {1, 7, 3}};
+  std::vector<int32_t> pos(n_entries);
+  for (int e = 0; e < n_entries; ++e) pos[e] = 2 * e;  // gaps, as after eviction
+  for (int g = 0; g < n_kv; ++g)
+    for (int e = 0; e < n_entries; ++e) {
+      int64_t slot = int64_t(blocks[g][e / bt]) * bt + e % bt;
+      for (int d = 0; d < hd; ++d) static_cast<float*>(pool.k)[slot * hd + d] = u(rng);
+      pool.pos[slot] = pos[e];
+    }
+  Tensor q = be->alloc(GgmlType::F32, n_q, n_heads * hd);
+  for (int64_t i = 0; i < n_q * n_heads * hd; ++i) q.f32()[i] = u(rng);
+  std::vector<int32_t> q_pos = {9, 15, 40};  // the first query sees only part of the cache
+  AttentionSeq s;
+  s.q_begin = 0;
+  s.n_q = n_q;
+  s.q_pos = q_pos.data();
+  for (int g = 0; g < n_kv; ++g) {
+    s.head_blocks.push_back(blocks[g]);
+    s.head_entries.push_back(n_entries);
+  }
+  AttentionParams p{n_heads, n_kv, hd, 1.0f / std::sqrt(float(hd))};
+  const int64_t stride = 16;
+  std::vector<float> out(n_kv * stride, -1.0f);
+  float* outs[1] = {out.data()};
+  be->attention_scores(q, std::span<const AttentionSeq>(&s, 1), p, pool, outs, stride);
+  for (int g = 0; g < n_kv; ++g) {
+    std::vector<double> want(n_entries, 0.0);
+    for (int r = 0; r < n_q; ++r)
+      for (int hh = 0; hh < group; ++hh) {
+        const float* qv = q.row_f32(r) + (g * group + hh) * hd;
+        std::vector<double> logit(n_entries, -INFINITY);
+        double mx = -INFINITY;
+        for (int e = 0; e < n_entries; ++e) {
+          if (pos[e] > q_pos[r]) continue;
+          int64_t slot = int64_t(blocks[g][e / bt]) * bt + e % bt;
+          double dot = 0;
+          for (int d = 0; d < hd; ++d) dot += double(qv[d]) * static_cast<float*>(pool.k)[slot * hd + d];
+          logit[e] = dot * p.scale;
+          mx = std::max(mx, logit[e]);
+        }
+        double z = 0;
+        for (int e = 0; e < n_entries; ++e) z += std::isinf(logit[e]) ? 0 : std::exp(logit[e] - mx);
+        for (int e = 0; e < n_entries; ++e)
+          if (!std::isinf(logit[e])) want[e] += std::exp(logit[e] - mx) / z / group;
+      }
+    double total = 0;
+    for (int e = 0; e < n_entries; ++e) {
+      EXPECT_NEAR(out[g * stride + e], want[e], 1e-5) << "kv head " << g << " entry " << e;
+      total += out[g * stride + e];
+    }
+    EXPECT_NEAR(total, n_q, 1e-4);  // each query's mean distribution sums to 1
+  }
+  be->free(q);
+  be->free_kv_pool(pool);
+}
