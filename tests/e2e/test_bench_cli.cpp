@@ -13,47 +13,16 @@
 #include <nlohmann/json.hpp>
 
 #include "../test_support.h"
+#include "cli_fixture.h"
 
 namespace {
 
 namespace fs = std::filesystem;
 
-struct Ran {
-  int code = -1;
-  std::string out, err;
-};
+using batchmax::test::slurp;
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-class BenchCli : public ::testing::Test {
+class BenchCli : public batchmax::test::CliTest {
  protected:
-  void SetUp() override {
-#ifndef BATCHMAX_BINARY
-    GTEST_SKIP() << "the batchmax program is not part of this build";
-#else
-    binary_ = BATCHMAX_BINARY;
-#endif
-    dir_ = fs::temp_directory_path() /
-           ("batchmax_bench_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) +
-            "_" + std::to_string(getpid()));
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    std::error_code ec;
-    if (!dir_.empty()) fs::remove_all(dir_, ec);
-  }
-  Ran run(const std::vector<std::string>& args) {
-    std::string cmd = "'" + binary_ + "'";
-    for (const auto& a : args) cmd += " '" + a + "'";
-    cmd += " >'" + (dir_ / "out").string() + "' 2>'" + (dir_ / "err").string() + "' </dev/null";
-    const int st = std::system(cmd.c_str());
-    return {WIFEXITED(st) ? WEXITSTATUS(st) : 128, slurp(dir_ / "out"), slurp(dir_ / "err")};
-  }
   void check_rows(const fs::path& json, size_t n_rows) {
     const auto rows = nlohmann::json::parse(slurp(json));
     ASSERT_TRUE(rows.is_array());
@@ -73,13 +42,11 @@ class BenchCli : public ::testing::Test {
       EXPECT_EQ(r["commit"], "test");
     }
   }
-  std::string binary_;
-  fs::path dir_;
 };
 
 TEST_F(BenchCli, DummyWeightsRowsAndPlot) {
   const fs::path json = dir_ / "rows.json", svg = dir_ / "plot.svg";
-  Ran r = run({"bench", "--dummy-weights", "tiny", "-t", "2", "-n", "6", "--input-len",
+  batchmax::test::CliResult r = run({"bench", "--dummy-weights", "tiny", "-t", "2", "-n", "6", "--input-len",
                "uniform:40:120", "--output-len", "4", "--kv-budgets", "48,64", "--chunk", "32",
                "--mem-budgets", "3MiB,4MiB", "--commit", "test", "--out", json.string(),
                "--plot", svg.string()});
@@ -92,7 +59,7 @@ TEST_F(BenchCli, DummyWeightsRowsAndPlot) {
 TEST_F(BenchCli, SmolLM2TextPrompts) {
   BATCHMAX_REQUIRE_SMOLLM2();
   const fs::path json = dir_ / "rows.json";
-  Ran r = run({"bench", "-m", batchmax::test::smollm2_path(), "-t", "2", "-n", "2",
+  batchmax::test::CliResult r = run({"bench", "-m", batchmax::test::smollm2_path(), "-t", "2", "-n", "2",
                "--input-len", "96", "--output-len", "3", "--prompts", "text", "--text-dir",
                batchmax::test::source_dir() + "/scripts/reference/texts", "--modes",
                "full,batchmax", "--kv-budgets", "48", "--chunk", "32", "--mem-budget", "300MiB",
@@ -106,7 +73,7 @@ TEST_F(BenchCli, BadFlagsAreUsageErrors) {
   EXPECT_EQ(run({"bench", "--dummy-weights", "tiny", "--modes", "lossy"}).code, 2);
   // budget below sinks + window: refused before anything runs
   EXPECT_EQ(run({"bench", "--dummy-weights", "tiny", "--kv-budgets", "8"}).code, 2);
-  Ran r = run({"bench", "--dummy-weights", "nope"});
+  batchmax::test::CliResult r = run({"bench", "--dummy-weights", "nope"});
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("known: "), std::string::npos) << r.err;
 }

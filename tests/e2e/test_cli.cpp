@@ -15,23 +15,15 @@
 #include <nlohmann/json.hpp>
 
 #include "../test_support.h"
+#include "cli_fixture.h"
 
 namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-struct Result {
-  int code = -1;
-  std::string out, err;
-};
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using Result = batchmax::test::CliResult;
+using batchmax::test::slurp;
 
 std::vector<std::string> lines_of(const std::string& s) {
   std::vector<std::string> out;
@@ -40,59 +32,9 @@ std::vector<std::string> lines_of(const std::string& s) {
   return out;
 }
 
-std::string quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) {
-    if (c == '\'')
-      q += "'\\''";
-    else
-      q.push_back(c);
-  }
-  return q + "'";
-}
-
-// A scratch directory per test, removed afterwards.
-class Cli : public ::testing::Test {
+class Cli : public batchmax::test::CliTest {
  protected:
-  void SetUp() override {
-#ifndef BATCHMAX_BINARY
-    GTEST_SKIP() << "the batchmax program is not part of this build";
-#else
-    binary_ = BATCHMAX_BINARY;
-#endif
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() /
-           ("batchmax_cli_" + std::string(info->name()) + "_" + std::to_string(getpid()));
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    std::error_code ec;
-    if (!dir_.empty()) fs::remove_all(dir_, ec);
-  }
-
-  Result run(const std::vector<std::string>& args) {
-    std::string cmd = quote(binary_);
-    for (const auto& a : args) cmd.append(" ").append(quote(a));
-    cmd.append(" >").append(quote((dir_ / "stdout").string()));
-    cmd.append(" 2>").append(quote((dir_ / "stderr").string())).append(" </dev/null");
-    int status = std::system(cmd.c_str());
-    Result r;
-    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    r.out = slurp(dir_ / "stdout");
-    r.err = slurp(dir_ / "stderr");
-    return r;
-  }
-
-  fs::path write(const std::string& name, const std::string& content) {
-    fs::path p = dir_ / name;
-    std::ofstream(p, std::ios::binary) << content;
-    return p;
-  }
-
   static std::string model() { return batchmax::test::smollm2_path(); }
-
-  std::string binary_;
-  fs::path dir_;
 };
 
 // A user-facing failure: the status, and one "batchmax: error: ..." line naming it.

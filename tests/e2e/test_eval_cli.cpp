@@ -13,47 +13,23 @@
 #include <nlohmann/json.hpp>
 
 #include "../test_support.h"
+#include "cli_fixture.h"
 
 namespace {
 
 namespace fs = std::filesystem;
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using batchmax::test::slurp;
 
-class EvalCli : public ::testing::Test {
+class EvalCli : public batchmax::test::CliTest {
  protected:
-  void SetUp() override {
-#ifndef BATCHMAX_BINARY
-    GTEST_SKIP() << "the batchmax program is not part of this build";
-#else
-    binary_ = BATCHMAX_BINARY;
-#endif
-    dir_ = fs::temp_directory_path() /
-           ("batchmax_eval_" +
-            std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) + "_" +
-            std::to_string(getpid()));
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    std::error_code ec;
-    if (!dir_.empty()) fs::remove_all(dir_, ec);
-  }
   // Exit status; stderr lands in err_.
   int run(const std::vector<std::string>& args) {
-    std::string cmd = "'" + binary_ + "'";
-    for (const auto& a : args) cmd += " '" + a + "'";
-    cmd += " >/dev/null 2>'" + (dir_ / "stderr").string() + "' </dev/null";
-    int status = std::system(cmd.c_str());
-    err_ = slurp(dir_ / "stderr");
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    batchmax::test::CliResult r = CliTest::run(args);
+    err_ = r.err;
+    return r.code;
   }
-  std::string binary_, err_;
-  fs::path dir_;
+  std::string err_;
 };
 
 TEST_F(EvalCli, UsageErrors) {
