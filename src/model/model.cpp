@@ -20,6 +20,15 @@ struct ModelWeights {
   Tensor tok_embd, output_norm, lm_head;
   std::vector<LayerWeights> layers;
   int64_t bytes = 0;
+  // Tensors the model allocated itself (converted vectors, dummy weights), freed with
+  // it, also when a constructor throws half-way; weights from Backend::load_weight
+  // belong to the backend.
+  std::vector<Tensor> owned;
+  Backend& backend;
+  explicit ModelWeights(Backend& b) : backend(b) {}
+  ~ModelWeights() {
+    for (Tensor& t : owned) backend.free(t);
+  }
 };
 
 struct Model::Workspace {
@@ -63,7 +72,7 @@ Tensor bind(const gguf::File& f, Backend& b, const std::string& name, int64_t co
 
 // Norm and bias vectors may be stored in any float type; the ops want F32.
 Tensor bind_vector(const gguf::File& f, Backend& b, const std::string& name, int64_t n,
-                   int64_t& bytes) {
+                   int64_t& bytes, std::vector<Tensor>& owned) {
   const gguf::TensorInfo& t = f.require_tensor(name);
   if (t.dims != std::vector<int64_t>{n})
     throw Error(f.path() + ": tensor '" + name + "' has shape " + dims_str(t.dims) +
@@ -78,6 +87,7 @@ Tensor bind_vector(const gguf::File& f, Backend& b, const std::string& name, int
   std::vector<float> tmp(n);
   dequantize_row(t.type, t.data, tmp.data(), n);
   Tensor out = b.alloc(GgmlType::F32, 1, n);
+  owned.push_back(out);
   b.upload(tmp.data(), out);
   bytes += int64_t(t.n_bytes);
   return out;
@@ -122,32 +132,32 @@ RopeParams make_rope(const gguf::File* f, const HParams& hp) {
 
 Model::Model(std::shared_ptr<const gguf::File> file, Backend& backend)
     : file_(std::move(file)), backend_(backend), hp_(read_hparams(*file_)),
-      w_(std::make_unique<ModelWeights>()), ws_(std::make_unique<Workspace>()) {
+      w_(std::make_unique<ModelWeights>(backend)), ws_(std::make_unique<Workspace>()) {
   const gguf::File& f = *file_;
   const int64_t d = hp_.n_embd, hd = hp_.head_dim, nq = hp_.n_head * hd,
                 nkv = hp_.n_head_kv * hd, ff = hp_.n_ff;
   int64_t& bytes = w_->bytes;
   rope_ = make_rope(&f, hp_);
   w_->tok_embd = bind(f, backend_, "token_embd.weight", d, hp_.n_vocab, bytes);
-  w_->output_norm = bind_vector(f, backend_, "output_norm.weight", d, bytes);
+  w_->output_norm = bind_vector(f, backend_, "output_norm.weight", d, bytes, w_->owned);
   w_->lm_head = hp_.tied_embeddings ? w_->tok_embd
                                     : bind(f, backend_, "output.weight", d, hp_.n_vocab, bytes);
   w_->layers.resize(hp_.n_layer);
   for (int64_t l = 0; l < hp_.n_layer; ++l) {
     LayerWeights& L = w_->layers[l];
     const std::string p = "blk." + std::to_string(l) + ".";
-    L.attn_norm = bind_vector(f, backend_, p + "attn_norm.weight", d, bytes);
+    L.attn_norm = bind_vector(f, backend_, p + "attn_norm.weight", d, bytes, w_->owned);
     L.wq = bind(f, backend_, p + "attn_q.weight", d, nq, bytes);
     L.wk = bind(f, backend_, p + "attn_k.weight", d, nkv, bytes);
     L.wv = bind(f, backend_, p + "attn_v.weight", d, nkv, bytes);
     L.wo = bind(f, backend_, p + "attn_output.weight", nq, d, bytes);
     if (hp_.qkv_bias) {
       L.has_bias = true;
-      L.bq = bind_vector(f, backend_, p + "attn_q.bias", nq, bytes);
-      L.bk = bind_vector(f, backend_, p + "attn_k.bias", nkv, bytes);
-      L.bv = bind_vector(f, backend_, p + "attn_v.bias", nkv, bytes);
+      L.bq = bind_vector(f, backend_, p + "attn_q.bias", nq, bytes, w_->owned);
+      L.bk = bind_vector(f, backend_, p + "attn_k.bias", nkv, bytes, w_->owned);
+      L.bv = bind_vector(f, backend_, p + "attn_v.bias", nkv, bytes, w_->owned);
     }
-    L.ffn_norm = bind_vector(f, backend_, p + "ffn_norm.weight", d, bytes);
+    L.ffn_norm = bind_vector(f, backend_, p + "ffn_norm.weight", d, bytes, w_->owned);
     L.w_gate = bind(f, backend_, p + "ffn_gate.weight", d, ff, bytes);
     L.w_up = bind(f, backend_, p + "ffn_up.weight", d, ff, bytes);
     L.w_down = bind(f, backend_, p + "ffn_down.weight", ff, d, bytes);
@@ -155,7 +165,7 @@ Model::Model(std::shared_ptr<const gguf::File> file, Backend& backend)
 }
 
 Model::Model(const HParams& hp, Backend& backend, uint64_t seed)
-    : backend_(backend), hp_(hp), w_(std::make_unique<ModelWeights>()),
+    : backend_(backend), hp_(hp), w_(std::make_unique<ModelWeights>(backend)),
       ws_(std::make_unique<Workspace>()) {
   if (hp_.n_layer <= 0 || hp_.n_embd <= 0 || hp_.n_head <= 0 || hp_.n_head_kv <= 0 ||
       hp_.n_head % hp_.n_head_kv != 0 || hp_.head_dim <= 0 || hp_.n_ff <= 0 || hp_.n_vocab <= 0)
@@ -168,6 +178,7 @@ Model::Model(const HParams& hp, Backend& backend, uint64_t seed)
   // each product's output at the variance of its (normalised) input.
   auto make = [&](GgmlType type, int64_t rows, int64_t cols, float scale, float offset) {
     Tensor t = backend_.alloc(type, rows, cols);
+    w_->owned.push_back(t);
     backend_.fill_random(t, seed + 0x1000193ull * ++n_made, scale, offset);
     w_->bytes += int64_t(t.bytes());
     return t;
@@ -202,18 +213,7 @@ Model::Model(const HParams& hp, Backend& backend, uint64_t seed)
   backend_.synchronize();
 }
 
-Model::~Model() {
-  ws_->release(backend_);
-  // Dummy weights were allocated here; GGUF weights belong to the backend's loader.
-  if (!file_) {
-    if (w_->lm_head.data == w_->tok_embd.data) w_->lm_head = Tensor{};
-    for (Tensor* t : {&w_->tok_embd, &w_->output_norm, &w_->lm_head}) backend_.free(*t);
-    for (LayerWeights& L : w_->layers)
-      for (Tensor* t : {&L.attn_norm, &L.wq, &L.wk, &L.wv, &L.wo, &L.bq, &L.bk, &L.bv,
-                        &L.ffn_norm, &L.w_gate, &L.w_up, &L.w_down})
-        if (t->data) backend_.free(*t);
-  }
-}
+Model::~Model() { ws_->release(backend_); }
 
 void Model::reserve_workspace(int64_t T) {
   Workspace& ws = *ws_;
