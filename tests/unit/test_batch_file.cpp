@@ -239,5 +239,44 @@ TEST(BatchFile, InvalidUtf8InGeneratedTextIsReplaced) {
   EXPECT_EQ(j["response"]["body"]["choices"][0]["message"]["content"], "caf\xEF\xBF\xBD");
 }
 
+// Compression extension fields: per-request overrides of the command line's settings,
+// and a bad value fails its own line only.
+TEST(BatchFile, KvExtensionFieldsOverrideDefaults) {
+  auto l = parse(chat_line(R"(, "kv_mode": "batchmax", "kv_policy": "tova", "kv_budget": 256, "kv_chunk": 128)"));
+  ASSERT_TRUE(l.ok()) << l.error->message;
+  KVSettings defaults;
+  defaults.mode = "full";
+  defaults.policy = "snapkv";
+  defaults.budget = 512;
+  defaults.chunk = 512;
+  defaults.slack = 7;
+  KVSettings k = l.kv_settings(defaults);
+  EXPECT_EQ(k.mode, "batchmax");
+  EXPECT_EQ(k.policy, "tova");
+  EXPECT_EQ(k.budget, 256);
+  EXPECT_EQ(k.chunk, 128);
+  EXPECT_EQ(k.slack, 7);  // not overridable per line: the default stays
+  auto plain = parse(chat_line());
+  ASSERT_TRUE(plain.ok());
+  KVSettings d = plain.kv_settings(defaults);
+  EXPECT_EQ(d.mode, "full");
+  EXPECT_EQ(d.budget, 512);
+}
+
+TEST(BatchFile, BadKvFieldsAreInvalidValues) {
+  struct Case { const char* extra; const char* needle; };
+  for (const Case& c : {Case{R"(, "kv_mode": "sometimes")", "kv_mode"},
+                        Case{R"(, "kv_policy": "lru")", "kv_policy"},
+                        Case{R"(, "kv_budget": 0)", "kv_budget"},
+                        Case{R"(, "kv_budget": -3)", "kv_budget"},
+                        Case{R"(, "kv_chunk": 1e12)", "kv_chunk"},
+                        Case{R"(, "kv_mode": 3)", "kv_mode"}}) {
+    auto l = parse(chat_line(c.extra));
+    ASSERT_FALSE(l.ok()) << c.extra;
+    EXPECT_NE(l.error->message.find(c.needle), std::string::npos) << l.error->message;
+    EXPECT_EQ(l.custom_id.value_or(""), "r1");
+  }
+}
+
 }  // namespace
 }  // namespace batchmax::batch
