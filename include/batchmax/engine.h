@@ -45,13 +45,33 @@ struct Request {
   // Perplexity: also return log p(prompt[i] | prompt[0..i)) for i >= 1, computed with
   // the cache as the request's compression leaves it at each chunk.
   bool prompt_logprobs = false;
+  // Generated tokens' log-probabilities (of the model's distribution, before temperature
+  // and top-k/top-p): -1 none; 0 the chosen token's; k > 0 also the k most likely.
+  int logprobs = -1;
+};
+
+struct TokenLogprob {
+  int32_t token = 0;
+  float logprob = 0;
+};
+
+// One generated token as it is streamed. The texts of all of a request's TokenInfo
+// concatenated are a prefix of its Output::text: text that could still turn out to be the
+// start of a stop string, or an incomplete UTF-8 sequence, is held back until it is known
+// (the rest, if any, is Output::text past that prefix when the request finishes).
+struct TokenInfo {
+  int32_t token = 0;
+  std::string text;                 // text this token makes final (may be empty)
+  float logprob = 0;                // when Request::logprobs >= 0
+  std::vector<TokenLogprob> top;    // Request::logprobs most likely, best first
 };
 
 struct Output {
   std::string id;
   std::vector<int32_t> tokens;   // generated ids (a stop string's tokens are kept here)
   std::string text;              // generated text, cut before a stop string
-  std::string finish_reason;     // "stop" (EOS or stop string), "length", "error"
+  // "stop" (EOS or stop string), "length", "error", "cancelled" (Batch::cancel)
+  std::string finish_reason;
   std::string error;             // message when finish_reason == "error"
   int64_t prompt_tokens = 0;
   double first_token_s = 0;      // time from submission to the first generated token
@@ -62,6 +82,7 @@ struct Output {
   int64_t kv_peak_entries = 0;   // most entries any (layer, head) held
   int64_t kv_peak_bytes = 0;     // most KV bytes held at once
   int64_t kv_evicted = 0;        // entries evicted, all layers and heads
+  std::vector<TokenInfo> token_info;  // per generated token, when Request::logprobs >= 0
 };
 
 struct EngineOptions {
@@ -100,6 +121,17 @@ struct Progress {
   // split time between prefill and decode from these).
   int64_t step_prefill_tokens = 0, step_decode_tokens = 0;
   double step_s = 0;
+};
+
+// The state of an incremental batch between steps (the server's gauges).
+struct BatchState {
+  int64_t waiting = 0;          // added, not admitted yet
+  int64_t running = 0;          // admitted: holding KV blocks
+  int64_t kv_blocks_used = 0;   // blocks held or reserved by running requests
+  int64_t kv_blocks_free = 0;
+  int64_t kv_blocks_total = 0;
+  int64_t last_step_tokens = 0; // tokens computed by the last step
+  int64_t last_step_seqs = 0;   // sequences in the last step's batch
 };
 
 // How the engine splits its memory (DESIGN.md section 2).
@@ -143,10 +175,35 @@ class Engine {
   // Runs every request to completion and returns outputs in request order. A request
   // that cannot run (empty or too long prompt, bad parameters) gets finish_reason
   // "error" and the others go on. on_output is called as each one finishes.
-  virtual std::vector<Output> generate(
+  std::vector<Output> generate(
       std::vector<Request> requests,
       const std::function<void(const Output&)>& on_output = nullptr,
-      const std::function<void(const Progress&)>& on_progress = nullptr) = 0;
+      const std::function<void(const Progress&)>& on_progress = nullptr);
+
+  // Incremental use (the server): requests join and leave between steps. One Batch at a
+  // time per engine (it owns the engine's KV cache while it lives); not thread-safe: one
+  // thread adds, cancels and steps (EngineLoop in engine_loop.h wraps it in a thread).
+  class Batch {
+   public:
+    using Handle = uint64_t;
+    struct Callbacks {
+      std::function<void(const TokenInfo&)> on_token;  // each generated token
+      std::function<void(Output)> on_finish;           // exactly once per added request
+    };
+    virtual ~Batch() = default;
+    // An invalid request (empty or too long prompt, bad parameters, more KV than the pool
+    // holds) finishes at once, inside add, with finish_reason "error".
+    virtual Handle add(Request r, Callbacks cb) = 0;
+    // Finishes the request now with "cancelled" and frees its blocks; false when it is not
+    // here (finished already or never added).
+    virtual bool cancel(Handle h) = 0;
+    virtual bool idle() const = 0;  // nothing waiting or running
+    // Admits what fits, runs one forward step, retires finished requests (their
+    // on_finish runs before step returns). No-op when idle.
+    virtual Progress step() = 0;
+    virtual BatchState state() const = 0;
+  };
+  virtual std::unique_ptr<Batch> open_batch() = 0;
 };
 
 }  // namespace batchmax
