@@ -125,7 +125,8 @@ std::string type_desc(uint32_t t) {
                              : "unknown(" + std::to_string(t) + ")";
 }
 
-Value read_value(Cursor& c, ValueType type, int depth, const Describe& what) {
+// `budget`: metadata values the file may still hold (kMaxMetadataValues in all).
+Value read_value(Cursor& c, ValueType type, int depth, uint64_t& budget, const Describe& what) {
   Value v;
   v.type = type;
   switch (type) {
@@ -158,12 +159,16 @@ Value read_value(Cursor& c, ValueType type, int depth, const Describe& what) {
       if (count > c.remaining() / min_value_size(elem))
         c.fail(what() + ": array count " + std::to_string(count) + " of " + type_desc(et) +
                " cannot fit in the " + std::to_string(c.remaining()) + " bytes remaining");
+      if (count > budget)
+        c.fail(what() + ": array count " + std::to_string(count) + " takes the metadata past " +
+               "its limit of " + std::to_string(kMaxMetadataValues) + " values in all");
+      budget -= count;
       v.arr = std::make_shared<Array>();
       v.arr->elem_type = elem;
       v.arr->items.reserve(capped(count));
       for (uint64_t k = 0; k < count; ++k)
         v.arr->items.push_back(read_value(
-            c, elem, depth + 1, [&] { return what() + "[" + std::to_string(k) + "]"; }));
+            c, elem, depth + 1, budget, [&] { return what() + "[" + std::to_string(k) + "]"; }));
       break;
     }
   }
@@ -365,6 +370,13 @@ void File::parse() {
   if (n_tensors > c.remaining() / kMinTensorInfoBytes)
     c.fail("header tensor_count " + std::to_string(n_tensors) + " cannot fit in the " +
            std::to_string(c.remaining()) + " bytes after the header");
+  if (n_kv > kMaxMetadataValues)
+    c.fail("header kv_count " + std::to_string(n_kv) + " is over the limit of " +
+           std::to_string(kMaxMetadataValues) + " metadata values");
+  if (n_tensors > kMaxTensors)
+    c.fail("header tensor_count " + std::to_string(n_tensors) + " is over the limit of " +
+           std::to_string(kMaxTensors) + " tensors");
+  uint64_t value_budget = kMaxMetadataValues - n_kv;
 
   // Metadata.
   kv_.reserve(capped(n_kv));
@@ -376,7 +388,7 @@ void File::parse() {
     if (kv_index_.count(key)) c.fail(what + ": duplicate key");
     const uint32_t t = c.read<uint32_t>(what + " value type");
     if (!valid_value_type(t)) c.fail(what + ": unknown value type " + std::to_string(t));
-    Value v = read_value(c, static_cast<ValueType>(t), 0, [&] { return what; });
+    Value v = read_value(c, static_cast<ValueType>(t), 0, value_budget, [&] { return what; });
     kv_index_.emplace(key, kv_.size());
     kv_.emplace_back(std::move(key), std::move(v));
   }

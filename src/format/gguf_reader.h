@@ -13,6 +13,13 @@
 
 namespace batchmax::gguf {
 
+// Limits independent of the file's length. A metadata value costs ~80 bytes in memory
+// however small it is in the file (a UINT8 array item is 1 byte), and a tensor info
+// ~150, so a large file could otherwise demand many times its size in RAM. Real models
+// hold < 2M values (vocabularies, merges) and a few thousand tensors.
+inline constexpr uint64_t kMaxMetadataValues = uint64_t(1) << 23;  // keys + array items
+inline constexpr uint64_t kMaxTensors = uint64_t(1) << 20;
+
 enum class ValueType : uint32_t {
   UINT8 = 0, INT8 = 1, UINT16 = 2, INT16 = 3, UINT32 = 4, INT32 = 5, FLOAT32 = 6,
   BOOL = 7, STRING = 8, ARRAY = 9, UINT64 = 10, INT64 = 11, FLOAT64 = 12,
