@@ -88,8 +88,8 @@ for t in "${TARGETS[@]}"; do
   last=$(grep -E '^#[0-9]+' "$log" | tail -1 || true)
   cov=$(sed -nE 's/.* cov: ([0-9]+).*/\1/p' <<<"$last")
   ft=$(sed -nE 's/.* ft: ([0-9]+).*/\1/p' <<<"$last")
-  runs=$(sed -nE 's/^stat::number_of_executed_units: ([0-9]+)/\1/p' "$log")
-  eps=$(sed -nE 's/^stat::average_exec_per_sec: ([0-9]+)/\1/p' "$log")
+  runs=$(sed -nE 's/^stat::number_of_executed_units: *([0-9]+)/\1/p' "$log")
+  eps=$(sed -nE 's/^stat::average_exec_per_sec: *([0-9]+)/\1/p' "$log")
   files=$(find "build-fuzz/corpus/$t" "fuzz/corpus/$t" -type f | wc -l)
   bytes=$(find "build-fuzz/corpus/$t" "fuzz/corpus/$t" -type f -printf '%s\n' | awk '{s+=$1} END {print s+0}')
   if [[ "$rc" == 0 ]]; then result=ok; else
