@@ -488,3 +488,73 @@ TEST(GgufReader, SmolLM2) {
   const int q_idx[] = {0, 1, 15, 16, 31, 32, 100, 575};
   for (int k = 0; k < 8; ++k) EXPECT_NEAR(row[q_idx[k]], q_ref[k], 1e-6) << q_idx[k];
 }
+
+// Memory-exhaustion guards: a count that fits in the file's bytes but would cost many
+// times the file's size in memory (an 80-byte Value per 1-byte UINT8 item) is refused
+// before anything is reserved or parsed.
+namespace {
+
+// A v3 header with the given counts, then one key "big" holding an array of `count`
+// items of `elem`, followed by `payload` zero bytes.
+std::vector<uint8_t> big_array_file(uint64_t n_kv, uint64_t n_tensors, uint32_t elem,
+                                    uint64_t count, size_t payload) {
+  using batchmax::test::gguf_bytes::put;
+  std::vector<uint8_t> b = {'G', 'G', 'U', 'F'};
+  put<uint32_t>(b, 3);
+  put<uint64_t>(b, n_tensors);
+  put<uint64_t>(b, n_kv);
+  batchmax::test::gguf_bytes::put_string(b, "big");
+  put<uint32_t>(b, static_cast<uint32_t>(ValueType::ARRAY));
+  put<uint32_t>(b, elem);
+  put<uint64_t>(b, count);
+  b.resize(b.size() + payload, 0);
+  return b;
+}
+
+}  // namespace
+
+TEST(GgufReaderLimits, ArrayItemsPastTheValueLimit) {
+  const uint64_t n = batchmax::gguf::kMaxMetadataValues;  // + the key itself = limit + 1
+  auto b = big_array_file(1, 0, static_cast<uint32_t>(ValueType::UINT8), n, n);
+  expect_error([&] { File::from_bytes(b.data(), b.size(), "big.gguf"); },
+               "array count 8388608 takes the metadata past its limit of 8388608 values");
+}
+
+TEST(GgufReaderLimits, NestedArraysShareOneBudget) {
+  // Two keys: the first leaves 5 values of the budget, the second takes 1 for its outer
+  // array, so an inner array of 5 is refused and one of 4 parses.
+  using batchmax::test::gguf_bytes::put;
+  const uint64_t first = batchmax::gguf::kMaxMetadataValues - 2 - 5;
+  auto b = big_array_file(2, 0, static_cast<uint32_t>(ValueType::UINT8), first, first);
+  batchmax::test::gguf_bytes::put_string(b, "second");
+  put<uint32_t>(b, static_cast<uint32_t>(ValueType::ARRAY));
+  put<uint32_t>(b, static_cast<uint32_t>(ValueType::ARRAY));
+  put<uint64_t>(b, 1);                       // one inner array (fits the budget) ...
+  put<uint32_t>(b, static_cast<uint32_t>(ValueType::UINT8));
+  put<uint64_t>(b, 5);                       // ... of 5 items: one too many
+  b.resize(b.size() + 5, 0);
+  expect_error([&] { File::from_bytes(b.data(), b.size(), "big.gguf"); },
+               "metadata key 'second'[0]: array count 5 takes the metadata past its limit");
+  std::vector<uint8_t> ok(b.begin(), b.end() - 5 - 8);
+  put<uint64_t>(ok, 4);
+  ok.resize(ok.size() + 4, 0);
+  EXPECT_NO_THROW(File::from_bytes(ok.data(), ok.size(), "ok.gguf"));
+}
+
+TEST(GgufReaderLimits, KvAndTensorCountsPastTheLimits) {
+  // Counts that the file's length allows (a kv takes >= 12 bytes, a tensor info >= 24):
+  // sparse files of ~100 MB, mapped rather than read.
+  auto check = [](GgufWriter w, uint64_t length, const std::string& needle) {
+    const std::string path = ::testing::TempDir() + "batchmax_limits.gguf";
+    w.write_file(path);
+    ASSERT_EQ(::truncate(path.c_str(), static_cast<off_t>(length)), 0);
+    expect_error([&] { File::open(path); }, needle);
+    std::filesystem::remove(path);
+  };
+  const uint64_t kv = batchmax::gguf::kMaxMetadataValues + 1;
+  check(GgufWriter().kv_count_override(kv), 24 + kv * 12,
+        "kv_count 8388609 is over the limit of 8388608 metadata values");
+  const uint64_t nt = batchmax::gguf::kMaxTensors + 1;
+  check(GgufWriter().tensor_count_override(nt), 24 + nt * 24,
+        "tensor_count 1048577 is over the limit of 1048576 tensors");
+}
