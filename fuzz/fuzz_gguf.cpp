@@ -95,8 +95,8 @@ BATCHMAX_FUZZ_TARGET(gguf) {
     try { (void)f->get_float(key); } catch (const Error&) {}
     try { (void)f->get_string(key); } catch (const Error&) {}
   }
-  // find() hands back pointers into the owned copy; check against the caller's buffer
-  // through the offsets instead.
+  // The reader copies the bytes into a buffer of exactly `size` (ASan flags any read past
+  // it); its start is recovered from a tensor's pointer to check the others' bounds.
   const uint8_t* base = f->tensors().empty() ? nullptr : f->tensors()[0].data - f->data_offset() -
                                                              f->tensors()[0].offset;
   if (base) check_tensors(*f, base, size);
