@@ -1,24 +1,28 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets (clang, ASan + UBSan) into build-fuzz/ and runs each for a
 # chosen time, at most --parallel at a time, at low priority (the machine is shared).
-#   scripts/fuzz.sh [--time SECONDS] [--parallel N] [--no-build] [TARGET...]
+#   scripts/fuzz.sh [--time SECONDS] [--parallel N] [--no-build] [--merge] [TARGET...]
 # Targets: the fuzz/fuzz_<name>.cpp files (default: all). Each run starts from the
 # committed seeds fuzz/corpus/<name>/ plus what earlier runs found (build-fuzz/corpus/,
 # not committed) and writes crash inputs to fuzz/results/crashes/. Prints exec/s and
 # coverage (cov/ft from libFuzzer's final line) per target and writes the table to
 # fuzz/results/summary_<UTC time>.md. Exits non-zero when a target found a problem.
+# --merge (no fuzzing): adds to fuzz/corpus/<name>/ as min_<sha1> the smallest set of
+# build-fuzz/corpus/ inputs that reach coverage the committed corpus does not.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TIME=60
 PARALLEL=1
 BUILD=1
+MERGE=0
 TARGETS=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --time) TIME="$2"; shift 2 ;;
     --parallel) PARALLEL="$2"; shift 2 ;;
     --no-build) BUILD=0; shift ;;
+    --merge) MERGE=1; shift ;;
     -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     -*) echo "unknown option $1" >&2; exit 2 ;;
     *) TARGETS+=("$1"); shift ;;
@@ -46,6 +50,23 @@ if [[ $BUILD -eq 1 ]]; then
 fi
 
 mkdir -p fuzz/results/crashes build-fuzz/logs
+
+if [[ $MERGE -eq 1 ]]; then
+  for t in "${TARGETS[@]}"; do
+    out="build-fuzz/merge/$t"
+    rm -rf "$out" && mkdir -p "$out" && cp "fuzz/corpus/$t"/* "$out"/
+    before=$(ls "$out" | wc -l)
+    nice -n 19 "./build-fuzz/fuzz/fuzz_$t" -merge=1 -max_len="$(max_len "$t")" -timeout=20 \
+      -rss_limit_mb=2048 "$out" "build-fuzz/corpus/$t" >"build-fuzz/logs/$t.merge.log" 2>&1
+    added=0
+    for f in "$out"/*; do
+      b=$(basename "$f")
+      [[ -e "fuzz/corpus/$t/$b" ]] || { cp "$f" "fuzz/corpus/$t/min_$b"; added=$((added + 1)); }
+    done
+    echo "$t: $before committed inputs, $added added ($(du -sb "fuzz/corpus/$t" | cut -f1) bytes now)"
+  done
+  exit 0
+fi
 # Every single allocation over 512 MB from an input of at most 32 KB is a finding.
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=0}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
