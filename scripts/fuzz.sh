@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets (clang, ASan + UBSan) into build-fuzz/ and runs each for a
 # chosen time, at most --parallel at a time, at low priority (the machine is shared).
-#   scripts/fuzz.sh [--time SECONDS] [--parallel N] [--no-build] [--merge] [TARGET...]
+#   scripts/fuzz.sh [--time SECONDS] [--parallel N] [--no-build] [--merge] [--summary-only] [TARGET...]
 # Targets: the fuzz/fuzz_<name>.cpp files (default: all). Each run starts from the
 # committed seeds fuzz/corpus/<name>/ plus what earlier runs found (build-fuzz/corpus/,
 # not committed) and writes crash inputs to fuzz/results/crashes/. Prints exec/s and
 # coverage (cov/ft from libFuzzer's final line) per target and writes the table to
 # fuzz/results/summary_<UTC time>.md. Exits non-zero when a target found a problem.
+# --summary-only: no build, no run; the table from the logs of the last runs.
 # --merge (no fuzzing): adds to fuzz/corpus/<name>/ as min_<sha1> the smallest set of
 # build-fuzz/corpus/ inputs that reach coverage the committed corpus does not.
 set -euo pipefail
@@ -16,6 +17,7 @@ TIME=60
 PARALLEL=1
 BUILD=1
 MERGE=0
+RUN=1
 TARGETS=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -23,6 +25,7 @@ while [[ $# -gt 0 ]]; do
     --parallel) PARALLEL="$2"; shift 2 ;;
     --no-build) BUILD=0; shift ;;
     --merge) MERGE=1; shift ;;
+    --summary-only) RUN=0; BUILD=0; shift ;;
     -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     -*) echo "unknown option $1" >&2; exit 2 ;;
     *) TARGETS+=("$1"); shift ;;
@@ -84,6 +87,7 @@ run_one() {
 
 running=0
 for t in "${TARGETS[@]}"; do
+  [[ $RUN -eq 1 ]] || break
   [[ -x "build-fuzz/fuzz/fuzz_$t" ]] || { echo "no target fuzz_$t" >&2; exit 2; }
   run_one "$t" &
   running=$((running + 1))
@@ -97,7 +101,7 @@ commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 {
   echo "# Fuzz run $stamp (commit $commit$(git diff --quiet 2>/dev/null || echo ', dirty'))"
   echo
-  echo "Command: \`scripts/fuzz.sh --time $TIME --parallel $PARALLEL ${TARGETS[*]}\` on $(nproc) cores, nice 19"
+  [[ $RUN -eq 0 ]] || echo "Command: \`scripts/fuzz.sh --time $TIME --parallel $PARALLEL ${TARGETS[*]}\` on $(nproc) cores, nice 19"
   echo
   echo "| target | time s | runs | exec/s | cov | ft | corpus files | corpus bytes | result |"
   echo "|---|---|---|---|---|---|---|---|---|"
@@ -110,6 +114,7 @@ for t in "${TARGETS[@]}"; do
   cov=$(sed -nE 's/.* cov: ([0-9]+).*/\1/p' <<<"$last")
   ft=$(sed -nE 's/.* ft: ([0-9]+).*/\1/p' <<<"$last")
   runs=$(sed -nE 's/^stat::number_of_executed_units: *([0-9]+)/\1/p' "$log")
+  secs=$(sed -nE 's/^Done [0-9]+ runs in ([0-9]+) second.*/\1/p' "$log")
   eps=$(sed -nE 's/^stat::average_exec_per_sec: *([0-9]+)/\1/p' "$log")
   files=$(find "build-fuzz/corpus/$t" "fuzz/corpus/$t" -type f | wc -l)
   bytes=$(find "build-fuzz/corpus/$t" "fuzz/corpus/$t" -type f -printf '%s\n' | awk '{s+=$1} END {print s+0}')
@@ -117,7 +122,7 @@ for t in "${TARGETS[@]}"; do
     result="FAILED rc=$rc: $(grep -m1 -E 'ERROR: (libFuzzer|AddressSanitizer)|runtime error|invariant violated' "$log" | cut -c1-120)"
     status=1
   fi
-  echo "| $t | $TIME | ${runs:-?} | ${eps:-?} | ${cov:-?} | ${ft:-?} | $files | $bytes | $result |" >>"$summary"
+  echo "| $t | ${secs:-?} | ${runs:-?} | ${eps:-?} | ${cov:-?} | ${ft:-?} | $files | $bytes | $result |" >>"$summary"
 done
 cat "$summary"
 echo "(logs: build-fuzz/logs/, summary: $summary)"
