@@ -521,24 +521,32 @@ TEST(GgufReaderLimits, ArrayItemsPastTheValueLimit) {
 }
 
 TEST(GgufReaderLimits, NestedArraysShareOneBudget) {
-  // Two keys: the first leaves 5 values of the budget, the second takes 1 for its outer
-  // array, so an inner array of 5 is refused and one of 4 parses.
+  // With a budget of 20 values: 2 keys, the first an array of 13 leaves 5; the second
+  // takes 1 for its outer array, so an inner array of 5 is refused and one of 4 parses.
   using batchmax::test::gguf_bytes::put;
-  const uint64_t first = batchmax::gguf::kMaxMetadataValues - 2 - 5;
-  auto b = big_array_file(2, 0, static_cast<uint32_t>(ValueType::UINT8), first, first);
+  const batchmax::gguf::ReadLimits limits{20, 10};
+  auto b = big_array_file(2, 0, static_cast<uint32_t>(ValueType::UINT8), 13, 13);
   batchmax::test::gguf_bytes::put_string(b, "second");
   put<uint32_t>(b, static_cast<uint32_t>(ValueType::ARRAY));
   put<uint32_t>(b, static_cast<uint32_t>(ValueType::ARRAY));
-  put<uint64_t>(b, 1);                       // one inner array (fits the budget) ...
+  put<uint64_t>(b, 1);
   put<uint32_t>(b, static_cast<uint32_t>(ValueType::UINT8));
-  put<uint64_t>(b, 5);                       // ... of 5 items: one too many
+  put<uint64_t>(b, 5);
   b.resize(b.size() + 5, 0);
-  expect_error([&] { File::from_bytes(b.data(), b.size(), "big.gguf"); },
-               "metadata key 'second'[0]: array count 5 takes the metadata past its limit");
+  expect_error([&] { File::from_bytes(b.data(), b.size(), "big.gguf", limits); },
+               "metadata key 'second'[0]: array count 5 takes the metadata past its limit of 20");
+  EXPECT_NO_THROW(File::from_bytes(b.data(), b.size(), "big.gguf"));  // default limits
   std::vector<uint8_t> ok(b.begin(), b.end() - 5 - 8);
   put<uint64_t>(ok, 4);
   ok.resize(ok.size() + 4, 0);
-  EXPECT_NO_THROW(File::from_bytes(ok.data(), ok.size(), "ok.gguf"));
+  EXPECT_NO_THROW(File::from_bytes(ok.data(), ok.size(), "ok.gguf", limits));
+  // The tensor limit is configurable the same way.
+  GgufWriter w;
+  for (int i = 0; i < 11; ++i) w.add_f32_tensor("t" + std::to_string(i), {1}, {0.0f});
+  const std::vector<uint8_t> t = w.to_bytes();
+  expect_error([&] { File::from_bytes(t.data(), t.size(), "t.gguf", limits); },
+               "tensor_count 11 is over the limit of 10 tensors");
+  EXPECT_NO_THROW(File::from_bytes(t.data(), t.size(), "t.gguf"));
 }
 
 TEST(GgufReaderLimits, KvAndTensorCountsPastTheLimits) {
