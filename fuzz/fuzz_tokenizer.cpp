@@ -66,6 +66,8 @@ bool valid_utf8(std::string_view s) {
 
 }  // namespace
 
+BATCHMAX_FUZZ_INIT(tokenizers)
+
 BATCHMAX_FUZZ_TARGET(tokenizer) {
   const auto& toks = tokenizers();
   if (toks.empty() || size == 0) return 0;

@@ -60,7 +60,8 @@ if [[ $MERGE -eq 1 ]]; then
     rm -rf "$out" && mkdir -p "$out" && cp "fuzz/corpus/$t"/* "$out"/
     before=$(ls "$out" | wc -l)
     nice -n 19 "./build-fuzz/fuzz/fuzz_$t" -merge=1 -max_len="$(max_len "$t")" -timeout=20 \
-      -rss_limit_mb=2048 "$out" "build-fuzz/corpus/$t" >"build-fuzz/logs/$t.merge.log" 2>&1
+      -rss_limit_mb=2048 -artifact_prefix="fuzz/results/crashes/$t-" "$out" "build-fuzz/corpus/$t" \
+      >"build-fuzz/logs/$t.merge.log" 2>&1
     added=0
     for f in "$out"/*; do
       b=$(basename "$f")
