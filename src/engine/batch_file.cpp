@@ -208,6 +208,11 @@ KVSettings BatchLine::kv_settings(const KVSettings& defaults) const {
 namespace {
 
 void parse_into(std::string_view text, const ParseOptions& opts, BatchLine& line) {
+  if (text.size() > opts.max_line_bytes)
+    reject(code::kRequestTooLarge,
+           "line is " + std::to_string(text.size()) + " bytes, over the limit of " +
+               std::to_string(opts.max_line_bytes) + " bytes per request (max_line_bytes, "
+               "batchmax run --max-line-bytes)");
   json j = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) {
     // Parse again with exceptions for the position and reason in the message.
