@@ -1,4 +1,4 @@
-// batchmax: one program, subcommands generate, run, info, tokenize, eval, plan and bench.
+// batchmax: one program, subcommands generate, run, info, tokenize, eval, plan, bench and serve.
 // Exit status: 0 success, 1 failure (bad model file, I/O, engine), 2 usage error.
 #include <iostream>
 
@@ -19,7 +19,7 @@ int main(int argc, char** argv) {
 #endif
   const std::vector<Command> commands = {add_generate(app), add_run(app), add_info(app),
                                          add_tokenize(app), add_eval(app), add_plan(app),
-                                         add_bench(app)};
+                                         add_bench(app), add_serve(app)};
   set_command_line(argc, argv);
   try {
     app.parse(argc, argv);
