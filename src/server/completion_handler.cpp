@@ -73,7 +73,7 @@ std::variant<std::vector<int32_t>, ApiError> prompt_ids(const CompletionRequest&
   return r.prompt.ids;
 }
 
-std::variant<Prepared, Rejection> prepare(const httplib::Request& http, Endpoint ep, ServerState& st) {
+std::variant<Prepared, Rejection> prepare(const std::string& body, Endpoint ep, ServerState& st) {
   Engine* engine = st.engine.load();
   EngineLoop* loop = st.loop.load();
   if (!engine || !loop)
@@ -82,7 +82,7 @@ std::variant<Prepared, Rejection> prepare(const httplib::Request& http, Endpoint
   if (st.draining.load())
     return Rejection{unavailable("the server is shutting down"), outcome::kUnavailable};
 
-  ParseResult parsed = parse_completion_request(http.body, ep, st.opts.limits);
+  ParseResult parsed = parse_completion_request(body, ep, st.opts.limits);
   if (auto* e = std::get_if<ApiError>(&parsed)) return Rejection{*e, outcome::kInvalid};
   CompletionRequest& r = std::get<CompletionRequest>(parsed);
   if (!r.model.empty() && r.model != st.opts.model_name) {
@@ -310,10 +310,34 @@ void respond_error(httplib::Response& res, const ApiError& e) {
   res.set_content(dump(error_object(e)) + "\n", kJsonType);
 }
 
-void handle_completion(const httplib::Request& http, httplib::Response& res, Endpoint ep,
-                       ServerState& st) {
+ApiError body_too_large() {
+  ApiError e = invalid_request("the request body is larger than the server accepts (--max-body-bytes)");
+  e.status = 413;
+  e.code = "request_too_large";
+  return e;
+}
+
+void handle_completion(const httplib::Request&, httplib::Response& res,
+                       const httplib::ContentReader& reader, Endpoint ep, ServerState& st) {
   try {
-    auto prepared = prepare(http, ep, st);
+    std::string body;
+    bool too_large = false;
+    const bool read = reader([&](const char* data, size_t n) {
+      if (body.size() + n > st.opts.max_body_bytes) {
+        too_large = true;
+        return false;
+      }
+      body.append(data, n);
+      return true;
+    });
+    if (!read || too_large) {
+      // The rest of the body is still on the connection: close it after answering.
+      st.metrics.count_request(outcome::kInvalid);
+      res.set_header("Connection", "close");
+      if (too_large || res.status == 413) return respond_error(res, body_too_large());
+      return respond_error(res, invalid_request("the request body could not be read"));
+    }
+    auto prepared = prepare(body, ep, st);
     if (auto* rej = std::get_if<Rejection>(&prepared)) {
       st.metrics.count_request(rej->outcome);
       respond_error(res, rej->error);

@@ -11,11 +11,15 @@
 
 namespace batchmax::server {
 
-// Writes the answer (or an error) into `res`; never throws.
-void handle_completion(const httplib::Request& req, httplib::Response& res, Endpoint endpoint,
-                       ServerState& state);
+// Reads the body through `reader` (at most opts.max_body_bytes of it: httplib 0.11 only
+// bounds bodies that come with a Content-Length, not chunked ones), then writes the
+// answer (or an error) into `res`. Never throws.
+void handle_completion(const httplib::Request& req, httplib::Response& res,
+                       const httplib::ContentReader& reader, Endpoint endpoint, ServerState& state);
 
 // An OpenAI error as the whole response.
 void respond_error(httplib::Response& res, const ApiError& e);
+// 413 with the OpenAI error body.
+ApiError body_too_large();
 
 }  // namespace batchmax::server

@@ -1,6 +1,7 @@
 #include "server/http_server.h"
 
 #include <csignal>
+#include <cstdlib>
 #include <ctime>
 
 #include "core/error.h"
@@ -20,12 +21,8 @@ ApiError library_error(const httplib::Request& req, int status) {
   switch (status) {
     case 404:
       return not_found("Unknown path: " + req.method + " " + req.path);
-    case 413: {
-      ApiError e = invalid_request("the request body is larger than the server accepts (--max-body-bytes)");
-      e.status = 413;
-      e.code = "request_too_large";
-      return e;
-    }
+    case 413:
+      return body_too_large();
     case 414:
       return ApiError{414, "invalid_request_error", "the request URI is too long", "", ""};
     default:
@@ -54,13 +51,25 @@ void HttpServer::install_routes() {
   // Authentication before routing and before the body is read: every path but the open
   // ones needs the key, so no spelling of a path can reach a handler without it.
   svr_.set_pre_routing_handler([&st](const httplib::Request& req, httplib::Response& res) {
+    const bool completion_route =
+        req.method == "POST" && (req.path == "/v1/completions" || req.path == "/v1/chat/completions");
     if (!st.opts.api_keys.enabled() || ApiKeys::is_open_path(req.path) ||
-        st.opts.api_keys.authorized(req.get_header_value("Authorization")))
-      return httplib::Server::HandlerResponse::Unhandled;
-    if (req.path == "/v1/completions" || req.path == "/v1/chat/completions")
-      st.metrics.count_request(outcome::kUnauthorized);
+        st.opts.api_keys.authorized(req.get_header_value("Authorization"))) {
+      // httplib would read the body of any other request whole, without a bound when it
+      // is chunked; only the completion routes take a body (and bound it themselves).
+      const bool has_body = req.has_header("Transfer-Encoding") ||
+                            std::strtoull(req.get_header_value("Content-Length").c_str(), nullptr, 10) > 0;
+      if (!has_body || completion_route) return httplib::Server::HandlerResponse::Unhandled;
+      respond_error(res, not_found("Unknown path: " + req.method + " " + req.path +
+                                   " (no body is accepted here)"));
+      res.set_header("Connection", "close");
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    if (completion_route) st.metrics.count_request(outcome::kUnauthorized);
     respond_error(res, unauthorized());
     res.set_header("WWW-Authenticate", "Bearer");
+    // The body (if any) was not read; it must not be taken for the next request.
+    res.set_header("Connection", "close");
     return httplib::Server::HandlerResponse::Handled;
   });
 
@@ -108,11 +117,14 @@ void HttpServer::install_routes() {
                     "text/plain; version=0.0.4; charset=utf-8");
   });
 
-  svr_.Post("/v1/completions", [&st](const httplib::Request& req, httplib::Response& res) {
-    handle_completion(req, res, Endpoint::Completions, st);
+  // Content-reader handlers: the body is read (and bounded) by handle_completion.
+  svr_.Post("/v1/completions", [&st](const httplib::Request& req, httplib::Response& res,
+                                     const httplib::ContentReader& reader) {
+    handle_completion(req, res, reader, Endpoint::Completions, st);
   });
-  svr_.Post("/v1/chat/completions", [&st](const httplib::Request& req, httplib::Response& res) {
-    handle_completion(req, res, Endpoint::ChatCompletions, st);
+  svr_.Post("/v1/chat/completions", [&st](const httplib::Request& req, httplib::Response& res,
+                                          const httplib::ContentReader& reader) {
+    handle_completion(req, res, reader, Endpoint::ChatCompletions, st);
   });
 }
 
