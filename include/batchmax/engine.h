@@ -50,6 +50,8 @@ struct Request {
   int logprobs = -1;
 };
 
+constexpr int kMaxTopLogprobs = 20;  // most alternatives Request::logprobs may ask for
+
 struct TokenLogprob {
   int32_t token = 0;
   float logprob = 0;
@@ -199,7 +201,9 @@ class Engine {
     virtual bool cancel(Handle h) = 0;
     virtual bool idle() const = 0;  // nothing waiting or running
     // Admits what fits, runs one forward step, retires finished requests (their
-    // on_finish runs before step returns). No-op when idle.
+    // on_finish runs before step returns). Returns the batch's totals so far (the last
+    // step's fields describe this step); no work when idle. If the step fails (backend
+    // error), the running requests finish with "error" and the exception propagates.
     virtual Progress step() = 0;
     virtual BatchState state() const = 0;
   };

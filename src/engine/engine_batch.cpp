@@ -1,0 +1,387 @@
+// Continuous batching: requests wait, are admitted when the KV pool can promise their
+// worst case, advance together one forward step at a time (decode tokens + prefill
+// chunks) and leave as they finish, returning their blocks for the next admits.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <deque>
+#include <optional>
+#include <string>
+
+#include "core/error.h"
+#include "core/format.h"
+#include "engine/llm_engine.h"
+#include "engine/sampler.h"
+#include "engine/scheduler.h"
+#include "engine/stream_text.h"
+#include "kv/paged_kv_cache.h"
+#include "model/model.h"
+#include "tokenizer/tokenizer.h"
+
+namespace batchmax {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_between(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+// log p(token) for every token of interest, from one row of logits.
+struct LogSoftmax {
+  float max = 0;
+  double log_sum = 0;
+  explicit LogSoftmax(std::span<const float> logits) {
+    max = *std::max_element(logits.begin(), logits.end());
+    double sum = 0;
+    for (float x : logits) sum += std::exp(double(x - max));
+    log_sum = std::log(sum);
+  }
+  float operator()(float logit) const { return float(double(logit - max) - log_sum); }
+};
+
+struct Waiting {
+  Engine::Batch::Handle handle = 0;
+  Request request;
+  Engine::Batch::Callbacks callbacks;
+  Clock::time_point added;
+  KVCompression comp;
+  int64_t worst_entries = 0;
+};
+
+struct Running {
+  Engine::Batch::Handle handle = 0;
+  Request request;
+  Engine::Batch::Callbacks callbacks;
+  Clock::time_point added;
+  int64_t seq_id = 0;
+  SeqProgress progress;
+  std::optional<Sampler> sampler;
+  int32_t last_token = -1;
+  size_t streamed = 0;  // bytes of out.text handed to on_token
+  Output out;
+};
+
+class EngineBatch final : public Engine::Batch {
+ public:
+  explicit EngineBatch(LlmEngine& e) : e_(e), kv_(e.kv()) {
+    if (e_.batch_open) throw Error("the engine already has an open batch");
+    e_.batch_open = true;
+    prog_.kv_pool_bytes = kv_.blocks().n_blocks() * PagedKVCache::block_bytes(kv_.config());
+  }
+
+  ~EngineBatch() override {
+    // Requests still here never finish: give their blocks back.
+    for (Running& s : running_) kv_.remove_sequence(s.seq_id);
+    e_.batch_open = false;
+  }
+
+  Handle add(Request r, Callbacks cb) override {
+    const Handle h = next_handle_++;
+    ++prog_.total;
+    Waiting w;
+    w.handle = h;
+    w.added = Clock::now();
+    try {
+      e_.validate(r);
+      w.comp = to_compression(r.kv.value_or(e_.options().kv));
+      w.worst_entries = worst_case_entries(w.comp, int64_t(r.prompt.size()), e_.effective_max_tokens(r));
+      check_fits_pool(w.comp, w.worst_entries);
+    } catch (const Error& err) {
+      Output o;
+      o.id = r.id;
+      o.finish_reason = "error";
+      o.error = err.what();
+      o.prompt_tokens = int64_t(r.prompt.size());
+      finish(std::move(o), cb, w.added);
+      return h;
+    }
+    w.request = std::move(r);
+    w.callbacks = std::move(cb);
+    waiting_.push_back(std::move(w));
+    return h;
+  }
+
+  bool cancel(Handle h) override {
+    for (auto it = waiting_.begin(); it != waiting_.end(); ++it) {
+      if (it->handle != h) continue;
+      Output o;
+      o.id = it->request.id;
+      o.finish_reason = "cancelled";
+      o.prompt_tokens = int64_t(it->request.prompt.size());
+      Waiting w = std::move(*it);
+      waiting_.erase(it);
+      finish(std::move(o), w.callbacks, w.added);
+      return true;
+    }
+    for (size_t k = 0; k < running_.size(); ++k) {
+      if (running_[k].handle != h) continue;
+      running_[k].out.finish_reason = "cancelled";
+      retire(k);
+      return true;
+    }
+    return false;
+  }
+
+  bool idle() const override { return waiting_.empty() && running_.empty(); }
+
+  BatchState state() const override {
+    BatchState st;
+    st.waiting = int64_t(waiting_.size());
+    st.running = int64_t(running_.size());
+    st.kv_blocks_total = kv_.blocks().n_blocks();
+    st.kv_blocks_free = kv_.blocks().n_unreserved();
+    st.kv_blocks_used = st.kv_blocks_total - st.kv_blocks_free;
+    st.last_step_tokens = prog_.step_prefill_tokens + prog_.step_decode_tokens;
+    st.last_step_seqs = last_step_seqs_;
+    return st;
+  }
+
+  Progress step() override {
+    if (!t0_) t0_ = Clock::now();
+    admit();
+    if (running_.empty() && !waiting_.empty()) {
+      // add() rejected what the whole pool cannot hold, so an empty batch always admits;
+      // never spin if that promise breaks.
+      Waiting w = std::move(waiting_.front());
+      waiting_.pop_front();
+      Output o;
+      o.id = w.request.id;
+      o.finish_reason = "error";
+      o.error = "the KV pool could not admit this request into an empty batch";
+      o.prompt_tokens = int64_t(w.request.prompt.size());
+      finish(std::move(o), w.callbacks, w.added);
+    }
+    if (running_.empty()) {
+      prog_.elapsed_s = seconds_between(*t0_, Clock::now());
+      return prog_;
+    }
+    try {
+      run_step();
+    } catch (const std::exception& err) {
+      // The step's state is unknown: its requests end here, others may still run.
+      const std::string msg = std::string("engine step failed: ") + err.what();
+      while (!running_.empty()) {
+        running_.back().out.finish_reason = "error";
+        running_.back().out.error = msg;
+        retire(running_.size() - 1);
+      }
+      throw;
+    }
+    prog_.elapsed_s = seconds_between(*t0_, Clock::now());
+    return prog_;
+  }
+
+ private:
+  void check_fits_pool(const KVCompression& comp, int64_t worst) const {
+    const MemoryPlan& plan = e_.memory_plan();
+    if (kv_.blocks_for_entries(worst) <= kv_.blocks().n_blocks()) return;
+    const int64_t fits = kv_.blocks().n_blocks() / plan.kv_heads_total * plan.block_tokens;
+    throw Error("request needs " + std::to_string(worst) + " KV entries per layer and head (" +
+                format_bytes(kv_.blocks_for_entries(worst) * plan.kv_block_bytes) + ") in " +
+                compression_name(comp) + " mode, but the whole KV pool (" +
+                format_bytes(plan.kv_pool_bytes) + ") holds " + std::to_string(fits) +
+                " per layer and head; lower max_tokens or the prompt, use a smaller kv budget "
+                "with kv_mode batchmax, or raise the memory budget");
+  }
+
+  // In arrival order, while the batch has room and the pool can promise the request's
+  // worst case (no overtaking: a large request is not starved by small ones).
+  void admit() {
+    const int max_batch = e_.options().max_batch;
+    while (!waiting_.empty() && (max_batch == 0 || int(running_.size()) < max_batch)) {
+      Waiting& w = waiting_.front();
+      const int64_t seq_id = next_seq_id_++;
+      if (!kv_.add_sequence(seq_id, w.worst_entries, w.comp)) break;
+      Running s;
+      s.handle = w.handle;
+      s.callbacks = std::move(w.callbacks);
+      s.added = w.added;
+      s.seq_id = seq_id;
+      s.progress.prompt_tokens = int64_t(w.request.prompt.size());
+      if (w.comp.mode == KVMode::BatchMax && w.comp.evicts()) s.progress.chunk = w.comp.params.chunk;
+      s.sampler.emplace(w.request.sampling);
+      s.out.id = w.request.id;
+      s.out.prompt_tokens = int64_t(w.request.prompt.size());
+      s.request = std::move(w.request);
+      waiting_.pop_front();
+      running_.push_back(std::move(s));
+    }
+  }
+
+  void run_step() {
+    const EngineOptions& opts = e_.options();
+    const int64_t chunk = opts.prefill_chunk > 0 ? opts.prefill_chunk : opts.step_tokens;
+    std::vector<SeqProgress> progress;
+    for (const Running& s : running_) progress.push_back(s.progress);
+    const std::vector<StepItem> items = plan_step(progress, opts.step_tokens, chunk);
+    std::vector<SeqBatch> batch;
+    std::vector<int32_t> decode_tokens(running_.size());
+    for (const StepItem& it : items) {
+      Running& s = running_[it.seq];
+      SeqBatch b;
+      b.seq_id = s.seq_id;
+      b.first_pos = s.progress.computed;
+      if (it.prefill) {
+        const auto& prompt = s.request.prompt;
+        b.tokens = std::span<const int32_t>(prompt.data() + s.progress.computed, size_t(it.n_tokens));
+        b.want_logits = it.last_chunk;
+        b.all_logits = s.request.prompt_logprobs;
+      } else {
+        decode_tokens[it.seq] = s.last_token;
+        b.tokens = std::span<const int32_t>(&decode_tokens[it.seq], 1);
+        b.want_logits = true;
+      }
+      kv_.prepare(s.seq_id, it.n_tokens,
+                  !it.prefill ? StepPhase::Decode
+                              : (it.last_chunk ? StepPhase::LastPrefill : StepPhase::Prefill));
+      batch.push_back(b);
+    }
+    const auto step_t0 = Clock::now();
+    const std::vector<float> logits = e_.model().forward(batch, kv_);
+    prog_.step_s = seconds_between(step_t0, Clock::now());
+    prog_.step_prefill_tokens = prog_.step_decode_tokens = 0;
+    for (const StepItem& it : items)
+      (it.prefill ? prog_.step_prefill_tokens : prog_.step_decode_tokens) += it.n_tokens;
+    prog_.kv_bytes = kv_.bytes_in_use();
+    prog_.kv_peak_bytes = std::max(prog_.kv_peak_bytes, prog_.kv_bytes);
+    prog_.running = int64_t(running_.size());
+    prog_.max_running = std::max(prog_.max_running, prog_.running);
+    last_step_seqs_ = int64_t(items.size());
+    ++prog_.steps;
+    for (const StepItem& it : items) {
+      Running& s = running_[it.seq];
+      kv_.commit(s.seq_id);
+      const SequenceKVStats& st = kv_.stats(s.seq_id);
+      s.out.kv_peak_entries = st.peak_entries;
+      s.out.kv_peak_bytes = st.peak_blocks * PagedKVCache::block_bytes(kv_.config());
+      s.out.kv_evicted = st.evicted;
+    }
+
+    const int64_t V = e_.model().hparams().n_vocab;
+    size_t li = 0;  // logits row
+    for (size_t k = 0; k < items.size(); ++k) {
+      const StepItem& it = items[k];
+      const SeqBatch& b = batch[k];
+      Running& s = running_[it.seq];
+      s.progress.computed += it.n_tokens;
+      if (it.prefill) prog_.prompt_tokens += it.n_tokens;
+      if (b.all_logits) {
+        // Row i predicts prompt token first_pos + i + 1; the last row of the last chunk
+        // also feeds the sampler below.
+        const auto& prompt = s.request.prompt;
+        for (int64_t i = 0; i < it.n_tokens; ++i) {
+          const int64_t next = b.first_pos + i + 1;
+          if (next >= int64_t(prompt.size())) continue;
+          std::span<const float> row(logits.data() + (li + i) * V, size_t(V));
+          s.out.prompt_logprobs.push_back(LogSoftmax(row)(row[prompt[next]]));
+        }
+        li += size_t(it.n_tokens - 1);
+        if (!b.want_logits) { ++li; continue; }
+      } else if (!b.want_logits) {
+        continue;
+      }
+      std::span<const float> row(logits.data() + li * V, size_t(V));
+      ++li;
+      if (it.prefill && opts.keep_last_logits) s.out.last_logits.assign(row.begin(), row.end());
+      if (opts.keep_step_logits) s.out.step_logits.emplace_back(row.begin(), row.end());
+      s.progress.decoding = true;
+      accept_token(s, s.sampler->sample(row), row);
+      ++prog_.generated_tokens;
+    }
+
+    for (size_t k = 0; k < running_.size();) {
+      if (running_[k].out.finish_reason.empty()) { ++k; continue; }
+      retire(k);
+    }
+  }
+
+  // Appends a sampled token, decides whether the request is finished and streams the
+  // text that became final.
+  void accept_token(Running& s, int32_t tok, std::span<const float> row) {
+    const Request& r = s.request;
+    Output& o = s.out;
+    if (o.tokens.empty()) o.first_token_s = seconds_between(s.added, Clock::now());
+    o.tokens.push_back(tok);
+    s.last_token = tok;
+    TokenInfo info;
+    info.token = tok;
+    if (r.logprobs >= 0) token_logprobs(row, tok, r.logprobs, info);
+
+    const Tokenizer* tok_model = e_.tokenizer_or_null();
+    const bool at_length = int64_t(o.tokens.size()) >= e_.effective_max_tokens(r);
+    if (!tok_model) {  // dummy weights: no EOS, no text, run to max_tokens
+      if (at_length) o.finish_reason = "length";
+    } else if (!r.sampling.ignore_eos && tok_model->is_eog(tok)) {
+      o.finish_reason = "stop";
+    } else {
+      const size_t before = o.text.size();
+      o.text += tok_model->token_to_piece(tok);
+      for (const std::string& stop : r.sampling.stop) {
+        if (stop.empty()) continue;
+        // Only a match that ends in the new piece can be new.
+        const size_t from = before >= stop.size() ? before - stop.size() + 1 : 0;
+        const size_t at = o.text.find(stop, from);
+        if (at != std::string::npos) {
+          o.text.resize(at);
+          o.finish_reason = "stop";
+          break;
+        }
+      }
+      if (o.finish_reason.empty() && at_length) o.finish_reason = "length";
+      const size_t end = o.finish_reason.empty() ? stable_text_end(o.text, r.sampling.stop)
+                                                 : o.text.size();
+      if (end > s.streamed) {
+        info.text = o.text.substr(s.streamed, end - s.streamed);
+        s.streamed = end;
+      }
+    }
+    if (r.logprobs >= 0) o.token_info.push_back(info);
+    if (s.callbacks.on_token) s.callbacks.on_token(info);
+  }
+
+  static void token_logprobs(std::span<const float> row, int32_t tok, int k, TokenInfo& info) {
+    const LogSoftmax lsm(row);
+    info.logprob = lsm(row[size_t(tok)]);
+    if (k == 0) return;
+    std::vector<int32_t> ids(row.size());
+    for (size_t i = 0; i < ids.size(); ++i) ids[i] = int32_t(i);
+    const size_t n = std::min(ids.size(), size_t(k));
+    std::partial_sort(ids.begin(), ids.begin() + ptrdiff_t(n), ids.end(), [&](int32_t a, int32_t b) {
+      return row[size_t(a)] > row[size_t(b)] || (row[size_t(a)] == row[size_t(b)] && a < b);
+    });
+    for (size_t i = 0; i < n; ++i) info.top.push_back({ids[i], lsm(row[size_t(ids[i])])});
+  }
+
+  // Takes running_[k] out of the batch: blocks back to the pool, on_finish.
+  void retire(size_t k) {
+    Running s = std::move(running_[k]);
+    running_.erase(running_.begin() + ptrdiff_t(k));
+    kv_.remove_sequence(s.seq_id);
+    finish(std::move(s.out), s.callbacks, s.added);
+  }
+
+  void finish(Output o, const Callbacks& cb, Clock::time_point added) {
+    o.total_s = seconds_between(added, Clock::now());
+    ++prog_.done;
+    if (cb.on_finish) cb.on_finish(std::move(o));
+  }
+
+  LlmEngine& e_;
+  PagedKVCache& kv_;
+  std::deque<Waiting> waiting_;
+  std::vector<Running> running_;
+  Handle next_handle_ = 1;
+  int64_t next_seq_id_ = 1;
+  int64_t last_step_seqs_ = 0;
+  std::optional<Clock::time_point> t0_;
+  Progress prog_;
+};
+
+}  // namespace
+
+std::unique_ptr<Engine::Batch> LlmEngine::open_batch() {
+  return std::make_unique<EngineBatch>(*this);
+}
+
+}  // namespace batchmax
