@@ -162,6 +162,8 @@ async def run_one(host, port, spec, headers, timeout_s):
                     if not j["choices"]:
                         continue
                     c = j["choices"][0]
+                    if "role" in c.get("delta", {}):
+                        continue  # chat's opening chunk carries no token
                     if c.get("finish_reason"):
                         r.finish_reason = c["finish_reason"]
                     else:

@@ -225,7 +225,10 @@ class Responder {
                                                      std::to_string(st_.opts.request_timeout_s) +
                                                      " seconds (--request-timeout)", "", "timeout"},
                   outcome::kTimeout);
-    if (events.empty() && !write(sink, streaming_ ? sse::keepalive() : std::string(" ")))
+    // A heartbeat when nothing was written for a while: non-streamed answers write
+    // nothing while tokens come, and a stream may wait long for its first token.
+    if (Clock::now() - last_write_ >= heartbeat &&
+        !write(sink, streaming_ ? sse::keepalive() : std::string(" ")))
       return disconnected();
     return true;
   }
@@ -242,7 +245,8 @@ class Responder {
   }
 
  private:
-  static bool write(httplib::DataSink& sink, const std::string& s) {
+  bool write(httplib::DataSink& sink, const std::string& s) {
+    last_write_ = Clock::now();
     return sink.write(s.data(), s.size());
   }
 
@@ -300,6 +304,7 @@ class Responder {
   std::vector<int64_t> streamed_bytes_;  // per choice: text bytes the token events carried
   TokenText token_text_;
   Clock::time_point deadline_;
+  Clock::time_point last_write_ = Clock::now();  // the status line went out about now
   bool started_ = false, finished_ = false, released_ = false;
 };
 

@@ -173,9 +173,14 @@ class ServerProcess {
     return r;
   }
 
+  // For a server with --api-key: metric() sends it.
+  void set_api_key(const std::string& key) {
+    metrics_headers_ = {"-H", "Authorization: Bearer " + key};
+  }
+
   // The value of an unlabelled metric (or a labelled one, name{labels}), -1 when absent.
   double metric(const std::string& name) const {
-    const std::string text = get("/metrics").body;
+    const std::string text = get("/metrics", metrics_headers_).body;
     std::istringstream in(text);
     std::string line;
     while (std::getline(in, line))
@@ -185,6 +190,7 @@ class ServerProcess {
 
  private:
   std::filesystem::path dir_, log_;
+  std::vector<std::string> metrics_headers_;
   pid_t pid_ = -1;
   int port_ = 0;
   mutable int counter_ = 0;

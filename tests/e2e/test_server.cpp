@@ -31,8 +31,7 @@ class ServerSuite : public ::testing::Test {
     auto binary = server_binary_or_skip_reason(reason);
     if (!binary) return;
     std::vector<std::string> args = {"--model", smollm2_path(), "--threads", "2", "--ctx", "512",
-                                     "--kv-mem", "64MiB", "--max-batch", "8",
-                                     "--default-max-tokens", "16"};
+                                     "--kv-mem", "64MiB", "--default-max-tokens", "16"};
     args.insert(args.end(), extra.begin(), extra.end());
     server() = std::make_unique<ServerProcess>(*binary, args, scratch(name));
   }
@@ -54,7 +53,7 @@ class ServerSuite : public ::testing::Test {
 
 class ServerE2E : public ServerSuite {
  protected:
-  static void SetUpTestSuite() { start("main", {"--max-body-bytes", "64KiB"}); }
+  static void SetUpTestSuite() { start("main", {"--max-body-bytes", "64KiB", "--max-batch", "8"}); }
   static void TearDownTestSuite() { stop(); }
 };
 
@@ -400,6 +399,7 @@ class ServerGuardsE2E : public ServerSuite {
   static void SetUpTestSuite() {
     start("guards", {"--api-key", "sk-test-1", "--max-body-bytes", "16KiB", "--request-timeout",
                      "0.5", "--max-batch", "1", "--max-waiting", "1"});
+    if (server()) server()->set_api_key("sk-test-1");
   }
   static void TearDownTestSuite() { stop(); }
   const std::vector<std::string> key = {"-H", "Authorization: Bearer sk-test-1"};
