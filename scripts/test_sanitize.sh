@@ -3,7 +3,9 @@
 # into build-asan/ and runs every test that does not run the whole model (those take
 # minutes under ASan; the Release run of scripts/test.sh covers them): the GGUF reader's
 # bad-file classes, dequantisation, tokenizers (peer vectors, SmolLM2 corpus), kernels,
-# KV cache, policies, scheduler, sampler, batch-file parsing.
+# KV cache, policies, scheduler, sampler, batch-file parsing, the server's protocol,
+# metrics, keys and request streams. The server's end-to-end tests (Server*E2E*) run the
+# whole model behind HTTP and are left to the Release run like the CLI tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DBATCHMAX_SANITIZE=ON -DBATCHMAX_BENCH=OFF
@@ -11,4 +13,4 @@ cmake --build build-asan -j "${JOBS:-2}" --target batchmax_tests
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 ./build-asan/tests/batchmax_tests \
-  --gtest_filter='-Batching*:KVCompression*:ChunkedEviction*:TinyModel*:Cli*:*Pathological*:EvalCli*:BenchCli*'
+  --gtest_filter='-Batching*:KVCompression*:ChunkedEviction*:TinyModel*:Cli*:*Pathological*:EvalCli*:BenchCli*:Server*E2E*'
