@@ -29,8 +29,9 @@ void add_engine_flags(CLI::App& cmd, EngineFlags& f) {
   add_model_flag(cmd, f.model);
   cmd.add_option("-t,--threads", f.threads, "CPU threads (0: all hardware threads)")
       ->check(CLI::NonNegativeNumber);
-  cmd.add_option("--max-batch", f.max_batch, "sequences running at once")
-      ->check(CLI::PositiveNumber)
+  cmd.add_option("--max-batch", f.max_batch,
+                 "sequences running at once (0: as many as the KV pool admits)")
+      ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   cmd.add_option("--ctx", f.ctx, "context length (0: the model's)")
       ->check(CLI::NonNegativeNumber);

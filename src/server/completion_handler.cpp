@@ -372,7 +372,8 @@ void handle_completion(const httplib::Request&, httplib::Response& res,
       handles.push_back(*h);
     }
     TokenText token_text = [&engine, tok = st.has_tokenizer](int32_t id) {
-      return tok ? engine.tokenizer().token_to_piece(id) : std::string();
+      // Without a tokenizer (dummy weights) a token is named by its id, as vLLM does.
+      return tok ? engine.tokenizer().token_to_piece(id) : "token_id:" + std::to_string(id);
     };
     const bool streaming = p.stream;
     st.active.fetch_add(1);
