@@ -71,6 +71,9 @@ int run_serve(ServeArgs& a) {
   opts.request_timeout_s = a.request_timeout_s;
   opts.heartbeat_s = a.heartbeat_s;
   opts.http_threads = a.http_threads;
+  if (a.limits.max_top_logprobs > kMaxTopLogprobs)
+    throw UsageError("--max-top-logprobs is at most " + std::to_string(kMaxTopLogprobs) +
+                     " (what the engine computes)");
   if (a.limits.default_max_tokens > a.limits.max_tokens)
     throw UsageError("--default-max-tokens is larger than --max-tokens-limit");
 

@@ -29,7 +29,6 @@ struct Prepared {
   ResponseMeta meta;
   bool stream = false;
   bool include_usage = false;
-  const char* failure_outcome = nullptr;
 };
 
 struct Rejection {
@@ -100,8 +99,11 @@ std::variant<Prepared, Rejection> prepare(const std::string& body, Endpoint ep, 
     return Rejection{invalid_request("the prompt is empty (no tokens)", "prompt"), outcome::kInvalid};
 
   const auto n_prompt = static_cast<int64_t>(ids.size());
-  const int64_t max_tokens = r.sampling.max_tokens;
   const int64_t ctx = engine->context_length();
+  // Without max_tokens the answer may run to the end of the context (the default caps it).
+  if (!r.max_tokens_given && ctx > n_prompt)
+    r.sampling.max_tokens = static_cast<int>(std::min<int64_t>(r.sampling.max_tokens, ctx - n_prompt));
+  const int64_t max_tokens = r.sampling.max_tokens;
   if (ctx > 0 && n_prompt + max_tokens > ctx) {
     std::string msg = "This model's maximum context length is " + std::to_string(ctx) +
                       " tokens. However, you requested " + std::to_string(n_prompt + max_tokens) +

@@ -1,6 +1,10 @@
 #include "server/http_server.h"
 
+#include <sys/socket.h>
+
+#include <cerrno>
 #include <csignal>
+#include <cstring>
 #include <cstdlib>
 #include <ctime>
 
@@ -139,6 +143,9 @@ void HttpServer::bind() {
                   " (in use, or not an address of this machine?)");
     port_ = o.port;
   }
+  // Linux takes a second listen() on a listening socket as a new backlog.
+  if (::listen(svr_.listening_socket(), SOMAXCONN) != 0)
+    throw Error("cannot raise the listen backlog: " + std::string(std::strerror(errno)));
 }
 
 void HttpServer::start() {

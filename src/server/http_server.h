@@ -42,8 +42,15 @@ class HttpServer {
  private:
   void install_routes();
 
+  // httplib::Server with its listening socket in reach: httplib 0.11 listens with a
+  // backlog of 5, which drops connections when hundreds arrive at once.
+  class Listener : public httplib::Server {
+   public:
+    int listening_socket() const { return svr_sock_; }
+  };
+
   std::unique_ptr<ServerState> state_;
-  httplib::Server svr_;
+  Listener svr_;
   std::thread thread_;
   int port_ = -1;
   bool stopped_ = false;

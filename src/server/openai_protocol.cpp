@@ -110,6 +110,7 @@ void parse_into(std::string_view text, Endpoint ep, const ProtocolLimits& limits
   check_max_tokens(body, limits);
   openai::parse_sampling(body, "", limits.default_max_tokens, r.sampling);
   r.seed_given = field(body, "seed") != nullptr;
+  r.max_tokens_given = field(body, "max_tokens") || field(body, "max_completion_tokens");
   if (const json* v = field(body, "n"))
     r.n = static_cast<int>(openai::get_int(*v, "n", 1, limits.max_n));
   if (const json* v = field(body, "stream")) r.stream = openai::get_bool(*v, "stream");

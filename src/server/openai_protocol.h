@@ -45,7 +45,7 @@ struct ProtocolLimits {
   int default_max_tokens = 256;  // when the body gives none
   int max_tokens = 8192;         // upper bound of max_tokens / max_completion_tokens
   int max_n = 16;
-  int max_top_logprobs = 20;
+  int max_top_logprobs = kMaxTopLogprobs;  // the engine's bound is the largest allowed
   int max_stop = 16;             // openai_fields enforces this one
 };
 
@@ -55,6 +55,7 @@ struct CompletionRequest {
   std::vector<ChatMessage> messages;   // chat
   openai::PromptInput prompt;          // completions
   SamplingParams sampling;
+  bool max_tokens_given = false;       // max_tokens or max_completion_tokens
   bool seed_given = false;             // without one the server picks a random seed
   int n = 1;
   bool stream = false;

@@ -66,7 +66,11 @@ class ServerProcess {
         const std::string text = log();
         if (std::regex_search(text, m, listening)) port_ = std::stoi(m[1]);
       }
-      if (port_ != 0 && get("/health").status == 200) return;
+      if (port_ != 0) {
+        const int status = get("/health").status;
+        if (first_health_status_ == 0) first_health_status_ = status;
+        if (status == 200) return;
+      }
       int status = 0;
       if (waitpid(pid_, &status, WNOHANG) == pid_) {
         pid_ = -1;
@@ -88,6 +92,8 @@ class ServerProcess {
   }
 
   bool is_up() const { return pid_ > 0 && port_ > 0; }
+  // What GET /health said first, as soon as the log named the port (503: still loading).
+  int first_health_status() const { return first_health_status_; }
   int port() const { return port_; }
   pid_t pid() const { return pid_; }
   std::string url(const std::string& path) const {
@@ -193,6 +199,7 @@ class ServerProcess {
   std::vector<std::string> metrics_headers_;
   pid_t pid_ = -1;
   int port_ = 0;
+  int first_health_status_ = 0;
   mutable int counter_ = 0;
 };
 

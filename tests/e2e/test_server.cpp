@@ -77,6 +77,15 @@ void expect_usage(const json& usage, int max_tokens, const std::string& finish_r
   else EXPECT_LE(usage["completion_tokens"].get<int>(), max_tokens);
 }
 
+TEST_F(ServerE2E, PortIsBoundBeforeTheModelLoads) {
+  // The first health check after the "listening" line got an answer (503 while loading,
+  // or 200 if loading was quicker than the check), never a refused connection.
+  EXPECT_TRUE(srv().first_health_status() == 503 || srv().first_health_status() == 200)
+      << srv().first_health_status();
+  const std::string log = srv().log();
+  EXPECT_LT(log.find("listening on"), log.find("ready:")) << log;
+}
+
 TEST_F(ServerE2E, HealthModelsAndMetrics) {
   HttpResult h = srv().get("/health");
   EXPECT_EQ(h.status, 200);
@@ -256,6 +265,20 @@ TEST_F(ServerE2E, PerRequestCompressionFields) {
   expect_usage(r.json()["usage"], 4, r.json()["choices"][0]["finish_reason"]);
 }
 
+TEST_F(ServerE2E, WithoutMaxTokensTheAnswerStopsAtTheContext) {
+  std::string prompt;
+  for (int i = 0; i < 505; ++i) prompt += "word ";  // 506 tokens of the 512 (--ctx)
+  HttpResult r = srv().post("/v1/completions", json{{"prompt", prompt}, {"temperature", 0}}.dump());
+  ASSERT_EQ(r.status, 200) << r.body;
+  const json u = r.json()["usage"];
+  EXPECT_EQ(u["prompt_tokens"], 506);
+  EXPECT_LE(u["total_tokens"].get<int>(), 512) << u;
+  // Given explicitly, the same length is refused with the numbers.
+  HttpResult e = srv().post("/v1/completions", json{{"prompt", prompt}, {"max_tokens", 16}}.dump());
+  EXPECT_EQ(e.status, 400);
+  EXPECT_NE(e.body.find("522 tokens (506 in the prompt, 16 for the completion)"), std::string::npos) << e.body;
+}
+
 struct BadCase {
   const char* name;
   std::string path, body;
@@ -291,6 +314,7 @@ TEST_F(ServerE2E, BadInputGetsItsErrorAndTheServerKeepsServing) {
       {"prompt + max_tokens too long", "/v1/completions", json{{"prompt", "hi"}, {"max_tokens", 600}}.dump(), 400, "prompt", "context_length_exceeded"},
       {"token id past the vocabulary", "/v1/completions", R"({"prompt": [1, 999999]})", 400, "prompt[1]", ""},
       {"bad kv_mode", "/v1/completions", R"({"prompt": "x", "kv_mode": "zip"})", 400, "kv_mode", ""},
+      {"kv_budget below sinks + window", "/v1/completions", R"({"prompt": "x", "kv_mode": "batchmax", "kv_budget": 8})", 400, "", ""},
       {"unsupported penalty", "/v1/completions", R"({"prompt": "x", "presence_penalty": 1})", 400, "presence_penalty", ""},
       {"unknown path", "/v1/embeddings", R"({"input": "x"})", 404, "", "not_found"},
       {"oversized body", "/v1/completions", json{{"prompt", std::string(70 * 1024, 'a')}}.dump(), 413, "", "request_too_large"},
@@ -322,7 +346,7 @@ TEST_F(ServerE2E, BadInputGetsItsErrorAndTheServerKeepsServing) {
   EXPECT_EQ(srv().raw("BREW /coffee HTTP/1.1\r\nHost: x\r\n\r\n").status / 100, 4);
   EXPECT_EQ(srv().raw("\r\n\r\n").status / 100, 4);
   expect_healthy();
-  EXPECT_GE(srv().metric("batchmax_requests_total{outcome=\"invalid_request\"}"), 18);
+  EXPECT_GE(srv().metric("batchmax_requests_total{outcome=\"invalid_request\"}"), 19);
 }
 
 // Reads the answer to `request` until `until` shows up in it, then hangs up.

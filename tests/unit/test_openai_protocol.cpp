@@ -61,6 +61,7 @@ TEST(OpenAIProtocol, ChatDefaults) {
   EXPECT_FALSE(r.include_usage);
   EXPECT_EQ(r.logprobs, -1);
   EXPECT_FALSE(r.seed_given);
+  EXPECT_FALSE(r.max_tokens_given);
   EXPECT_FALSE(r.kv.mode || r.kv.policy || r.kv.budget || r.kv.chunk);
 }
 
@@ -72,6 +73,7 @@ TEST(OpenAIProtocol, EveryField) {
       "presence_penalty": 0, "frequency_penalty": 0.0, "logit_bias": {}, "user": "u1",
       "response_format": {"type": "text"}, "tools": [])"));
   EXPECT_EQ(r.sampling.max_tokens, 9);
+  EXPECT_TRUE(r.max_tokens_given);
   EXPECT_FLOAT_EQ(r.sampling.temperature, 0.7f);
   EXPECT_FLOAT_EQ(r.sampling.top_p, 0.9f);
   EXPECT_EQ(r.sampling.top_k, 40);
