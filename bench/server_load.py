@@ -262,6 +262,23 @@ def settle(base_url, headers, timeout_s=30):
         time.sleep(0.1)
 
 
+async def sample_gauges(base_url, headers, peaks, stop):
+    """Largest batch and running count /metrics showed while the load ran."""
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        try:
+            m = await loop.run_in_executor(None, serve_process.metrics, base_url, headers)
+            for key in ("batchmax_batch_size", "batchmax_requests_running", "batchmax_requests_waiting",
+                        "batchmax_kv_blocks_used"):
+                peaks[key] = max(peaks.get(key, 0), m.get(key, 0))
+        except RuntimeError:
+            pass
+        try:
+            await asyncio.wait_for(stop.wait(), 0.5)
+        except asyncio.TimeoutError:
+            pass
+
+
 async def run_load(args, host, port, headers, kv_mode):
     rng = random.Random(args.seed)
     specs = make_specs(args, rng, kv_mode)
@@ -271,10 +288,14 @@ async def run_load(args, host, port, headers, kv_mode):
         async with sem:
             return await run_one(host, port, spec, headers, args.timeout)
 
+    peaks, stop = {}, asyncio.Event()
+    sampler = asyncio.create_task(sample_gauges("http://%s:%d" % (host, port), headers, peaks, stop))
     t0 = time.perf_counter()
     results = await asyncio.gather(*(bounded(s) for s in specs))
     wall = time.perf_counter() - t0
-    return results, wall
+    stop.set()
+    await sampler
+    return results, wall, peaks
 
 
 def report(results, wall, server_metrics):
@@ -359,9 +380,10 @@ def main():
     runs, failed = [], False
     try:
         for mode in (args.modes.split(",") if args.modes else [""]):
-            results, wall = asyncio.run(run_load(args, host, port, headers, mode or None))
+            results, wall, peaks = asyncio.run(run_load(args, host, port, headers, mode or None))
             m = settle(base, headers)
             rep = report(results, wall, m)
+            rep["peaks_during_load"] = peaks
             rep["kv_mode"] = mode or "(server default)"
             problems = check(results)
             if m.get("batchmax_requests_running") != 0 or m.get("batchmax_requests_waiting") != 0:
@@ -382,10 +404,11 @@ def main():
             fmt = lambda v: "-" if v is None else "%.3f" % v  # noqa: E731
             print("server_load: kv_mode %s: %d requests (%d streamed, %d hung up) in %.1fs: "
                   "%.2f req/s, %.1f output tok/s; TTFT p50/p90/p99 %s/%s/%s s; "
-                  "TPOT p50/p90/p99 %s/%s/%s s; %d problems"
+                  "TPOT p50/p90/p99 %s/%s/%s s; largest batch %d; %d problems"
                   % (rep["kv_mode"], rep["requests"], rep["streamed"], rep["hung_up"], rep["wall_s"],
                      rep["requests_per_s"], rep["output_tokens_per_s"], fmt(t["p50"]), fmt(t["p90"]),
-                     fmt(t["p99"]), fmt(p["p50"]), fmt(p["p90"]), fmt(p["p99"]), len(problems)))
+                     fmt(t["p99"]), fmt(p["p50"]), fmt(p["p90"]), fmt(p["p99"]),
+                     peaks.get("batchmax_batch_size", 0), len(problems)))
             for line in problems[:20]:
                 print("  " + line)
     finally:

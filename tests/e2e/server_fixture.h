@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <optional>
 #include <regex>
 #include <sstream>
@@ -240,6 +241,101 @@ inline SseBody parse_sse(const std::string& body) {
     }
   }
   return s;
+}
+
+
+// Shared by the server's end-to-end suites (test_server.cpp, test_server_guards.cpp).
+using json = nlohmann::json;
+
+inline std::filesystem::path scratch(const std::string& name) {
+  return std::filesystem::temp_directory_path() /
+         ("batchmax_server_" + name + "_" + std::to_string(getpid()));
+}
+
+// One server for a whole suite (loading the model per test would dominate the time).
+class ServerSuite : public ::testing::Test {
+ protected:
+  static std::unique_ptr<ServerProcess>& server() {
+    static std::unique_ptr<ServerProcess> s;
+    return s;
+  }
+  static void start(const std::string& name, std::vector<std::string> extra) {
+    std::string reason;
+    auto binary = server_binary_or_skip_reason(reason);
+    if (!binary) return;
+    std::vector<std::string> args = {"--model", smollm2_path(), "--threads", "2", "--ctx", "512",
+                                     "--kv-mem", "64MiB", "--default-max-tokens", "16"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    server() = std::make_unique<ServerProcess>(*binary, args, scratch(name));
+  }
+  static void stop() {
+    if (server() && server()->is_up()) {
+      EXPECT_EQ(server()->terminate(), 0) << server()->log();
+    }
+    server().reset();
+  }
+  void SetUp() override {
+    std::string reason;
+    if (!server_binary_or_skip_reason(reason)) GTEST_SKIP() << reason;
+    ASSERT_TRUE(server() && server()->is_up()) << "the server did not start";
+  }
+  ServerProcess& srv() { return *server(); }
+
+  void expect_healthy() { EXPECT_EQ(srv().get("/health").status, 200) << srv().log(); }
+};
+
+inline json chat_body(const std::string& content, int max_tokens) {
+  return json{{"model", "SmolLM2-135M-Instruct.Q4_1"},
+              {"messages", json::array({json{{"role", "user"}, {"content", content}}})},
+              {"max_tokens", max_tokens},
+              {"temperature", 0}};
+}
+
+inline json completion_body(const std::string& prompt, int max_tokens) {
+  return json{{"prompt", prompt}, {"max_tokens", max_tokens}, {"temperature", 0}};
+}
+
+inline void expect_usage(const json& usage, int max_tokens, const std::string& finish_reason) {
+  ASSERT_TRUE(usage.is_object()) << usage;
+  EXPECT_GT(usage["prompt_tokens"].get<int>(), 0);
+  EXPECT_EQ(usage["total_tokens"].get<int>(),
+            usage["prompt_tokens"].get<int>() + usage["completion_tokens"].get<int>());
+  if (finish_reason == "length") EXPECT_EQ(usage["completion_tokens"].get<int>(), max_tokens);
+  else EXPECT_LE(usage["completion_tokens"].get<int>(), max_tokens);
+}
+
+inline void hang_up_after(const ServerProcess& s, const std::string& request, const std::string& until) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(s.port()));
+  inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  ASSERT_EQ(write(fd, request.data(), request.size()), static_cast<ssize_t>(request.size()));
+  std::string got;
+  char buf[512];
+  ssize_t n;
+  while (got.find(until) == std::string::npos && (n = read(fd, buf, sizeof buf)) > 0)
+    got.append(buf, static_cast<size_t>(n));
+  close(fd);
+  EXPECT_NE(got.find(until), std::string::npos) << got;
+}
+
+inline std::string post_request(const std::string& path, const std::string& body) {
+  return "POST " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+         "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+}
+
+// Polls /metrics until `name` has `value` (or `timeout_s` passes); returns the last value.
+inline double wait_metric(const ServerProcess& s, const std::string& name, double value, double timeout_s) {
+  const auto deadline = std::chrono::steady_clock::now() +
+                        std::chrono::milliseconds(static_cast<int>(timeout_s * 1000));
+  double v = s.metric(name);
+  while (v != value && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    v = s.metric(name);
+  }
+  return v;
 }
 
 }  // namespace batchmax::test
