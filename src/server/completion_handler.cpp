@@ -157,6 +157,12 @@ std::variant<Prepared, Rejection> prepare(const std::string& body, Endpoint ep, 
   return p;
 }
 
+std::string seconds_text(double s) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", s);
+  return buf;
+}
+
 // One answer in progress: called by httplib's chunked content provider on the
 // connection's thread until the answer is complete or the client is gone.
 class Responder {
@@ -224,7 +230,7 @@ class Responder {
                   outcome::kUnavailable);
     if (Clock::now() > deadline_)
       return fail(sink, ApiError{504, "timeout", "the request did not finish within " +
-                                                     std::to_string(st_.opts.request_timeout_s) +
+                                                     seconds_text(st_.opts.request_timeout_s) +
                                                      " seconds (--request-timeout)", "", "timeout"},
                   outcome::kTimeout);
     // A heartbeat when nothing was written for a while: non-streamed answers write
