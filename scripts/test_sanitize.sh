@@ -9,8 +9,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DBATCHMAX_SANITIZE=ON -DBATCHMAX_BENCH=OFF
-cmake --build build-asan -j "${JOBS:-2}" --target batchmax_tests
+cmake --build build-asan -j "${JOBS:-2}" --target batchmax_tests batchmax_server_tests
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 ./build-asan/tests/batchmax_tests \
-  --gtest_filter='-Batching*:KVCompression*:ChunkedEviction*:TinyModel*:Cli*:*Pathological*:EvalCli*:BenchCli*:Server*E2E*'
+  --gtest_filter='-Batching*:KVCompression*:ChunkedEviction*:TinyModel*:Cli*:*Pathological*:EvalCli*:BenchCli*'
+./build-asan/tests/batchmax_server_tests --gtest_filter='-Server*E2E*'
