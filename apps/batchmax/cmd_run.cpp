@@ -24,6 +24,7 @@ struct RunArgs {
   EngineFlags engine;
   std::string input, output;
   int default_max_tokens = 256;
+  size_t max_line_bytes = batch::ParseOptions::kDefaultMaxLineBytes;
   bool progress = false;
 };
 
@@ -197,6 +198,7 @@ int run_batch(const RunArgs& a) {
   // Parse every line first: errors are known before any generation starts.
   batch::ParseOptions popts;
   popts.default_max_tokens = a.default_max_tokens;
+  popts.max_line_bytes = a.max_line_bytes;
   std::vector<batch::BatchLine> lines;
   std::string text;
   int64_t line_no = 0;
@@ -309,6 +311,10 @@ Command add_run(CLI::App& root) {
       ->required();
   cmd->add_option("--default-max-tokens", args->default_max_tokens,
                   "max_tokens for requests that give none")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--max-line-bytes", args->max_line_bytes,
+                  "longest input line accepted; longer ones fail with request_too_large")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   cmd->add_flag("--progress", args->progress,

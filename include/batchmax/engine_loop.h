@@ -67,6 +67,7 @@ class EngineLoop {
   // Loop handle -> the batch's handle once added.
   std::unordered_map<Handle, Handle> live_;
   Handle next_handle_ = 1;
+  int64_t in_transit_ = 0;  // taken from inbox_, being added to the batch
   bool stop_ = false, draining_ = false, busy_ = false;
   EngineLoopStats stats_;
   std::thread thread_;

@@ -1,5 +1,9 @@
 #include "core/cpu_features.h"
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
+
 namespace batchmax {
 
 const CpuFeatures& cpu_features() {
@@ -9,7 +13,9 @@ const CpuFeatures& cpu_features() {
     __builtin_cpu_init();
     c.avx2 = __builtin_cpu_supports("avx2");
     c.fma = __builtin_cpu_supports("fma");
-    c.f16c = __builtin_cpu_supports("f16c");
+    // CPUID leaf 1, ECX bit 29: clang 14 does not know "f16c" in __builtin_cpu_supports.
+    unsigned a = 0, b = 0, cx = 0, d = 0;
+    c.f16c = __get_cpuid(1, &a, &b, &cx, &d) && (cx & bit_F16C);
 #endif
     return c;
   }();

@@ -48,6 +48,11 @@ KVSettings BatchLine::kv_settings(const KVSettings& defaults) const {
 namespace {
 
 void parse_into(std::string_view text, const ParseOptions& opts, BatchLine& line) {
+  if (text.size() > opts.max_line_bytes)
+    reject(code::kRequestTooLarge,
+           "line is " + std::to_string(text.size()) + " bytes, over the limit of " +
+               std::to_string(opts.max_line_bytes) + " bytes per request (max_line_bytes, "
+               "batchmax run --max-line-bytes)");
   const json j = openai::parse_object(text, "line");
   // custom_id first, so that every later error can still name the request.
   const json* id = field(j, "custom_id");

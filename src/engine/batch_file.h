@@ -34,6 +34,7 @@ inline constexpr const char* kInvalidType = openai::code::kInvalidType;
 inline constexpr const char* kInvalidValue = openai::code::kInvalidValue;
 inline constexpr const char* kInvalidUrl = "invalid_url";
 inline constexpr const char* kDuplicateCustomId = "duplicate_custom_id";
+inline constexpr const char* kRequestTooLarge = "request_too_large";
 inline constexpr const char* kContextLengthExceeded = "context_length_exceeded";
 inline constexpr const char* kEngineError = "engine_error";
 }  // namespace code
@@ -69,6 +70,10 @@ struct BatchLine {
 
 struct ParseOptions {
   int default_max_tokens = 256;  // when the body has no max_tokens
+  // Longer lines are rejected before they are parsed: a JSON document costs several
+  // times its size in memory, and no context holds a prompt of many megabytes anyway.
+  size_t max_line_bytes = kDefaultMaxLineBytes;
+  static constexpr size_t kDefaultMaxLineBytes = size_t(8) << 20;
 };
 
 // Parses and validates one line. Never throws: problems end up in `error`.

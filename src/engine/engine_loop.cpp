@@ -26,7 +26,8 @@ EngineLoop::~EngineLoop() {
 std::optional<EngineLoop::Handle> EngineLoop::submit(Request r, Engine::Batch::Callbacks cb) {
   std::lock_guard<std::mutex> lock(mu_);
   if (stop_ || draining_) return std::nullopt;
-  if (int64_t(inbox_.size()) + stats_.batch.waiting >= opts_.max_waiting) return std::nullopt;
+  if (int64_t(inbox_.size()) + in_transit_ + stats_.batch.waiting >= opts_.max_waiting)
+    return std::nullopt;
   const Handle h = next_handle_++;
   inbox_.push_back({h, std::move(r), std::move(cb)});
   ++stats_.submitted;
@@ -56,7 +57,7 @@ bool EngineLoop::wait_idle(double timeout_s) {
 EngineLoopStats EngineLoop::stats() const {
   std::lock_guard<std::mutex> lock(mu_);
   EngineLoopStats s = stats_;
-  s.batch.waiting += int64_t(inbox_.size());  // submitted, not yet handed to the batch
+  s.batch.waiting += int64_t(inbox_.size()) + in_transit_;  // not yet handed to the batch
   return s;
 }
 
@@ -71,6 +72,7 @@ void EngineLoop::run() {
         return stop_ || !inbox_.empty() || !cancels_.empty() || !batch_->idle();
       });
       inbox.swap(inbox_);
+      in_transit_ = int64_t(inbox.size());  // still waiting: counted until the batch has them
       cancels.swap(cancels_);
       stopping = stop_;
     }
@@ -105,6 +107,7 @@ void EngineLoop::run() {
     if (!inbox.empty()) {
       std::lock_guard<std::mutex> lock(mu_);
       stats_.batch.waiting = batch_->state().waiting;  // keeps submit's bound exact
+      in_transit_ = 0;
     }
     for (Handle h : cancels) {
       Handle batch_handle = 0;

@@ -125,7 +125,10 @@ std::string type_desc(uint32_t t) {
                              : "unknown(" + std::to_string(t) + ")";
 }
 
-Value read_value(Cursor& c, ValueType type, int depth, const Describe& what) {
+// `budget`: metadata values the file may still hold (ReadLimits::max_metadata_values in
+// all); `limit` is that total, for the message.
+Value read_value(Cursor& c, ValueType type, int depth, uint64_t& budget, uint64_t limit,
+                 const Describe& what) {
   Value v;
   v.type = type;
   switch (type) {
@@ -158,12 +161,16 @@ Value read_value(Cursor& c, ValueType type, int depth, const Describe& what) {
       if (count > c.remaining() / min_value_size(elem))
         c.fail(what() + ": array count " + std::to_string(count) + " of " + type_desc(et) +
                " cannot fit in the " + std::to_string(c.remaining()) + " bytes remaining");
+      if (count > budget)
+        c.fail(what() + ": array count " + std::to_string(count) + " takes the metadata past " +
+               "its limit of " + std::to_string(limit) + " values in all (max_metadata_values)");
+      budget -= count;
       v.arr = std::make_shared<Array>();
       v.arr->elem_type = elem;
       v.arr->items.reserve(capped(count));
       for (uint64_t k = 0; k < count; ++k)
         v.arr->items.push_back(read_value(
-            c, elem, depth + 1, [&] { return what() + "[" + std::to_string(k) + "]"; }));
+            c, elem, depth + 1, budget, limit, [&] { return what() + "[" + std::to_string(k) + "]"; }));
       break;
     }
   }
@@ -289,9 +296,10 @@ int64_t TensorInfo::n_rows() const {
 
 // ---- File ----------------------------------------------------------------------------
 
-std::unique_ptr<File> File::open(const std::string& path) {
+std::unique_ptr<File> File::open(const std::string& path, const ReadLimits& limits) {
   std::unique_ptr<File> f(new File());
   f->path_ = path;
+  f->limits_ = limits;
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw Error(path + ": cannot open: " + std::strerror(errno));
   struct stat st {};
@@ -322,9 +330,10 @@ std::unique_ptr<File> File::open(const std::string& path) {
 }
 
 std::unique_ptr<File> File::from_bytes(const uint8_t* data, size_t size,
-                                       const std::string& name) {
+                                       const std::string& name, const ReadLimits& limits) {
   std::unique_ptr<File> f(new File());
   f->path_ = name;
+  f->limits_ = limits;
   f->owned_.assign(data, data + size);
   f->base_ = f->owned_.data();
   f->size_ = size;
@@ -365,6 +374,14 @@ void File::parse() {
   if (n_tensors > c.remaining() / kMinTensorInfoBytes)
     c.fail("header tensor_count " + std::to_string(n_tensors) + " cannot fit in the " +
            std::to_string(c.remaining()) + " bytes after the header");
+  const uint64_t max_values = limits_.max_metadata_values;
+  if (n_kv > max_values)
+    c.fail("header kv_count " + std::to_string(n_kv) + " is over the limit of " +
+           std::to_string(max_values) + " metadata values (max_metadata_values)");
+  if (n_tensors > limits_.max_tensors)
+    c.fail("header tensor_count " + std::to_string(n_tensors) + " is over the limit of " +
+           std::to_string(limits_.max_tensors) + " tensors (max_tensors)");
+  uint64_t value_budget = max_values - n_kv;
 
   // Metadata.
   kv_.reserve(capped(n_kv));
@@ -376,7 +393,8 @@ void File::parse() {
     if (kv_index_.count(key)) c.fail(what + ": duplicate key");
     const uint32_t t = c.read<uint32_t>(what + " value type");
     if (!valid_value_type(t)) c.fail(what + ": unknown value type " + std::to_string(t));
-    Value v = read_value(c, static_cast<ValueType>(t), 0, [&] { return what; });
+    Value v = read_value(c, static_cast<ValueType>(t), 0, value_budget, max_values,
+                         [&] { return what; });
     kv_index_.emplace(key, kv_.size());
     kv_.emplace_back(std::move(key), std::move(v));
   }

@@ -13,6 +13,18 @@
 
 namespace batchmax::gguf {
 
+// Limits independent of the file's length. A metadata value costs ~80 bytes in memory
+// however small it is in the file (a UINT8 array item is 1 byte), and a tensor info
+// ~150, so a large file could otherwise demand many times its size in RAM. Real models
+// hold < 2M values (vocabularies, merges) and a few thousand tensors.
+inline constexpr uint64_t kMaxMetadataValues = uint64_t(1) << 23;  // keys + array items
+inline constexpr uint64_t kMaxTensors = uint64_t(1) << 20;
+
+struct ReadLimits {
+  uint64_t max_metadata_values = kMaxMetadataValues;
+  uint64_t max_tensors = kMaxTensors;
+};
+
 enum class ValueType : uint32_t {
   UINT8 = 0, INT8 = 1, UINT16 = 2, INT16 = 3, UINT32 = 4, INT32 = 5, FLOAT32 = 6,
   BOOL = 7, STRING = 8, ARRAY = 9, UINT64 = 10, INT64 = 11, FLOAT64 = 12,
@@ -62,10 +74,11 @@ struct TensorInfo {
 class File {
  public:
   // Maps the file read-only and validates header, metadata and tensor infos.
-  static std::unique_ptr<File> open(const std::string& path);
+  static std::unique_ptr<File> open(const std::string& path, const ReadLimits& limits = {});
   // Same validation on bytes in memory (tests, fuzzing). The bytes are copied.
   static std::unique_ptr<File> from_bytes(const uint8_t* data, size_t size,
-                                          const std::string& name = "<memory>");
+                                          const std::string& name = "<memory>",
+                                          const ReadLimits& limits = {});
   ~File();
   File(const File&) = delete;
   File& operator=(const File&) = delete;
@@ -106,6 +119,7 @@ class File {
   const uint8_t* base_ = nullptr;
   uint64_t size_ = 0;
   bool mapped_ = false;
+  ReadLimits limits_;
   std::vector<uint8_t> owned_;
   uint32_t version_ = 0;
   uint64_t alignment_ = 32;

@@ -175,6 +175,12 @@ std::vector<Fragment> VocabTokenizer::partition(std::string_view text, bool pars
 
 std::vector<int32_t> VocabTokenizer::encode(std::string_view text, bool add_special,
                                             bool parse_special) const {
+  // Symbol indices and token counts are int32, and SentencePiece text grows up to 3x
+  // (' ' -> U+2581): longer input would overflow them.
+  if (text.size() > kMaxEncodeBytes)
+    throw Error("tokenizer: text of " + std::to_string(text.size()) +
+                " bytes is over the limit of " + std::to_string(kMaxEncodeBytes) +
+                " bytes (token counts are 32-bit)");
   std::vector<int32_t> out;
   if (add_special && vocab_.add_bos && vocab_.bos >= 0) out.push_back(vocab_.bos);
   if (!text.empty()) {

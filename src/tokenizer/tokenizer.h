@@ -18,6 +18,9 @@ class Tokenizer {
   // Throws batchmax::Error naming the problem (missing keys, unknown model/pre type).
   static std::unique_ptr<Tokenizer> from_gguf(const gguf::File& file);
 
+  // Longest text encode() accepts; longer text throws batchmax::Error.
+  static constexpr size_t kMaxEncodeBytes = size_t(1) << 29;
+
   // add_special: prepend BOS (and append EOS) as the vocabulary's metadata asks.
   // parse_special: text such as "<|im_start|>" becomes its special token id; otherwise
   // special-token text is tokenised as plain text.

@@ -278,5 +278,47 @@ TEST(BatchFile, BadKvFieldsAreInvalidValues) {
   }
 }
 
+// Hostile sizes: a prompt of many megabytes is refused before it is parsed, with the
+// limit named; token counts and ids past int32 are refused where they are read.
+TEST(BatchFile, LinesOverTheSizeLimitAreRejected) {
+  const std::string prompt(9u << 20, 'a');  // 9 MiB, over the 8 MiB default
+  const std::string big = R"({"custom_id": "big", "url": "/v1/completions", "body": {"prompt": ")" +
+                          prompt + R"("}})";
+  BatchLine l = parse(big);
+  expect_error(l, code::kRequestTooLarge, "over the limit of 8388608 bytes");
+  EXPECT_NE(l.error->message.find("--max-line-bytes"), std::string::npos);
+  // The limit is configurable; a line of exactly the limit parses.
+  const std::string small = R"({"custom_id": "s", "url": "/v1/completions", "body": {"prompt": "x"}})";
+  ParseOptions opts;
+  opts.max_line_bytes = small.size();
+  EXPECT_TRUE(parse_line(small, 1, opts).ok());
+  opts.max_line_bytes = small.size() - 1;
+  expect_error(parse_line(small, 1, opts), code::kRequestTooLarge,
+               "line is " + std::to_string(small.size()) + " bytes");
+}
+
+TEST(BatchFile, CountsAndIdsPastInt32AreRejected) {
+  expect_error(parse(chat_line(R"(, "max_tokens": 2147483648)")), code::kInvalidValue,
+               "'body.max_tokens' must be between 1 and 2147483647");
+  EXPECT_EQ(parse(chat_line(R"(, "max_tokens": 2147483647)")).sampling.max_tokens, 2147483647);
+  expect_error(parse(R"({"custom_id": "a", "url": "/v1/completions", "body": {"prompt": [1, 2147483648]}})"),
+               code::kInvalidValue, "'body.prompt[1]' must be between 0 and 2147483647");
+  expect_error(parse(R"({"custom_id": "a", "url": "/v1/completions", "body": {"prompt": [-1]}})"),
+               code::kInvalidValue, "'body.prompt[0]'");
+  expect_error(parse(chat_line(R"(, "kv_budget": 2147483648)")), code::kInvalidValue, "body.kv_budget");
+  expect_error(parse(chat_line(R"(, "top_k": 4294967296)")), code::kInvalidValue, "body.top_k");
+}
+
+TEST(BatchFile, DeeplyNestedJsonDoesNotExhaustTheStack) {
+  // 256k levels inside an ignored field (under the line limit): the JSON parser and the
+  // document's destructor must not recurse per level (that would overflow an 8 MB stack).
+  const size_t depth = 1u << 18;
+  std::string line = R"({"custom_id": "d", "url": "/v1/completions", "body": {"prompt": "x", "extra": )";
+  line += std::string(depth, '[') + std::string(depth, ']') + "}}";
+  EXPECT_TRUE(parse(line).ok());
+  line.resize(line.size() - 2 - depth / 2);  // unbalanced: an invalid_json error, no crash
+  expect_error(parse(line), code::kInvalidJson, "not valid JSON");
+}
+
 }  // namespace
 }  // namespace batchmax::batch

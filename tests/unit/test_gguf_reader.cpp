@@ -488,3 +488,81 @@ TEST(GgufReader, SmolLM2) {
   const int q_idx[] = {0, 1, 15, 16, 31, 32, 100, 575};
   for (int k = 0; k < 8; ++k) EXPECT_NEAR(row[q_idx[k]], q_ref[k], 1e-6) << q_idx[k];
 }
+
+// Memory-exhaustion guards: a count that fits in the file's bytes but would cost many
+// times the file's size in memory (an 80-byte Value per 1-byte UINT8 item) is refused
+// before anything is reserved or parsed.
+namespace {
+
+// A v3 header with the given counts, then one key "big" holding an array of `count`
+// items of `elem`, followed by `payload` zero bytes.
+std::vector<uint8_t> big_array_file(uint64_t n_kv, uint64_t n_tensors, uint32_t elem,
+                                    uint64_t count, size_t payload) {
+  using batchmax::test::gguf_bytes::put;
+  std::vector<uint8_t> b = {'G', 'G', 'U', 'F'};
+  put<uint32_t>(b, 3);
+  put<uint64_t>(b, n_tensors);
+  put<uint64_t>(b, n_kv);
+  batchmax::test::gguf_bytes::put_string(b, "big");
+  put<uint32_t>(b, static_cast<uint32_t>(ValueType::ARRAY));
+  put<uint32_t>(b, elem);
+  put<uint64_t>(b, count);
+  b.resize(b.size() + payload, 0);
+  return b;
+}
+
+}  // namespace
+
+TEST(GgufReaderLimits, ArrayItemsPastTheValueLimit) {
+  const uint64_t n = batchmax::gguf::kMaxMetadataValues;  // + the key itself = limit + 1
+  auto b = big_array_file(1, 0, static_cast<uint32_t>(ValueType::UINT8), n, n);
+  expect_error([&] { File::from_bytes(b.data(), b.size(), "big.gguf"); },
+               "array count 8388608 takes the metadata past its limit of 8388608 values");
+}
+
+TEST(GgufReaderLimits, NestedArraysShareOneBudget) {
+  // With a budget of 20 values: 2 keys, the first an array of 13 leaves 5; the second
+  // takes 1 for its outer array, so an inner array of 5 is refused and one of 4 parses.
+  using batchmax::test::gguf_bytes::put;
+  const batchmax::gguf::ReadLimits limits{20, 10};
+  auto b = big_array_file(2, 0, static_cast<uint32_t>(ValueType::UINT8), 13, 13);
+  batchmax::test::gguf_bytes::put_string(b, "second");
+  put<uint32_t>(b, static_cast<uint32_t>(ValueType::ARRAY));
+  put<uint32_t>(b, static_cast<uint32_t>(ValueType::ARRAY));
+  put<uint64_t>(b, 1);
+  put<uint32_t>(b, static_cast<uint32_t>(ValueType::UINT8));
+  put<uint64_t>(b, 5);
+  b.resize(b.size() + 5, 0);
+  expect_error([&] { File::from_bytes(b.data(), b.size(), "big.gguf", limits); },
+               "metadata key 'second'[0]: array count 5 takes the metadata past its limit of 20");
+  EXPECT_NO_THROW(File::from_bytes(b.data(), b.size(), "big.gguf"));  // default limits
+  std::vector<uint8_t> ok(b.begin(), b.end() - 5 - 8);
+  put<uint64_t>(ok, 4);
+  ok.resize(ok.size() + 4, 0);
+  EXPECT_NO_THROW(File::from_bytes(ok.data(), ok.size(), "ok.gguf", limits));
+  // The tensor limit is configurable the same way.
+  GgufWriter w;
+  for (int i = 0; i < 11; ++i) w.add_f32_tensor("t" + std::to_string(i), {1}, {0.0f});
+  const std::vector<uint8_t> t = w.to_bytes();
+  expect_error([&] { File::from_bytes(t.data(), t.size(), "t.gguf", limits); },
+               "tensor_count 11 is over the limit of 10 tensors");
+  EXPECT_NO_THROW(File::from_bytes(t.data(), t.size(), "t.gguf"));
+}
+
+TEST(GgufReaderLimits, KvAndTensorCountsPastTheLimits) {
+  // Counts that the file's length allows (a kv takes >= 12 bytes, a tensor info >= 24):
+  // sparse files of ~100 MB, mapped rather than read.
+  auto check = [](GgufWriter w, uint64_t length, const std::string& needle) {
+    const std::string path = ::testing::TempDir() + "batchmax_limits.gguf";
+    w.write_file(path);
+    ASSERT_EQ(::truncate(path.c_str(), static_cast<off_t>(length)), 0);
+    expect_error([&] { File::open(path); }, needle);
+    std::filesystem::remove(path);
+  };
+  const uint64_t kv = batchmax::gguf::kMaxMetadataValues + 1;
+  check(GgufWriter().kv_count_override(kv), 24 + kv * 12,
+        "kv_count 8388609 is over the limit of 8388608 metadata values");
+  const uint64_t nt = batchmax::gguf::kMaxTensors + 1;
+  check(GgufWriter().tensor_count_override(nt), 24 + nt * 24,
+        "tensor_count 1048577 is over the limit of 1048576 tensors");
+}
