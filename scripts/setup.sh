@@ -22,9 +22,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null
 fi
 
-# Python packages the tests' reference scripts use (numpy, gguf, tokenizers).
+# Python packages the tests' reference scripts use (numpy, gguf, tokenizers) and the
+# official openai client the server's end-to-end test drives it with.
 py_missing=()
-for m in numpy gguf tokenizers; do
+for m in numpy gguf tokenizers openai; do
   python3 -c "import $m" 2>/dev/null || py_missing+=("$m")
 done
 if [ ${#py_missing[@]} -gt 0 ]; then

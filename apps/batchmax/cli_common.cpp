@@ -29,8 +29,9 @@ void add_engine_flags(CLI::App& cmd, EngineFlags& f) {
   add_model_flag(cmd, f.model);
   cmd.add_option("-t,--threads", f.threads, "CPU threads (0: all hardware threads)")
       ->check(CLI::NonNegativeNumber);
-  cmd.add_option("--max-batch", f.max_batch, "sequences running at once")
-      ->check(CLI::PositiveNumber)
+  cmd.add_option("--max-batch", f.max_batch,
+                 "sequences running at once (0: as many as the KV pool admits)")
+      ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   cmd.add_option("--ctx", f.ctx, "context length (0: the model's)")
       ->check(CLI::NonNegativeNumber);
@@ -94,18 +95,6 @@ std::unique_ptr<Engine> load_engine(const EngineFlags& f, double* load_s) {
   auto engine = Engine::create(opts);
   if (load_s) *load_s = now_s() - t0;
   return engine;
-}
-
-std::vector<int32_t> tokenize_chat(const Tokenizer& tok, const ChatTemplate& tmpl,
-                                   const std::vector<ChatMessage>& messages) {
-  std::vector<int32_t> ids = tok.encode(tmpl.render(messages, true), true, true);
-  int32_t bos = tok.bos_id();
-  if (bos >= 0 && ids.size() >= 2 && ids[0] == bos && ids[1] == bos) ids.erase(ids.begin());
-  return ids;
-}
-
-std::vector<int32_t> tokenize_text(const Tokenizer& tok, const std::string& text) {
-  return tok.encode(text, true, false);
 }
 
 namespace {

@@ -13,6 +13,7 @@
 
 #include "batchmax/engine.h"
 #include "tokenizer/chat_template.h"
+#include "tokenizer/prompt_tokens.h"
 #include "tokenizer/tokenizer.h"
 
 namespace batchmax::cli {
@@ -37,6 +38,7 @@ Command add_tokenize(CLI::App& root);
 Command add_eval(CLI::App& root);
 Command add_plan(CLI::App& root);
 Command add_bench(CLI::App& root);
+Command add_serve(CLI::App& root);
 
 // The program's arguments, quoted as a shell would need them (results record it).
 void set_command_line(int argc, char** argv);
@@ -68,13 +70,9 @@ EngineOptions engine_options(const EngineFlags& flags);
 // Loads the model; `load_s` receives the seconds it took.
 std::unique_ptr<Engine> load_engine(const EngineFlags& flags, double* load_s = nullptr);
 
-// Prompt ids for a chat: the template's text, tokenised with special tokens parsed and
-// BOS added when the vocabulary asks for one, but never twice (templates that write
-// their own BOS text, like Llama 3's, would otherwise get a second one).
-std::vector<int32_t> tokenize_chat(const Tokenizer& tok, const ChatTemplate& tmpl,
-                                   const std::vector<ChatMessage>& messages);
-// Plain text prompt: BOS as the vocabulary asks, special-token text kept as text.
-std::vector<int32_t> tokenize_text(const Tokenizer& tok, const std::string& text);
+// Prompt building lives in tokenizer/prompt_tokens.h (the server uses it too).
+using batchmax::tokenize_chat;
+using batchmax::tokenize_text;
 
 bool stdout_is_tty();
 bool stderr_is_tty();

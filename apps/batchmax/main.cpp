@@ -1,4 +1,5 @@
-// batchmax: one program, subcommands generate, run, info, tokenize, eval, plan and bench.
+// batchmax: one program, subcommands generate, run, info, tokenize, eval, plan, bench and
+// serve (builds with the server: BATCHMAX_SERVER).
 // Exit status: 0 success, 1 failure (bad model file, I/O, engine), 2 usage error.
 #include <iostream>
 
@@ -17,9 +18,12 @@ int main(int argc, char** argv) {
 #ifdef BATCHMAX_HAVE_CUDA
   batchmax::register_cuda_backend();
 #endif
-  const std::vector<Command> commands = {add_generate(app), add_run(app), add_info(app),
-                                         add_tokenize(app), add_eval(app), add_plan(app),
-                                         add_bench(app)};
+  std::vector<Command> commands = {add_generate(app), add_run(app), add_info(app),
+                                   add_tokenize(app), add_eval(app), add_plan(app),
+                                   add_bench(app)};
+#ifdef BATCHMAX_HAVE_SERVER
+  commands.push_back(add_serve(app));
+#endif
   set_command_line(argc, argv);
   try {
     app.parse(argc, argv);

@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "batchmax/engine.h"
+#include "engine/openai_fields.h"
 #include "tokenizer/chat_template.h"
 
 namespace batchmax::batch {
@@ -27,10 +28,10 @@ enum class Endpoint { ChatCompletions, Completions };
 
 // Machine-readable error codes of output lines (the "error.code" field).
 namespace code {
-inline constexpr const char* kInvalidJson = "invalid_json";
-inline constexpr const char* kMissingParameter = "missing_required_parameter";
-inline constexpr const char* kInvalidType = "invalid_type";
-inline constexpr const char* kInvalidValue = "invalid_value";
+inline constexpr const char* kInvalidJson = openai::code::kInvalidJson;
+inline constexpr const char* kMissingParameter = openai::code::kMissingParameter;
+inline constexpr const char* kInvalidType = openai::code::kInvalidType;
+inline constexpr const char* kInvalidValue = openai::code::kInvalidValue;
 inline constexpr const char* kInvalidUrl = "invalid_url";
 inline constexpr const char* kDuplicateCustomId = "duplicate_custom_id";
 inline constexpr const char* kRequestTooLarge = "request_too_large";
