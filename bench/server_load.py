@@ -196,9 +196,13 @@ def make_specs(args, rng, kv_mode):
         text = " ".join(rng.choice(WORDS) for _ in range(n_words))
         max_tokens = rng.randint(*args.max_tokens)
         stream = rng.random() < args.stream_fraction
-        chat = rng.random() < args.chat_fraction
+        chat = rng.random() < args.chat_fraction and not args.prompt_ids
         body = {"max_tokens": max_tokens, "temperature": 0.0 if i % 2 else 0.8, "seed": i}
-        if chat:
+        if args.prompt_ids:
+            # Dummy-weight servers have no tokenizer: token-id prompts (GPU runs at 8B scale).
+            path = "/v1/completions"
+            body["prompt"] = [rng.randrange(1, args.vocab) for _ in range(rng.randint(*args.prompt_ids))]
+        elif chat:
             path = "/v1/chat/completions"
             body["messages"] = [{"role": "user", "content": "Continue: " + text}]
         else:
@@ -346,6 +350,10 @@ def main():
     ap.add_argument("--concurrency", type=int, default=0, help="in flight at once (0: all)")
     ap.add_argument("--prompt-words", type=range_arg, default=(8, 120))
     ap.add_argument("--max-tokens", type=range_arg, default=(1, 24))
+    ap.add_argument("--prompt-ids", type=range_arg, default=None,
+                    help="token-id prompts of this many tokens (e.g. 3500,4096) instead of "
+                         "words; for --dummy-weights servers, which have no tokenizer")
+    ap.add_argument("--vocab", type=int, default=32000, help="ids below this for --prompt-ids")
     ap.add_argument("--stream-fraction", type=float, default=0.5)
     ap.add_argument("--chat-fraction", type=float, default=0.5)
     ap.add_argument("--disconnect-fraction", type=float, default=0.1)
@@ -359,10 +367,11 @@ def main():
 
     server = None
     if args.spawn:
-        if not os.path.exists(args.model):
+        dummy = "--dummy-weights" in args.server_args
+        if not dummy and not os.path.exists(args.model):
             print("server_load: SKIP: model not found at %s (run scripts/fetch_model.sh)" % args.model)
             return 77
-        extra = ["--model", args.model] + shlex.split(args.server_args)
+        extra = ([] if dummy else ["--model", args.model]) + shlex.split(args.server_args)
         extra += ["--max-waiting", str(max(args.requests * 4, 256)), "--http-threads",
                   str(max(1024, args.requests * 2))]
         if args.api_key:
