@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <string>
 
+#include "backend/step_profile.h"
 #include "core/error.h"
 
 namespace batchmax {
@@ -115,7 +116,10 @@ void PagedKVCache::observe_scores(int layer, int64_t seq_id, const float* mass, 
 
 void PagedKVCache::commit(int64_t seq_id) {
   Sequence& s = seq(seq_id);
-  if (s.evict_after) evict(s);
+  if (s.evict_after) {
+    prof::Scope sc(prof::kCommit, backend_);
+    evict(s);
+  }
   s.evict_after = false;
   s.observe = 0;
 }
@@ -167,7 +171,10 @@ void PagedKVCache::evict(Sequence& s) {
   }
   ++s.stats.evictions;
   // Moves are applied in order; a destination never precedes its source in the head.
-  if (!src.empty()) backend_.kv_move(src, dst, pool_view_);
+  if (!src.empty()) {
+    prof::Scope sc(prof::kMove, backend_);
+    backend_.kv_move(src, dst, pool_view_);
+  }
 }
 
 int64_t PagedKVCache::n_entries(int64_t seq_id, int layer, int head) const {

@@ -3,10 +3,12 @@
 #include <algorithm>
 #include <cmath>
 #include <numbers>
+#include <optional>
 #include <string>
 
 #include "core/error.h"
 #include "format/gguf_reader.h"
+#include "backend/step_profile.h"
 #include "kv/kv_cache.h"
 
 namespace batchmax {
@@ -262,6 +264,18 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
   const int64_t T = int64_t(ids.size());
   if (T == 0) return {};
   const int64_t hd = hp_.head_dim;
+  if (prof::enabled()) {
+    bool dec = false, pre = false;
+    for (const SeqBatch& s : batch) (s.tokens.size() == 1 && s.first_pos > 0 ? dec : pre) = true;
+    prof::forward_begin();
+    prof::set_step_kind(dec && pre ? prof::kMixed : (pre ? prof::kPrefill : prof::kDecode));
+    prof::count_step();
+  }
+  struct EndMark {
+    ~EndMark() { prof::forward_end(); }
+  } end_mark;
+  std::optional<prof::Scope> fwd_scope;
+  if (prof::enabled()) fwd_scope.emplace(prof::kForward, backend_);
 
   Workspace& ws = *ws_;
   if (T > ws.capacity) reserve_workspace(T);
@@ -328,6 +342,7 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
         mass[j].assign(size_t(stride * hp_.n_head_kv), 0.0f);
         mass_ptr[j] = mass[j].data();
       }
+      prof::Scope sc(prof::kScores, backend_);
       backend_.attention_scores(q, score_seqs, ap, kv.pool(), mass_ptr, stride);
       for (size_t j = 0; j < scored.size(); ++j)
         kv.observe_scores(int(l), batch[scored[j]].seq_id, mass[j].data(), stride);
@@ -341,10 +356,12 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
     backend_.matmul(act, L.w_down, nullptr, h);
     backend_.add(x, h);
   }
+  fwd_scope.reset();
   if (want_rows.empty()) {
     backend_.synchronize();  // the step's time is spent here, not in the next step's
     return {};
   }
+  prof::Scope logit_scope(prof::kLogits, backend_);
   const int64_t nw = int64_t(want_rows.size()), V = hp_.n_vocab;
   std::vector<float> out(size_t(nw * V));
   for (int64_t r0 = 0; r0 < nw; r0 += Workspace::kLogitRows) {
