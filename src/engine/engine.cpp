@@ -270,6 +270,9 @@ class LlmEngine final : public Engine {
           b.tokens = std::span<const int32_t>(&decode_tokens[it.seq], 1);
           b.want_logits = true;
         }
+        // Greedy: the backend returns the argmax instead of the logits row.
+        b.argmax_only = requests[s.index].sampling.temperature <= 0 && !opts_.keep_last_logits &&
+                        !opts_.keep_step_logits;
         kv_->prepare(s.seq_id, it.n_tokens,
                      !it.prefill ? StepPhase::Decode
                                  : (it.last_chunk ? StepPhase::LastPrefill : StepPhase::Prefill));
@@ -296,7 +299,7 @@ class LlmEngine final : public Engine {
       }
 
       const int64_t V = model_->hparams().n_vocab;
-      size_t li = 0;
+      size_t li = 0, ai = 0;
       for (const StepItem& it : items) {
         Running& s = running[it.seq];
         s.progress.computed += it.n_tokens;
@@ -317,12 +320,18 @@ class LlmEngine final : public Engine {
         } else if (!b.want_logits) {
           continue;
         }
-        std::span<const float> row(logits.data() + li * V, size_t(V));
-        ++li;
-        if (it.prefill && opts_.keep_last_logits) s.out.last_logits.assign(row.begin(), row.end());
-        if (opts_.keep_step_logits) s.out.step_logits.emplace_back(row.begin(), row.end());
+        int32_t tok = 0;
+        if (b.argmax_only && !b.all_logits) {
+          tok = model_->argmax()[ai++];
+        } else {
+          std::span<const float> row(logits.data() + li * V, size_t(V));
+          ++li;
+          if (it.prefill && opts_.keep_last_logits) s.out.last_logits.assign(row.begin(), row.end());
+          if (opts_.keep_step_logits) s.out.step_logits.emplace_back(row.begin(), row.end());
+          tok = s.sampler->sample(row);
+        }
         s.progress.decoding = true;
-        accept_token(s, requests[s.index], s.sampler->sample(row), t0);
+        accept_token(s, requests[s.index], tok, t0);
         ++prog.generated_tokens;
       }
 
