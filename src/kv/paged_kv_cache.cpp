@@ -247,14 +247,50 @@ void PagedKVCache::after_attention(int layer, const Tensor& q, std::span<const i
     for (size_t j = 0; j < scored.size(); ++j)
       observe_scores(layer, seq_ids[scored[j]], mass[j].data(), stride);
   }
-  // In groups whose mass fits the scratch; one larger than it gets a scratch of its own
-  // (outside the planned workspace: the model sizes its scratch so this stays rare).
   if (device.empty()) return;
+  const int nh = cfg_.n_kv_heads;
+  // Entries are the same in every (layer, head) of a sequence at this point of a step.
+  auto stride_of = [&](std::span<const size_t> which) {
+    int64_t st = 1;
+    for (size_t i : which)
+      for (int32_t e : seqs[i].head_entries) st = std::max<int64_t>(st, e);
+    return st;
+  };
+  const int64_t cap = scratch.data && scratch.type == GgmlType::F32 ? scratch.rows * scratch.cols : 0;
+  if (layer == 0) {
+    // All layers' mass fits the scratch: score each layer into its own region and evict
+    // every layer in one launch after the last (a launch of n_layer x more CTAs; the
+    // layers are not read again in this step). Otherwise layer by layer, in groups.
+    dev_batched_ = int64_t(cfg_.n_layer) * int64_t(device.size()) * nh * stride_of(device) <= cap;
+    dev_rows_.clear();
+  }
+  if (dev_batched_) {
+    const int64_t stride = stride_of(device);
+    const int64_t rows = int64_t(device.size()) * nh;
+    Tensor region = scratch;
+    region.data = scratch.f32() + int64_t(layer) * rows * stride;
+    region.rows = rows;
+    region.cols = stride;
+    region.row_stride = size_t(stride) * sizeof(float);
+    std::vector<int64_t> mass_row = score_on_device(q, seq_ids, seqs, device, ap, region);
+    for (int64_t& r : mass_row)
+      if (r >= 0) r += int64_t(layer) * rows;
+    dev_rows_.insert(dev_rows_.end(), mass_row.begin(), mass_row.end());
+    if (layer + 1 < cfg_.n_layer) return;
+    Tensor mass = scratch;
+    mass.rows = int64_t(cfg_.n_layer) * rows;
+    mass.cols = stride;
+    mass.row_stride = size_t(stride) * sizeof(float);
+    evict_on_device(0, cfg_.n_layer, seq_ids, device, dev_rows_, &mass);
+    return;
+  }
+  // Layer by layer, in groups whose mass fits the scratch; one larger than it gets a
+  // scratch of its own (outside the planned workspace: the model sizes its scratch so
+  // this stays rare).
   int64_t need_one = 1;
-  for (size_t i : device)
-    for (int32_t e : seqs[i].head_entries) need_one = std::max<int64_t>(need_one, int64_t(e) * ap.n_kv_heads);
+  for (size_t i : device) need_one = std::max<int64_t>(need_one, stride_of({&i, 1}) * nh);
   Tensor* use = &scratch;
-  if (!scratch.data || scratch.type != GgmlType::F32 || scratch.rows * scratch.cols < need_one) {
+  if (cap < need_one) {
     if (!own_scratch_.data || own_scratch_.cols < need_one) {
       const int64_t n = std::max(need_one, 2 * own_scratch_.cols);
       if (own_scratch_.data) backend_.free(own_scratch_);
@@ -262,104 +298,108 @@ void PagedKVCache::after_attention(int layer, const Tensor& q, std::span<const i
     }
     use = &own_scratch_;
   }
-  const int64_t cap = use->rows * use->cols;
+  const int64_t use_cap = use->rows * use->cols;
   for (size_t g0 = 0; g0 < device.size();) {
-    size_t g1 = g0;
-    int64_t stride = 1;
-    for (; g1 < device.size(); ++g1) {
-      int64_t st = stride;
-      for (int32_t e : seqs[device[g1]].head_entries) st = std::max<int64_t>(st, e);
-      if (int64_t(g1 - g0 + 1) * ap.n_kv_heads * st > cap) break;
-      stride = st;
-    }
-    if (g1 == g0)
-      throw Error("kv cache: the eviction scratch (" + std::to_string(cap) +
-                  " floats) cannot hold one sequence's attention mass");
-    evict_layer_on_device(layer, q, seq_ids, seqs,
-                          std::span<const size_t>(device.data() + g0, g1 - g0), ap, *use);
+    size_t g1 = g0 + 1;
+    while (g1 < device.size() &&
+           int64_t(g1 - g0 + 1) * nh *
+                   stride_of(std::span<const size_t>(device.data() + g0, g1 - g0 + 1)) <= use_cap)
+      ++g1;
+    const std::span<const size_t> group(device.data() + g0, g1 - g0);
+    const int64_t stride = stride_of(group);
+    Tensor region = *use;
+    region.rows = int64_t(group.size()) * nh;
+    region.cols = stride;
+    region.row_stride = size_t(stride) * sizeof(float);
+    const std::vector<int64_t> mass_row = score_on_device(q, seq_ids, seqs, group, ap, region);
+    evict_on_device(layer, layer + 1, seq_ids, group, mass_row, &region);
     g0 = g1;
   }
 }
 
-// Scores and selection stay on the backend: the mass of the observed queries goes to a
-// backend tensor, Backend::evict selects and compacts every head of this layer, and the
-// host only sets the counts it knows in advance (min(entries, budget)).
-void PagedKVCache::evict_layer_on_device(int layer, const Tensor& q,
-                                         std::span<const int64_t> seq_ids,
-                                         std::span<const AttentionSeq> seqs,
-                                         std::span<const size_t> which, const AttentionParams& ap,
-                                         Tensor& scratch) {
-  prof::Scope sc(prof::kEvictLayer, backend_);
+// Attention mass of the observed queries of the `which` sequences into `out` (rows
+// j * n_kv_heads + h, cols >= their entries); returns each one's first row, or -1 where
+// its policy reads no mass.
+std::vector<int64_t> PagedKVCache::score_on_device(const Tensor& q, std::span<const int64_t> seq_ids,
+                                                   std::span<const AttentionSeq> seqs,
+                                                   std::span<const size_t> which,
+                                                   const AttentionParams& ap, Tensor& out) {
+  prof::Scope sc(prof::kScores, backend_);
   const int nh = cfg_.n_kv_heads;
   std::vector<AttentionSeq> score_seqs;
   std::vector<int64_t> mass_row(which.size(), -1);
-  int64_t stride = 1;
   for (size_t j = 0; j < which.size(); ++j) {
     const size_t i = which[j];
-    const Sequence& s = seq(seq_ids[i]);
-    const int64_t cnt = std::min<int64_t>(s.observe, seqs[i].n_q);
+    const int64_t cnt = std::min<int64_t>(seq(seq_ids[i]).observe, seqs[i].n_q);
     if (cnt <= 0) continue;
     mass_row[j] = int64_t(score_seqs.size()) * nh;
     AttentionSeq a = seqs[i];
     a.q_begin += a.n_q - cnt;
     a.q_pos += a.n_q - cnt;
     a.n_q = cnt;
-    for (int32_t e : a.head_entries) stride = std::max<int64_t>(stride, e);
     score_seqs.push_back(std::move(a));
   }
-  Tensor mass;
   if (!score_seqs.empty()) {
-    const int64_t rows = int64_t(score_seqs.size()) * nh;
-    if (scratch.type != GgmlType::F32 || rows * stride > scratch.rows * scratch.cols)
-      throw Error("kv cache: eviction scratch too small");
-    mass = scratch;
-    mass.rows = rows;
-    mass.cols = stride;
-    mass.row_stride = size_t(stride) * sizeof(float);
-    backend_.attention_scores_to(q, score_seqs, ap, pool_view_, mass);
+    Tensor t = out;
+    t.rows = int64_t(score_seqs.size()) * nh;
+    backend_.attention_scores_to(q, score_seqs, ap, pool_view_, t);
   }
+  return mass_row;
+}
+
+// Selection and compaction stay on the backend (Backend::evict) for layers [l0, l1) of
+// the `which` sequences, mass row of (layer, j) at mass_row[(layer - l0) * which.size()
+// + j] + head; the host only sets the counts it knows in advance (min(entries, budget)).
+void PagedKVCache::evict_on_device(int l0, int l1, std::span<const int64_t> seq_ids,
+                                   std::span<const size_t> which,
+                                   std::span<const int64_t> mass_row, const Tensor* mass) {
+  prof::Scope sc(prof::kEvictLayer, backend_);
+  const int nh = cfg_.n_kv_heads;
   tasks_.clear();
-  for (size_t j = 0; j < which.size(); ++j) {
-    Sequence& s = seq(seq_ids[which[j]]);
-    const EvictionParams& p = s.comp.params;
-    EvictScore kind;
-    const std::string& pol = s.comp.policy;
-    if (pol == "snapkv") kind = EvictScore::PooledMass;
-    else if (pol == "tova") kind = EvictScore::Mass;
-    else if (pol == "window") kind = EvictScore::Recency;
-    else if (pol == "knorm") kind = EvictScore::NegKeyNorm;
-    else if (pol == "random") kind = EvictScore::Random;
-    else throw Error("kv cache: policy " + pol + " cannot evict on the device");
-    for (int h = 0; h < nh; ++h) {
-      HeadTable& t = s.heads[size_t(layer) * nh + h];
-      if (t.n <= p.budget) continue;
-      EvictTask task;
-      task.blocks = t.blocks;
-      task.n_entries = int32_t(t.n);
-      task.keep = int32_t(p.budget);
-      task.score = kind;
-      task.pool_kernel = p.pool_kernel;
-      task.sinks = int32_t(p.sinks);
-      task.window = int32_t(p.window);
-      task.seed = p.seed;
-      task.mass_row = mass_row[j] < 0 ? -1 : mass_row[j] + h;
-      tasks_.push_back(task);
+  for (int l = l0; l < l1; ++l)
+    for (size_t j = 0; j < which.size(); ++j) {
+      Sequence& s = seq(seq_ids[which[j]]);
+      const EvictionParams& p = s.comp.params;
+      EvictScore kind;
+      const std::string& pol = s.comp.policy;
+      if (pol == "snapkv") kind = EvictScore::PooledMass;
+      else if (pol == "tova") kind = EvictScore::Mass;
+      else if (pol == "window") kind = EvictScore::Recency;
+      else if (pol == "knorm") kind = EvictScore::NegKeyNorm;
+      else if (pol == "random") kind = EvictScore::Random;
+      else throw Error("kv cache: policy " + pol + " cannot evict on the device");
+      const int64_t row = mass_row[size_t(l - l0) * which.size() + j];
+      for (int h = 0; h < nh; ++h) {
+        HeadTable& t = s.heads[size_t(l) * nh + h];
+        if (t.n <= p.budget) continue;
+        EvictTask task;
+        task.blocks = t.blocks;
+        task.n_entries = int32_t(t.n);
+        task.keep = int32_t(p.budget);
+        task.score = kind;
+        task.pool_kernel = p.pool_kernel;
+        task.sinks = int32_t(p.sinks);
+        task.window = int32_t(p.window);
+        task.seed = p.seed;
+        task.mass_row = row < 0 ? -1 : row + h;
+        tasks_.push_back(task);
+      }
     }
-  }
   if (tasks_.empty()) return;
-  backend_.evict(tasks_, mass.data ? &mass : nullptr, pool_view_);
+  backend_.evict(tasks_, mass, pool_view_);
   // Blocks are returned only after the launch: the tasks' spans point into the tables.
-  for (size_t j = 0; j < which.size(); ++j) {
-    Sequence& s = seq(seq_ids[which[j]]);
-    const int64_t budget = s.comp.params.budget;
-    for (int h = 0; h < nh; ++h) {
-      HeadTable& t = s.heads[size_t(layer) * nh + h];
-      if (t.n <= budget) continue;
-      s.stats.evicted += t.n - budget;
-      t.n = budget;
-      shrink_blocks(s, t);
+  for (int l = l0; l < l1; ++l)
+    for (size_t j = 0; j < which.size(); ++j) {
+      Sequence& s = seq(seq_ids[which[j]]);
+      const int64_t budget = s.comp.params.budget;
+      for (int h = 0; h < nh; ++h) {
+        HeadTable& t = s.heads[size_t(l) * nh + h];
+        if (t.n <= budget) continue;
+        s.stats.evicted += t.n - budget;
+        t.n = budget;
+        shrink_blocks(s, t);
+      }
     }
-  }
 }
 
 const SequenceKVStats& PagedKVCache::stats(int64_t seq_id) const { return seq(seq_id).stats; }

@@ -104,9 +104,13 @@ class PagedKVCache : public KVCache {
   Sequence& seq(int64_t id);
   const Sequence& seq(int64_t id) const;
   void evict(Sequence& s);
-  void evict_layer_on_device(int layer, const Tensor& q, std::span<const int64_t> seq_ids,
-                             std::span<const AttentionSeq> seqs, std::span<const size_t> which,
-                             const AttentionParams& ap, Tensor& scratch);
+  std::vector<int64_t> score_on_device(const Tensor& q, std::span<const int64_t> seq_ids,
+                                       std::span<const AttentionSeq> seqs,
+                                       std::span<const size_t> which, const AttentionParams& ap,
+                                       Tensor& out);
+  void evict_on_device(int l0, int l1, std::span<const int64_t> seq_ids,
+                       std::span<const size_t> which, std::span<const int64_t> mass_row,
+                       const Tensor* mass);
   // Drops a head's blocks past what its entries need; they stay promised to the sequence.
   void shrink_blocks(Sequence& s, HeadTable& t);
 
@@ -119,6 +123,8 @@ class PagedKVCache : public KVCache {
   int eviction_override_ = 0;         // BATCHMAX_EVICTION: 1 host, 2 device
   std::vector<EvictTask> tasks_;
   Tensor own_scratch_;  // when the caller's scratch cannot hold one sequence's mass
+  bool dev_batched_ = false;       // this step scores every layer, then evicts all at once
+  std::vector<int64_t> dev_rows_;  // their mass rows, per (layer, sequence)
 };
 
 }  // namespace batchmax

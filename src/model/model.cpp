@@ -237,11 +237,12 @@ void Model::reserve_workspace(int64_t T) {
   ws.last = backend_.alloc(at, Workspace::kLogitRows, d);
   ws.normed = backend_.alloc(at, Workspace::kLogitRows, d);
   ws.logits = backend_.alloc(GgmlType::F32, Workspace::kLogitRows, hp_.n_vocab);
-  // One sequence's mass at full context fits; more sequences are scored in groups.
-  // Backends that select on the host need none.
+  // 16 MiB: every layer's mass of a few sequences of budget + chunk entries (evicted in
+  // one launch), and at least one layer of one sequence at full context (more are scored
+  // in groups). Backends that select on the host need none.
   if (backend_.prefers_device_eviction())
     ws.scores = backend_.alloc(GgmlType::F32, 1,
-                               std::max<int64_t>(int64_t(1) << 20, hp_.n_head_kv * hp_.n_ctx_train));
+                               std::max<int64_t>(int64_t(4) << 20, hp_.n_head_kv * hp_.n_ctx_train));
   ws.capacity = T;
   backend_.reserve_step_scratch(T, attention_params());
 }

@@ -5,6 +5,7 @@
 #include "backend/backend_registry.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <unordered_set>
 #include <vector>
@@ -15,6 +16,11 @@
 
 namespace batchmax {
 namespace cuda {
+
+void eager_module_loading() {
+  static const bool once = [] { return setenv("CUDA_MODULE_LOADING", "EAGER", 0) == 0; }();
+  (void)once;
+}
 
 void throw_cuda(cudaError_t e, const char* what, const char* file, int line) {
   throw Error(std::string("CUDA error ") + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) +
@@ -44,6 +50,7 @@ struct DeviceBuffer {
 class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(const CudaBackendOptions& o) : device_(o.device) {
+    eager_module_loading();
     BMX_CUDA(cudaSetDevice(device_));
     BMX_CUDA(cudaFree(nullptr));  // creates the context, so the baseline includes it
     baseline_used_ = device_used();
@@ -531,6 +538,7 @@ std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& opts) {
 }
 
 int cuda_device_count() {
+  cuda::eager_module_loading();
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess) {
     cudaGetLastError();  // clear the sticky-free error so later calls start clean
