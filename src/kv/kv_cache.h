@@ -16,6 +16,10 @@ struct KVAppend {
   std::span<const int32_t> pos;  // true positions, n_tokens of them
 };
 
+// Whether eviction runs on the backend (Backend::evict) rather than selecting on the host:
+// Backend::prefers_device_eviction(), unless BATCHMAX_EVICTION=host or =device says.
+bool eviction_on_device(const Backend& backend);
+
 class KVCache {
  public:
   virtual ~KVCache() = default;

@@ -21,11 +21,16 @@ PagedKVCache::PagedKVCache(Backend& backend, const KVCacheConfig& cfg)
   if (cfg.n_layer <= 0 || cfg.n_kv_heads <= 0 || cfg.head_dim <= 0 || cfg.block_tokens <= 0)
     throw Error("kv cache: bad configuration");
   pool_view_ = backend_.alloc_kv_pool(cfg.type, cfg.n_blocks, cfg.block_tokens, cfg.head_dim);
+  device_eviction_ = eviction_on_device(backend_);
+}
+
+bool eviction_on_device(const Backend& backend) {
   if (const char* e = std::getenv("BATCHMAX_EVICTION")) {
-    if (!std::strcmp(e, "host")) eviction_override_ = 1;
-    else if (!std::strcmp(e, "device")) eviction_override_ = 2;
-    else if (*e) throw Error(std::string("BATCHMAX_EVICTION must be 'host' or 'device', not '") + e + "'");
+    if (!std::strcmp(e, "host")) return false;
+    if (!std::strcmp(e, "device")) return true;
+    if (*e) throw Error(std::string("BATCHMAX_EVICTION must be 'host' or 'device', not '") + e + "'");
   }
+  return backend.prefers_device_eviction();
 }
 
 PagedKVCache::~PagedKVCache() {
@@ -58,7 +63,7 @@ bool PagedKVCache::add_sequence(int64_t seq_id, int64_t max_entries, const KVCom
   s.comp = comp;
   if (comp.evicts()) s.policy = make_policy(comp.policy, comp.params);
   if (s.policy && !s.policy->keeps_state())
-    s.device = eviction_override_ ? eviction_override_ == 2 : backend_.prefers_device_eviction();
+    s.device = device_eviction_;
   seqs_.emplace(seq_id, std::move(s));
   return true;
 }

@@ -120,7 +120,7 @@ class PagedKVCache : public KVCache {
   KVPoolView pool_view_;
   std::unordered_map<int64_t, Sequence> seqs_;
   std::vector<int32_t> slots_, pos_;  // scratch for store()
-  int eviction_override_ = 0;         // BATCHMAX_EVICTION: 1 host, 2 device
+  bool device_eviction_ = false;      // eviction_on_device() when the cache was made
   std::vector<EvictTask> tasks_;
   Tensor own_scratch_;  // when the caller's scratch cannot hold one sequence's mass
   bool dev_batched_ = false;       // this step scores every layer, then evicts all at once

@@ -240,7 +240,7 @@ void Model::reserve_workspace(int64_t T) {
   // 16 MiB: every layer's mass of a few sequences of budget + chunk entries (evicted in
   // one launch), and at least one layer of one sequence at full context (more are scored
   // in groups). Backends that select on the host need none.
-  if (backend_.prefers_device_eviction())
+  if (eviction_on_device(backend_))
     ws.scores = backend_.alloc(GgmlType::F32, 1,
                                std::max<int64_t>(int64_t(4) << 20, hp_.n_head_kv * hp_.n_ctx_train));
   ws.capacity = T;

@@ -28,6 +28,7 @@ struct PathRun {
 PathRun run_path(Model& model, Backend& be, const char* eviction,
         const std::vector<KVCompression>& comps, const std::vector<std::vector<int32_t>>& prompts,
         int decode_steps) {
+  // Set for the whole run: the model's first forward sizes the eviction scratch by it.
   setenv("BATCHMAX_EVICTION", eviction, 1);
   const HParams& hp = model.hparams();
   KVCacheConfig kc;
@@ -36,7 +37,6 @@ PathRun run_path(Model& model, Backend& be, const char* eviction,
   kc.head_dim = int(hp.head_dim);
   kc.n_blocks = 4096;
   PagedKVCache kv(be, kc);
-  unsetenv("BATCHMAX_EVICTION");
   PathRun out;
   const size_t n = comps.size();
   for (size_t i = 0; i < n; ++i) {
@@ -88,6 +88,7 @@ PathRun run_path(Model& model, Backend& be, const char* eviction,
       for (int h = 0; h < kc.n_kv_heads; ++h)
         out.positions.back().push_back(kv.positions(int64_t(i), l, h));
   }
+  unsetenv("BATCHMAX_EVICTION");
   return out;
 }
 
@@ -122,7 +123,14 @@ TEST(DeviceEviction, SameLogitsAndKeptPositionsAsHostSelection) {
       ++k;
     }
   const PathRun host = run_path(model, *be, "host", comps, prompts, 30);
-  const PathRun dev = run_path(model, *be, "device", comps, prompts, 30);
+  // This model's workspace has no eviction scratch (sized under "host"): the cache
+  // scores and evicts layer by layer with a scratch of its own. A model first run under
+  // "device" has one: every layer is scored into it and evicted in one call at the end.
+  const PathRun by_layer = run_path(model, *be, "device", comps, prompts, 30);
+  Model model_dev(hp, *be, 7);
+  const PathRun dev = run_path(model_dev, *be, "device", comps, prompts, 30);
+  ASSERT_EQ(by_layer.logits, dev.logits);
+  ASSERT_EQ(by_layer.positions, dev.positions);
   for (size_t i = 0; i < comps.size(); ++i) {
     EXPECT_FALSE(host.on_device[i]);
     EXPECT_EQ(dev.on_device[i], comps[i].policy != "h2o") << comps[i].policy;  // h2o keeps state
