@@ -5,6 +5,7 @@
 #include "backend/backend_registry.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <unordered_set>
@@ -29,12 +30,24 @@ void throw_cuda(cudaError_t e, const char* what, const char* file, int line) {
 
 namespace {
 
+// BATCHMAX_CUDA_MEMLOG=1: every device allocation to stderr (what the planner missed).
+bool memlog() {
+  static const bool on = [] {
+    const char* e = std::getenv("BATCHMAX_CUDA_MEMLOG");
+    return e && *e && *e != '0';
+  }();
+  return on;
+}
+
 // Device memory that grows and never shrinks (reused scratch).
 struct DeviceBuffer {
+  const char* name = "scratch";
   void* p = nullptr;
   size_t cap = 0;
   void* get(size_t n) {
     if (n > cap) {
+      if (memlog())
+        std::fprintf(stderr, "[cuda mem] %s: %zu -> %zu bytes\n", name, cap, std::max(n, cap * 2));
       if (p) BMX_CUDA(cudaFree(p));  // cudaFree waits for work that may still read it
       p = nullptr;
       cap = std::max(n, cap * 2);
@@ -60,6 +73,13 @@ class CudaBackend final : public Backend {
     cudaDeviceProp prop{};
     BMX_CUDA(cudaGetDeviceProperties(&prop, device_));
     name_ = std::string("cuda:") + std::to_string(device_) + " (" + prop.name + ")";
+    weight_stage_.name = "weight stage";
+    move_scratch_.name = "kv_move scratch";
+    scores_out_.name = "scores out";
+    attn_scratch_.name = "attention split-KV";
+    small_out_.name = "small out";
+    evict_keys_.name = "evict keys";
+    scores_part_.name = "scores partials";
   }
 
   ~CudaBackend() override {
@@ -392,6 +412,7 @@ class CudaBackend final : public Backend {
 
  private:
   void* device_alloc(size_t n) {
+    if (memlog()) std::fprintf(stderr, "[cuda mem] alloc %zu bytes\n", n);
     void* p = nullptr;
     BMX_CUDA(cudaMalloc(&p, n));
     owned_.insert(p);
