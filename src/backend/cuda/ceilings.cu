@@ -35,7 +35,6 @@ double median_ms(cudaStream_t s, int warmup, int reps, F&& f) {
 }  // namespace
 
 CudaCeilings measure_ceilings(int device) {
-  cuda::eager_module_loading();
   CudaCeilings c;
   BMX_CUDA(cudaSetDevice(device));
   cudaDeviceProp prop{};
@@ -73,7 +72,6 @@ CudaCeilings measure_ceilings(int device) {
 }
 
 CudaMemoryInfo cuda_memory_info(int device) {
-  cuda::eager_module_loading();
   BMX_CUDA(cudaSetDevice(device));
   size_t free_b = 0, total_b = 0;
   BMX_CUDA(cudaMemGetInfo(&free_b, &total_b));

@@ -18,11 +18,6 @@
 namespace batchmax {
 namespace cuda {
 
-void eager_module_loading() {
-  static const bool once = [] { return setenv("CUDA_MODULE_LOADING", "EAGER", 0) == 0; }();
-  (void)once;
-}
-
 void throw_cuda(cudaError_t e, const char* what, const char* file, int line) {
   throw Error(std::string("CUDA error ") + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) +
               ") in " + what + " at " + file + ":" + std::to_string(line));
@@ -63,7 +58,6 @@ struct DeviceBuffer {
 class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(const CudaBackendOptions& o) : device_(o.device) {
-    eager_module_loading();
     BMX_CUDA(cudaSetDevice(device_));
     BMX_CUDA(cudaFree(nullptr));  // creates the context, so the baseline includes it
     baseline_used_ = device_used();
@@ -559,7 +553,6 @@ std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& opts) {
 }
 
 int cuda_device_count() {
-  cuda::eager_module_loading();
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess) {
     cudaGetLastError();  // clear the sticky-free error so later calls start clean

@@ -14,10 +14,6 @@
 
 namespace batchmax::cuda {
 
-// Asks the runtime to load every kernel when the context is created (before any CUDA
-// call of the process; a user's CUDA_MODULE_LOADING wins): lazily loaded kernels take
-// device memory at their first launch, after the memory planner measured what it plans.
-void eager_module_loading();
 [[noreturn]] void throw_cuda(cudaError_t e, const char* what, const char* file, int line);
 
 #define BMX_CUDA(call)                                                           \
