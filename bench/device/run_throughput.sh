@@ -11,7 +11,9 @@
 # usage: bench/device/run_throughput.sh [bin-dir]
 # env:   REQ_LIMITED (512), REQ_FULL (512): requests per workload; TIME_LIMIT (0): seconds
 #        per configuration before it stops and reports what it did; COMMIT; SKIP_SMOKE=1;
-#        STAGES (default "smoke limited full").
+#        STAGES (default "smoke limited full"); LIMITED_MODES, LIMITED_BUDGETS, FULL_MODES,
+#        FULL_BUDGETS (the defaults above); TAG (file name suffix); BATCHMAX_PROFILE=1 adds
+#        the per-step profile to the logs (and slows the run: it synchronises).
 set -uo pipefail
 BIN=${1:-build-cuda}/batchmax
 OUT=${OUT:-throughput_out}
@@ -19,6 +21,11 @@ REQ_LIMITED=${REQ_LIMITED:-512}
 REQ_FULL=${REQ_FULL:-512}
 TIME_LIMIT=${TIME_LIMIT:-0}
 STAGES=${STAGES:-smoke limited full}
+LIMITED_MODES=${LIMITED_MODES:-full,post-prefill,batchmax}
+LIMITED_BUDGETS=${LIMITED_BUDGETS:-256,512,1024}
+FULL_MODES=${FULL_MODES:-full,batchmax}
+FULL_BUDGETS=${FULL_BUDGETS:-512}
+TAG=${TAG:-}
 COMMIT=${COMMIT:-$(cat COMMIT 2>/dev/null || git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 mkdir -p "$OUT"
 
@@ -42,14 +49,16 @@ for stage in $STAGES; do
         --out "$OUT/smoke.json" 2>&1 | tee "$OUT/smoke.log" || rc=1 ;;
     limited)
       "$BIN" bench "${common[@]}" -n "$REQ_LIMITED" --input-len 4096 --output-len 512 \
-        --mem-budget 24GiB --modes full,post-prefill,batchmax --kv-budgets 256,512,1024 \
+        --mem-budget 24GiB --modes "$LIMITED_MODES" --kv-budgets "$LIMITED_BUDGETS" \
         --chunk 512 --workload-name "W-limited n=$REQ_LIMITED in=4096 out=512" \
-        --out "$OUT/w_limited.json" --plot "$OUT/w_limited.svg" 2>&1 | tee "$OUT/w_limited.log" || rc=1 ;;
+        --out "$OUT/w_limited$TAG.json" --plot "$OUT/w_limited$TAG.svg" > "$OUT/w_limited$TAG.log" 2>&1 || rc=1
+      tail -n 20 "$OUT/w_limited$TAG.log" ;;
     full)
       "$BIN" bench "${common[@]}" -n "$REQ_FULL" --input-len 4096 --output-len 256 \
-        --mem-fraction 0.9 --modes full,batchmax --kv-budgets 512 --chunk 512 \
+        --mem-fraction 0.9 --modes "$FULL_MODES" --kv-budgets "$FULL_BUDGETS" --chunk 512 \
         --workload-name "W-full n=$REQ_FULL in=4096 out=256" \
-        --out "$OUT/w_full.json" --plot "$OUT/w_full.svg" 2>&1 | tee "$OUT/w_full.log" || rc=1 ;;
+        --out "$OUT/w_full$TAG.json" --plot "$OUT/w_full$TAG.svg" > "$OUT/w_full$TAG.log" 2>&1 || rc=1
+      tail -n 20 "$OUT/w_full$TAG.log" ;;
   esac
 done
 exit $rc

@@ -77,6 +77,32 @@ struct AttentionParams {
   float scale = 0;  // usually 1/sqrt(head_dim)
 };
 
+// Eviction done where the pool lives (Backend::evict): the policies whose scores need no
+// state across steps. Each matches its host policy (src/kv/policies/) exactly.
+enum class EvictScore : int32_t {
+  Mass = 0,        // tova: the observed attention mass
+  PooledMass = 1,  // snapkv: the mass max-pooled over `pool_kernel` neighbouring entries
+  Recency = 2,     // window: the entry's position
+  NegKeyNorm = 3,  // knorm: minus the L2 norm of the key
+  Random = 4,      // random: a hash of (seed, position)
+};
+
+// One (sequence, layer, KV head) to shrink from n_entries to `keep` entries by
+// select_keep()'s rule (kv/eviction_policy.h): positions < sinks and the last `window`
+// entries first, then the best scores (ties: the later entry); the kept entries are
+// packed to the front of the head's blocks in their order.
+struct EvictTask {
+  std::span<const int32_t> blocks;
+  int32_t n_entries = 0;
+  int32_t keep = 0;
+  EvictScore score = EvictScore::PooledMass;
+  int32_t pool_kernel = 1;  // PooledMass: odd width
+  int32_t sinks = 0;
+  int32_t window = 0;
+  uint64_t seed = 0;        // Random
+  int64_t mass_row = -1;    // Mass/PooledMass: row of the mass tensor (n_entries values)
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -120,6 +146,9 @@ class Backend {
   virtual void add(Tensor& x, const Tensor& y) = 0;
   // out[i] = x[rows[i]]
   virtual void gather_rows(const Tensor& x, std::span<const int32_t> rows, Tensor& out) = 0;
+  // out[r] (host memory) = index of the largest value of F32 row r, the first on ties
+  // (greedy sampling without taking the logits to the host).
+  virtual void argmax_rows(const Tensor& x, int32_t* out) = 0;
 
   // KV pool
   virtual KVPoolView alloc_kv_pool(GgmlType type, int64_t n_blocks, int block_tokens,
@@ -149,6 +178,25 @@ class Backend {
   // L2 norm of each entry's key: out (host) gets `n_entries` floats for the given blocks.
   virtual void key_norms(const KVPoolView& pool, std::span<const int32_t> blocks,
                          int64_t n_entries, float* out) = 0;
+  // Positions of a head's first n_entries entries (host `out`).
+  virtual void kv_positions(const KVPoolView& pool, std::span<const int32_t> blocks,
+                            int64_t n_entries, int32_t* out) = 0;
+
+  // Eviction without the host (DESIGN.md section 1, the CUDA issue's item 3):
+  // attention_scores into a backend tensor of F32 rows [i * n_kv_heads + h] (cols >= the
+  // entries; zeroed first), then evict() selects and compacts every task in place. The
+  // caller learns nothing back: each task ends with exactly min(n_entries, keep) entries.
+  virtual void attention_scores_to(const Tensor& q, std::span<const AttentionSeq> seqs,
+                                   const AttentionParams& p, const KVPoolView& pool,
+                                   Tensor& out) = 0;
+  virtual void evict(std::span<const EvictTask> tasks, const Tensor* mass, KVPoolView& pool) = 0;
+  // Allocates now the scratch that steps of up to `max_rows` query rows with these
+  // attention shapes use (attention partials, score partials, eviction keys), so the
+  // memory planner measures it with the workspace; steps within the bounds reuse it.
+  virtual void reserve_step_scratch(int64_t max_rows, const AttentionParams& p) {}
+  // True where evict() saves host round trips (the pool is not in host memory), so the
+  // KV cache should prefer it to selecting on the host.
+  virtual bool prefers_device_eviction() const { return false; }
 };
 
 struct CpuBackendOptions {

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdio>
 
+#include "backend/step_profile.h"
 #include "core/format.h"
 
 namespace batchmax::bench {
@@ -106,6 +107,7 @@ BenchRow run_config(Engine& engine, const Workload& w, const KVSettings& kv,
       decode_bytes += weight_read + double(p.kv_bytes);
     }
   };
+  prof::reset();
   const auto t0 = Clock::now();
   std::vector<Output> outs;
   try {
@@ -114,6 +116,10 @@ BenchRow run_config(Engine& engine, const Workload& w, const KVSettings& kv,
     r.truncated = true;
   }
   r.wall_s = std::chrono::duration<double>(Clock::now() - t0).count();
+  if (prof::enabled())
+    std::fprintf(stderr, "profile of %s %s budget %lld chunk %lld (wall %.2f s):\n%s", r.mode.c_str(),
+                 r.policy.c_str(), static_cast<long long>(r.kv_budget),
+                 static_cast<long long>(r.chunk), r.wall_s, prof::report().c_str());
 
   r.steps = last.steps;
   r.max_batch = last.max_running;

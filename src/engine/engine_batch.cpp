@@ -232,6 +232,9 @@ class EngineBatch final : public Engine::Batch {
         b.tokens = std::span<const int32_t>(&decode_tokens[it.seq], 1);
         b.want_logits = true;
       }
+      // Greedy without logprobs: the backend returns the argmax instead of the logits row.
+      b.argmax_only = s.request.sampling.temperature <= 0 && s.request.logprobs < 0 &&
+                      !opts.keep_last_logits && !opts.keep_step_logits;
       kv_.prepare(s.seq_id, it.n_tokens,
                   !it.prefill ? StepPhase::Decode
                               : (it.last_chunk ? StepPhase::LastPrefill : StepPhase::Prefill));
@@ -259,7 +262,7 @@ class EngineBatch final : public Engine::Batch {
     }
 
     const int64_t V = e_.model().hparams().n_vocab;
-    size_t li = 0;  // logits row
+    size_t li = 0, ai = 0;  // logits row, argmax entry
     for (size_t k = 0; k < items.size(); ++k) {
       const StepItem& it = items[k];
       const SeqBatch& b = batch[k];
@@ -281,12 +284,16 @@ class EngineBatch final : public Engine::Batch {
       } else if (!b.want_logits) {
         continue;
       }
-      std::span<const float> row(logits.data() + li * V, size_t(V));
-      ++li;
-      if (it.prefill && opts.keep_last_logits) s.out.last_logits.assign(row.begin(), row.end());
-      if (opts.keep_step_logits) s.out.step_logits.emplace_back(row.begin(), row.end());
       s.progress.decoding = true;
-      accept_token(s, s.sampler->sample(row), row);
+      if (b.argmax_only && !b.all_logits) {
+        accept_token(s, e_.model().argmax()[ai++], {});
+      } else {
+        std::span<const float> row(logits.data() + li * V, size_t(V));
+        ++li;
+        if (it.prefill && opts.keep_last_logits) s.out.last_logits.assign(row.begin(), row.end());
+        if (opts.keep_step_logits) s.out.step_logits.emplace_back(row.begin(), row.end());
+        accept_token(s, s.sampler->sample(row), row);
+      }
       ++prog_.generated_tokens;
     }
 
@@ -297,7 +304,8 @@ class EngineBatch final : public Engine::Batch {
   }
 
   // Appends a sampled token, decides whether the request is finished and streams the
-  // text that became final.
+  // text that became final. row: the token's logits (empty for argmax-only rows, which
+  // never ask for logprobs).
   void accept_token(Running& s, int32_t tok, std::span<const float> row) {
     const Request& r = s.request;
     Output& o = s.out;

@@ -16,6 +16,10 @@ struct KVAppend {
   std::span<const int32_t> pos;  // true positions, n_tokens of them
 };
 
+// Whether eviction runs on the backend (Backend::evict) rather than selecting on the host:
+// Backend::prefers_device_eviction(), unless BATCHMAX_EVICTION=host or =device says.
+bool eviction_on_device(const Backend& backend);
+
 class KVCache {
  public:
   virtual ~KVCache() = default;
@@ -28,12 +32,14 @@ class KVCache {
   virtual void attention_view(int layer, int64_t seq_id, AttentionSeq& out) const = 0;
   virtual const KVPoolView& pool() const = 0;
 
-  // Eviction policies read attention probabilities. For this step, the sequence's last
-  // `count` queries (of its rows in the step) are to be observed; 0 when none.
-  virtual int64_t score_queries(int64_t seq_id) const { return 0; }
-  // The attention mass the observed queries gave each entry of `layer`: n_kv_heads rows
-  // of `stride` floats (host memory), as Backend::attention_scores writes them.
-  virtual void observe_scores(int layer, int64_t seq_id, const float* mass, int64_t stride) {}
+  // Called after each layer's attention with the step's queries (seqs[i] is sequence
+  // seq_ids[i], as attention saw it): eviction policies read the attention mass here, and
+  // a cache may already evict this layer, which the step does not read again. `scratch`
+  // (contiguous F32, backend memory, from the model's workspace so the memory planner
+  // counts it) may hold the mass.
+  virtual void after_attention(int layer, const Tensor& q, std::span<const int64_t> seq_ids,
+                               std::span<const AttentionSeq> seqs, const AttentionParams& ap,
+                               Tensor& scratch) {}
 };
 
 }  // namespace batchmax

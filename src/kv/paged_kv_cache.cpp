@@ -1,8 +1,11 @@
 #include "kv/paged_kv_cache.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 
+#include "backend/step_profile.h"
 #include "core/error.h"
 
 namespace batchmax {
@@ -18,9 +21,22 @@ PagedKVCache::PagedKVCache(Backend& backend, const KVCacheConfig& cfg)
   if (cfg.n_layer <= 0 || cfg.n_kv_heads <= 0 || cfg.head_dim <= 0 || cfg.block_tokens <= 0)
     throw Error("kv cache: bad configuration");
   pool_view_ = backend_.alloc_kv_pool(cfg.type, cfg.n_blocks, cfg.block_tokens, cfg.head_dim);
+  device_eviction_ = eviction_on_device(backend_);
 }
 
-PagedKVCache::~PagedKVCache() { backend_.free_kv_pool(pool_view_); }
+bool eviction_on_device(const Backend& backend) {
+  if (const char* e = std::getenv("BATCHMAX_EVICTION")) {
+    if (!std::strcmp(e, "host")) return false;
+    if (!std::strcmp(e, "device")) return true;
+    if (*e) throw Error(std::string("BATCHMAX_EVICTION must be 'host' or 'device', not '") + e + "'");
+  }
+  return backend.prefers_device_eviction();
+}
+
+PagedKVCache::~PagedKVCache() {
+  if (own_scratch_.data) backend_.free(own_scratch_);
+  backend_.free_kv_pool(pool_view_);
+}
 
 int64_t PagedKVCache::blocks_for_entries(int64_t entries) const {
   int64_t per_head = (entries + cfg_.block_tokens - 1) / cfg_.block_tokens;
@@ -46,6 +62,8 @@ bool PagedKVCache::add_sequence(int64_t seq_id, int64_t max_entries, const KVCom
   s.reserved = need;
   s.comp = comp;
   if (comp.evicts()) s.policy = make_policy(comp.policy, comp.params);
+  if (s.policy && !s.policy->keeps_state())
+    s.device = device_eviction_;
   seqs_.emplace(seq_id, std::move(s));
   return true;
 }
@@ -115,7 +133,12 @@ void PagedKVCache::observe_scores(int layer, int64_t seq_id, const float* mass, 
 
 void PagedKVCache::commit(int64_t seq_id) {
   Sequence& s = seq(seq_id);
-  if (s.evict_after) evict(s);
+  if (s.evict_after && s.device) {
+    ++s.stats.evictions;  // the layers were evicted in after_attention()
+  } else if (s.evict_after) {
+    prof::Scope sc(prof::kCommit, backend_);
+    evict(s);
+  }
   s.evict_after = false;
   s.observe = 0;
 }
@@ -153,21 +176,17 @@ void PagedKVCache::evict(Sequence& s) {
     }
     s.stats.evicted += n - int64_t(keep.size());
     t.pos.resize(keep.size());
+    t.n = int64_t(keep.size());
     if (!t.acc.empty()) t.acc.resize(keep.size());
     t.attn.clear();
-    const size_t need = (keep.size() + bt - 1) / bt;
-    while (t.blocks.size() > need) {
-      blocks_.release(t.blocks.back());
-      t.blocks.pop_back();
-      --s.held;
-      // The block stays promised to this sequence: it will grow again.
-      if (!blocks_.reserve(1)) throw Error("kv cache: lost a block while compacting");
-      ++s.reserved;
-    }
+    shrink_blocks(s, t);
   }
   ++s.stats.evictions;
   // Moves are applied in order; a destination never precedes its source in the head.
-  if (!src.empty()) backend_.kv_move(src, dst, pool_view_);
+  if (!src.empty()) {
+    prof::Scope sc(prof::kMove, backend_);
+    backend_.kv_move(src, dst, pool_view_);
+  }
 }
 
 int64_t PagedKVCache::n_entries(int64_t seq_id, int layer, int head) const {
@@ -175,7 +194,217 @@ int64_t PagedKVCache::n_entries(int64_t seq_id, int layer, int head) const {
 }
 
 std::vector<int32_t> PagedKVCache::positions(int64_t seq_id, int layer, int head) const {
-  return seq(seq_id).heads[size_t(layer) * cfg_.n_kv_heads + head].pos;
+  const Sequence& s = seq(seq_id);
+  const HeadTable& t = s.heads[size_t(layer) * cfg_.n_kv_heads + head];
+  if (!s.device) return t.pos;
+  std::vector<int32_t> out(size_t(t.n));
+  if (t.n) backend_.kv_positions(pool_view_, t.blocks, t.n, out.data());
+  return out;
+}
+
+void PagedKVCache::shrink_blocks(Sequence& s, HeadTable& t) {
+  const size_t need = size_t((t.n + cfg_.block_tokens - 1) / cfg_.block_tokens);
+  while (t.blocks.size() > need) {
+    blocks_.release(t.blocks.back());
+    t.blocks.pop_back();
+    --s.held;
+    // The block stays promised to this sequence: it will grow again.
+    if (!blocks_.reserve(1)) throw Error("kv cache: lost a block while compacting");
+    ++s.reserved;
+  }
+}
+
+void PagedKVCache::after_attention(int layer, const Tensor& q, std::span<const int64_t> seq_ids,
+                                   std::span<const AttentionSeq> seqs, const AttentionParams& ap,
+                                   Tensor& scratch) {
+  if (seq_ids.size() != seqs.size()) throw Error("kv cache: after_attention: ids and sequences differ");
+  // Host selection: each sequence's last `score_queries` queries, their mass to the host.
+  std::vector<size_t> scored, device;
+  std::vector<AttentionSeq> score_seqs;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const Sequence& s = seq(seq_ids[i]);
+    if (!s.policy) continue;
+    if (s.device) {
+      if (s.evict_after) device.push_back(i);
+      continue;
+    }
+    const int64_t cnt = std::min<int64_t>(s.observe, seqs[i].n_q);
+    if (cnt <= 0) continue;
+    scored.push_back(i);
+    AttentionSeq a = seqs[i];
+    a.q_begin += a.n_q - cnt;
+    a.q_pos += a.n_q - cnt;
+    a.n_q = cnt;
+    score_seqs.push_back(std::move(a));
+  }
+  if (!scored.empty()) {
+    prof::Scope sc(prof::kScores, backend_);
+    int64_t stride = 0;
+    for (const AttentionSeq& a : score_seqs)
+      for (int32_t e : a.head_entries) stride = std::max<int64_t>(stride, e);
+    std::vector<std::vector<float>> mass(scored.size());
+    std::vector<float*> mass_ptr(scored.size());
+    for (size_t j = 0; j < scored.size(); ++j) {
+      mass[j].assign(size_t(stride * ap.n_kv_heads), 0.0f);
+      mass_ptr[j] = mass[j].data();
+    }
+    backend_.attention_scores(q, score_seqs, ap, pool_view_, mass_ptr, stride);
+    for (size_t j = 0; j < scored.size(); ++j)
+      observe_scores(layer, seq_ids[scored[j]], mass[j].data(), stride);
+  }
+  if (device.empty()) return;
+  const int nh = cfg_.n_kv_heads;
+  // Entries are the same in every (layer, head) of a sequence at this point of a step.
+  auto stride_of = [&](std::span<const size_t> which) {
+    int64_t st = 1;
+    for (size_t i : which)
+      for (int32_t e : seqs[i].head_entries) st = std::max<int64_t>(st, e);
+    return st;
+  };
+  const int64_t cap = scratch.data && scratch.type == GgmlType::F32 ? scratch.rows * scratch.cols : 0;
+  if (layer == 0) {
+    // All layers' mass fits the scratch: score each layer into its own region and evict
+    // every layer in one launch after the last (a launch of n_layer x more CTAs; the
+    // layers are not read again in this step). Otherwise layer by layer, in groups.
+    dev_batched_ = int64_t(cfg_.n_layer) * int64_t(device.size()) * nh * stride_of(device) <= cap;
+    dev_rows_.clear();
+  }
+  if (dev_batched_) {
+    const int64_t stride = stride_of(device);
+    const int64_t rows = int64_t(device.size()) * nh;
+    Tensor region = scratch;
+    region.data = scratch.f32() + int64_t(layer) * rows * stride;
+    region.rows = rows;
+    region.cols = stride;
+    region.row_stride = size_t(stride) * sizeof(float);
+    std::vector<int64_t> mass_row = score_on_device(q, seq_ids, seqs, device, ap, region);
+    for (int64_t& r : mass_row)
+      if (r >= 0) r += int64_t(layer) * rows;
+    dev_rows_.insert(dev_rows_.end(), mass_row.begin(), mass_row.end());
+    if (layer + 1 < cfg_.n_layer) return;
+    Tensor mass = scratch;
+    mass.rows = int64_t(cfg_.n_layer) * rows;
+    mass.cols = stride;
+    mass.row_stride = size_t(stride) * sizeof(float);
+    evict_on_device(0, cfg_.n_layer, seq_ids, device, dev_rows_, &mass);
+    return;
+  }
+  // Layer by layer, in groups whose mass fits the scratch; one larger than it gets a
+  // scratch of its own (outside the planned workspace: the model sizes its scratch so
+  // this stays rare).
+  int64_t need_one = 1;
+  for (size_t i : device) need_one = std::max<int64_t>(need_one, stride_of({&i, 1}) * nh);
+  Tensor* use = &scratch;
+  if (cap < need_one) {
+    if (!own_scratch_.data || own_scratch_.cols < need_one) {
+      const int64_t n = std::max(need_one, 2 * own_scratch_.cols);
+      if (own_scratch_.data) backend_.free(own_scratch_);
+      own_scratch_ = backend_.alloc(GgmlType::F32, 1, n);
+    }
+    use = &own_scratch_;
+  }
+  const int64_t use_cap = use->rows * use->cols;
+  for (size_t g0 = 0; g0 < device.size();) {
+    size_t g1 = g0 + 1;
+    while (g1 < device.size() &&
+           int64_t(g1 - g0 + 1) * nh *
+                   stride_of(std::span<const size_t>(device.data() + g0, g1 - g0 + 1)) <= use_cap)
+      ++g1;
+    const std::span<const size_t> group(device.data() + g0, g1 - g0);
+    const int64_t stride = stride_of(group);
+    Tensor region = *use;
+    region.rows = int64_t(group.size()) * nh;
+    region.cols = stride;
+    region.row_stride = size_t(stride) * sizeof(float);
+    const std::vector<int64_t> mass_row = score_on_device(q, seq_ids, seqs, group, ap, region);
+    evict_on_device(layer, layer + 1, seq_ids, group, mass_row, &region);
+    g0 = g1;
+  }
+}
+
+// Attention mass of the observed queries of the `which` sequences into `out` (rows
+// j * n_kv_heads + h, cols >= their entries); returns each one's first row, or -1 where
+// its policy reads no mass.
+std::vector<int64_t> PagedKVCache::score_on_device(const Tensor& q, std::span<const int64_t> seq_ids,
+                                                   std::span<const AttentionSeq> seqs,
+                                                   std::span<const size_t> which,
+                                                   const AttentionParams& ap, Tensor& out) {
+  prof::Scope sc(prof::kScores, backend_);
+  const int nh = cfg_.n_kv_heads;
+  std::vector<AttentionSeq> score_seqs;
+  std::vector<int64_t> mass_row(which.size(), -1);
+  for (size_t j = 0; j < which.size(); ++j) {
+    const size_t i = which[j];
+    const int64_t cnt = std::min<int64_t>(seq(seq_ids[i]).observe, seqs[i].n_q);
+    if (cnt <= 0) continue;
+    mass_row[j] = int64_t(score_seqs.size()) * nh;
+    AttentionSeq a = seqs[i];
+    a.q_begin += a.n_q - cnt;
+    a.q_pos += a.n_q - cnt;
+    a.n_q = cnt;
+    score_seqs.push_back(std::move(a));
+  }
+  if (!score_seqs.empty()) {
+    Tensor t = out;
+    t.rows = int64_t(score_seqs.size()) * nh;
+    backend_.attention_scores_to(q, score_seqs, ap, pool_view_, t);
+  }
+  return mass_row;
+}
+
+// Selection and compaction stay on the backend (Backend::evict) for layers [l0, l1) of
+// the `which` sequences, mass row of (layer, j) at mass_row[(layer - l0) * which.size()
+// + j] + head; the host only sets the counts it knows in advance (min(entries, budget)).
+void PagedKVCache::evict_on_device(int l0, int l1, std::span<const int64_t> seq_ids,
+                                   std::span<const size_t> which,
+                                   std::span<const int64_t> mass_row, const Tensor* mass) {
+  prof::Scope sc(prof::kEvictLayer, backend_);
+  const int nh = cfg_.n_kv_heads;
+  tasks_.clear();
+  for (int l = l0; l < l1; ++l)
+    for (size_t j = 0; j < which.size(); ++j) {
+      Sequence& s = seq(seq_ids[which[j]]);
+      const EvictionParams& p = s.comp.params;
+      EvictScore kind;
+      const std::string& pol = s.comp.policy;
+      if (pol == "snapkv") kind = EvictScore::PooledMass;
+      else if (pol == "tova") kind = EvictScore::Mass;
+      else if (pol == "window") kind = EvictScore::Recency;
+      else if (pol == "knorm") kind = EvictScore::NegKeyNorm;
+      else if (pol == "random") kind = EvictScore::Random;
+      else throw Error("kv cache: policy " + pol + " cannot evict on the device");
+      const int64_t row = mass_row[size_t(l - l0) * which.size() + j];
+      for (int h = 0; h < nh; ++h) {
+        HeadTable& t = s.heads[size_t(l) * nh + h];
+        if (t.n <= p.budget) continue;
+        EvictTask task;
+        task.blocks = t.blocks;
+        task.n_entries = int32_t(t.n);
+        task.keep = int32_t(p.budget);
+        task.score = kind;
+        task.pool_kernel = p.pool_kernel;
+        task.sinks = int32_t(p.sinks);
+        task.window = int32_t(p.window);
+        task.seed = p.seed;
+        task.mass_row = row < 0 ? -1 : row + h;
+        tasks_.push_back(task);
+      }
+    }
+  if (tasks_.empty()) return;
+  backend_.evict(tasks_, mass, pool_view_);
+  // Blocks are returned only after the launch: the tasks' spans point into the tables.
+  for (int l = l0; l < l1; ++l)
+    for (size_t j = 0; j < which.size(); ++j) {
+      Sequence& s = seq(seq_ids[which[j]]);
+      const int64_t budget = s.comp.params.budget;
+      for (int h = 0; h < nh; ++h) {
+        HeadTable& t = s.heads[size_t(l) * nh + h];
+        if (t.n <= budget) continue;
+        s.stats.evicted += t.n - budget;
+        t.n = budget;
+        shrink_blocks(s, t);
+      }
+    }
 }
 
 const SequenceKVStats& PagedKVCache::stats(int64_t seq_id) const { return seq(seq_id).stats; }
@@ -199,7 +428,8 @@ void PagedKVCache::store(int layer, std::span<const KVAppend> appends, const Ten
     }
     for (int h = 0; h < nh; ++h) {
       HeadTable& t = heads[h];
-      t.pos.insert(t.pos.end(), a.pos.begin(), a.pos.begin() + a.n_tokens);
+      t.n += a.n_tokens;
+      if (!s.device) t.pos.insert(t.pos.end(), a.pos.begin(), a.pos.begin() + a.n_tokens);
       if (s.policy && s.policy->keeps_state()) t.acc.resize(t.pos.size(), 0.0f);
       s.stats.peak_entries = std::max(s.stats.peak_entries, t.entries());
     }

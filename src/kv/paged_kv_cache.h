@@ -64,8 +64,17 @@ class PagedKVCache : public KVCache {
              const Tensor& v) override;
   void attention_view(int layer, int64_t seq_id, AttentionSeq& out) const override;
   const KVPoolView& pool() const override { return pool_view_; }
-  int64_t score_queries(int64_t seq_id) const override;
-  void observe_scores(int layer, int64_t seq_id, const float* mass, int64_t stride) override;
+  void after_attention(int layer, const Tensor& q, std::span<const int64_t> seq_ids,
+                       std::span<const AttentionSeq> seqs, const AttentionParams& ap,
+                       Tensor& scratch) override;
+  // The step's last `score_queries` queries of the sequence are observed (0: none), and
+  // observe_scores() hands their mass to the policy (host selection).
+  int64_t score_queries(int64_t seq_id) const;
+  void observe_scores(int layer, int64_t seq_id, const float* mass, int64_t stride);
+  // Whether the sequence's eviction runs on the backend (Backend::evict): chosen at
+  // add_sequence from Backend::prefers_device_eviction() and the policy (h2o keeps
+  // per-entry state on the host); BATCHMAX_EVICTION=host or =device overrides.
+  bool evicts_on_device(int64_t seq_id) const { return seq(seq_id).device; }
 
   const KVCacheConfig& config() const { return cfg_; }
   const BlockPool& blocks() const { return blocks_; }
@@ -75,10 +84,11 @@ class PagedKVCache : public KVCache {
  private:
   struct HeadTable {
     std::vector<int32_t> blocks;
-    std::vector<int32_t> pos;   // positions of the entries (host mirror of the pool)
+    int64_t n = 0;              // entries
+    std::vector<int32_t> pos;   // positions of the entries (host mirror; host eviction only)
     std::vector<float> acc;     // policy state (h2o)
     std::vector<float> attn;    // mass observed this step
-    int64_t entries() const { return int64_t(pos.size()); }
+    int64_t entries() const { return n; }
   };
   struct Sequence {
     std::vector<HeadTable> heads;  // [layer * n_kv_heads + head]
@@ -89,10 +99,20 @@ class PagedKVCache : public KVCache {
     SequenceKVStats stats;
     bool evict_after = false;      // planned by prepare()
     int64_t observe = 0;           // queries to observe this step
+    bool device = false;           // eviction by Backend::evict (no host mirror of pos)
   };
   Sequence& seq(int64_t id);
   const Sequence& seq(int64_t id) const;
   void evict(Sequence& s);
+  std::vector<int64_t> score_on_device(const Tensor& q, std::span<const int64_t> seq_ids,
+                                       std::span<const AttentionSeq> seqs,
+                                       std::span<const size_t> which, const AttentionParams& ap,
+                                       Tensor& out);
+  void evict_on_device(int l0, int l1, std::span<const int64_t> seq_ids,
+                       std::span<const size_t> which, std::span<const int64_t> mass_row,
+                       const Tensor* mass);
+  // Drops a head's blocks past what its entries need; they stay promised to the sequence.
+  void shrink_blocks(Sequence& s, HeadTable& t);
 
   Backend& backend_;
   KVCacheConfig cfg_;
@@ -100,6 +120,11 @@ class PagedKVCache : public KVCache {
   KVPoolView pool_view_;
   std::unordered_map<int64_t, Sequence> seqs_;
   std::vector<int32_t> slots_, pos_;  // scratch for store()
+  bool device_eviction_ = false;      // eviction_on_device() when the cache was made
+  std::vector<EvictTask> tasks_;
+  Tensor own_scratch_;  // when the caller's scratch cannot hold one sequence's mass
+  bool dev_batched_ = false;       // this step scores every layer, then evicts all at once
+  std::vector<int64_t> dev_rows_;  // their mass rows, per (layer, sequence)
 };
 
 }  // namespace batchmax

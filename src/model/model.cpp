@@ -3,10 +3,12 @@
 #include <algorithm>
 #include <cmath>
 #include <numbers>
+#include <optional>
 #include <string>
 
 #include "core/error.h"
 #include "format/gguf_reader.h"
+#include "backend/step_profile.h"
 #include "kv/kv_cache.h"
 
 namespace batchmax {
@@ -38,8 +40,9 @@ struct Model::Workspace {
   // thousands of rows would not fit anywhere.
   static constexpr int64_t kLogitRows = 64;
   Tensor last, normed, logits;
+  Tensor scores;  // eviction scratch: attention mass of the observed queries (KVCache)
   void release(Backend& b) {
-    for (Tensor* t : {&x, &h, &q, &k, &v, &attn, &gate, &up, &act, &last, &normed, &logits})
+    for (Tensor* t : {&x, &h, &q, &k, &v, &attn, &gate, &up, &act, &last, &normed, &logits, &scores})
       if (t->data) b.free(*t);
     capacity = 0;
   }
@@ -234,14 +237,30 @@ void Model::reserve_workspace(int64_t T) {
   ws.last = backend_.alloc(at, Workspace::kLogitRows, d);
   ws.normed = backend_.alloc(at, Workspace::kLogitRows, d);
   ws.logits = backend_.alloc(GgmlType::F32, Workspace::kLogitRows, hp_.n_vocab);
+  // 16 MiB: every layer's mass of a few sequences of budget + chunk entries (evicted in
+  // one launch), and at least one layer of one sequence at full context (more are scored
+  // in groups). Backends that select on the host need none.
+  if (eviction_on_device(backend_))
+    ws.scores = backend_.alloc(GgmlType::F32, 1,
+                               std::max<int64_t>(int64_t(4) << 20, hp_.n_head_kv * hp_.n_ctx_train));
   ws.capacity = T;
+  backend_.reserve_step_scratch(T, attention_params());
 }
 
 int64_t Model::weight_bytes() const { return w_->bytes; }
 
+AttentionParams Model::attention_params() const {
+  AttentionParams ap;
+  ap.n_heads = int(hp_.n_head);
+  ap.n_kv_heads = int(hp_.n_head_kv);
+  ap.head_dim = int(hp_.head_dim);
+  ap.scale = float(1.0 / std::sqrt(double(hp_.head_dim)));
+  return ap;
+}
+
 std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) {
   // Flatten the step: token ids and positions of every row, in batch order.
-  std::vector<int32_t> ids, pos, want_rows;
+  std::vector<int32_t> ids, pos, want_rows, argmax_rows;
   for (const SeqBatch& s : batch) {
     if (s.tokens.empty()) throw Error("forward: empty sequence chunk");
     for (size_t i = 0; i < s.tokens.size(); ++i) {
@@ -255,13 +274,26 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
     if (s.all_logits) {
       for (size_t i = 0; i < s.tokens.size(); ++i)
         want_rows.push_back(int32_t(ids.size() - s.tokens.size() + i));
+    } else if (s.want_logits && s.argmax_only) {
+      argmax_rows.push_back(int32_t(ids.size() - 1));
     } else if (s.want_logits) {
       want_rows.push_back(int32_t(ids.size() - 1));
     }
   }
   const int64_t T = int64_t(ids.size());
   if (T == 0) return {};
-  const int64_t hd = hp_.head_dim;
+  if (prof::enabled()) {
+    bool dec = false, pre = false;
+    for (const SeqBatch& s : batch) (s.tokens.size() == 1 && s.first_pos > 0 ? dec : pre) = true;
+    prof::forward_begin();
+    prof::set_step_kind(dec && pre ? prof::kMixed : (pre ? prof::kPrefill : prof::kDecode));
+    prof::count_step();
+  }
+  struct EndMark {
+    ~EndMark() { prof::forward_end(); }
+  } end_mark;
+  std::optional<prof::Scope> fwd_scope;
+  if (prof::enabled()) fwd_scope.emplace(prof::kForward, backend_);
 
   Workspace& ws = *ws_;
   if (T > ws.capacity) reserve_workspace(T);
@@ -282,28 +314,10 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
     seqs[i].q_pos = p.data();
     row += n;
   }
-  AttentionParams ap;
-  ap.n_heads = int(hp_.n_head);
-  ap.n_kv_heads = int(hp_.n_head_kv);
-  ap.head_dim = int(hd);
-  ap.scale = float(1.0 / std::sqrt(double(hd)));
+  const AttentionParams ap = attention_params();
 
-  // The queries whose attention mass the cache's eviction policy reads (the same in
-  // every layer of the step): each sequence's last `count` rows.
-  std::vector<size_t> scored;
-  std::vector<AttentionSeq> score_seqs;
-  for (size_t i = 0; i < batch.size(); ++i) {
-    int64_t cnt = std::min<int64_t>(kv.score_queries(batch[i].seq_id), seqs[i].n_q);
-    if (cnt <= 0) continue;
-    scored.push_back(i);
-    AttentionSeq s = seqs[i];
-    s.q_begin += s.n_q - cnt;
-    s.q_pos += s.n_q - cnt;
-    s.n_q = cnt;
-    score_seqs.push_back(std::move(s));
-  }
-  std::vector<std::vector<float>> mass(scored.size());
-  std::vector<float*> mass_ptr(scored.size());
+  std::vector<int64_t> seq_ids(batch.size());
+  for (size_t i = 0; i < batch.size(); ++i) seq_ids[i] = batch[i].seq_id;
 
   backend_.embed(w_->tok_embd, ids, x);
   for (int64_t l = 0; l < hp_.n_layer; ++l) {
@@ -317,21 +331,7 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
     kv.store(int(l), appends, k, v);
     for (size_t i = 0; i < batch.size(); ++i) kv.attention_view(int(l), batch[i].seq_id, seqs[i]);
     backend_.attention(q, seqs, ap, kv.pool(), attn);
-    if (!scored.empty()) {
-      int64_t stride = 0;
-      for (size_t j = 0; j < scored.size(); ++j) {
-        score_seqs[j].head_blocks = seqs[scored[j]].head_blocks;
-        score_seqs[j].head_entries = seqs[scored[j]].head_entries;
-        for (int32_t e : score_seqs[j].head_entries) stride = std::max<int64_t>(stride, e);
-      }
-      for (size_t j = 0; j < scored.size(); ++j) {
-        mass[j].assign(size_t(stride * hp_.n_head_kv), 0.0f);
-        mass_ptr[j] = mass[j].data();
-      }
-      backend_.attention_scores(q, score_seqs, ap, kv.pool(), mass_ptr, stride);
-      for (size_t j = 0; j < scored.size(); ++j)
-        kv.observe_scores(int(l), batch[scored[j]].seq_id, mass[j].data(), stride);
-    }
+    kv.after_attention(int(l), q, seq_ids, seqs, ap, ws.scores);
     backend_.matmul(attn, L.wo, nullptr, h);
     backend_.add(x, h);
     backend_.rms_norm(x, L.ffn_norm, hp_.rms_eps, h);
@@ -341,10 +341,13 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
     backend_.matmul(act, L.w_down, nullptr, h);
     backend_.add(x, h);
   }
-  if (want_rows.empty()) {
+  fwd_scope.reset();
+  argmax_.resize(argmax_rows.size());
+  if (want_rows.empty() && argmax_rows.empty()) {
     backend_.synchronize();  // the step's time is spent here, not in the next step's
     return {};
   }
+  prof::Scope logit_scope(prof::kLogits, backend_);
   const int64_t nw = int64_t(want_rows.size()), V = hp_.n_vocab;
   std::vector<float> out(size_t(nw * V));
   for (int64_t r0 = 0; r0 < nw; r0 += Workspace::kLogitRows) {
@@ -355,6 +358,16 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
     backend_.rms_norm(last, w_->output_norm, hp_.rms_eps, normed);
     backend_.matmul(normed, w_->lm_head, nullptr, logits);
     backend_.download(logits, out.data() + r0 * V);
+  }
+  // Greedy rows: only the winning id leaves the backend.
+  for (int64_t r0 = 0; r0 < int64_t(argmax_rows.size()); r0 += Workspace::kLogitRows) {
+    const int64_t n = std::min(Workspace::kLogitRows, int64_t(argmax_rows.size()) - r0);
+    Tensor last = ws.last.slice_rows(0, n), normed = ws.normed.slice_rows(0, n),
+           logits = ws.logits.slice_rows(0, n);
+    backend_.gather_rows(x, std::span<const int32_t>(argmax_rows.data() + r0, size_t(n)), last);
+    backend_.rms_norm(last, w_->output_norm, hp_.rms_eps, normed);
+    backend_.matmul(normed, w_->lm_head, nullptr, logits);
+    backend_.argmax_rows(logits, argmax_.data() + r0);
   }
   return out;
 }

@@ -20,6 +20,9 @@ struct SeqBatch {
   int64_t first_pos = 0;       // position of tokens[0]
   bool want_logits = false;    // logits of the last token of this chunk
   bool all_logits = false;     // logits of every token of this chunk (perplexity)
+  // With want_logits (and not all_logits): only the argmax of that row is wanted (greedy
+  // sampling); it is computed where the logits are and read from Model::argmax().
+  bool argmax_only = false;
 };
 
 struct ModelWeights;
@@ -39,8 +42,10 @@ class Model {
 
   // Runs one step over all sequences' tokens; returns logits on the host, n_vocab per
   // row, in batch order: every row of a sequence with all_logits, else its last row
-  // when want_logits.
+  // when want_logits and not argmax_only.
   std::vector<float> forward(std::span<const SeqBatch> batch, KVCache& kv);
+  // After forward(): the argmax (first on ties) of each argmax_only row, in batch order.
+  std::span<const int32_t> argmax() const { return argmax_; }
 
   // Allocates the activations of a step of `max_rows` tokens and the logits buffer, so
   // the memory planner can measure them before sizing the KV pool.
@@ -57,6 +62,8 @@ class Model {
   std::unique_ptr<ModelWeights> w_;
   struct Workspace;
   std::unique_ptr<Workspace> ws_;
+  std::vector<int32_t> argmax_;
+  AttentionParams attention_params() const;
 };
 
 }  // namespace batchmax

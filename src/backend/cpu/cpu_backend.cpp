@@ -1,5 +1,6 @@
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cpu/attention_scores.h"
+#include "kv/eviction_policy.h"
 
 #include <algorithm>
 #include <cstdlib>
@@ -387,6 +388,81 @@ void CpuBackend::key_norms(const KVPoolView& pool, std::span<const int32_t> bloc
                            int64_t n_entries, float* out) {
   require(n_entries <= int64_t(blocks.size()) * pool.block_tokens, "key_norms: more entries than blocks");
   cpu::key_norms(pool, blocks, n_entries, out);
+}
+
+void CpuBackend::argmax_rows(const Tensor& x, int32_t* out) {
+  require_f32(x, "argmax_rows: input must be F32");
+  for (int64_t r = 0; r < x.rows; ++r) {
+    const float* v = static_cast<const float*>(x.row(r));
+    int32_t best = 0;
+    for (int64_t i = 1; i < x.cols; ++i)
+      if (v[i] > v[best]) best = int32_t(i);
+    out[r] = best;
+  }
+}
+
+void CpuBackend::kv_positions(const KVPoolView& pool, std::span<const int32_t> blocks,
+                              int64_t n_entries, int32_t* out) {
+  require(n_entries <= int64_t(blocks.size()) * pool.block_tokens, "kv_positions: more entries than blocks");
+  for (int64_t e = 0; e < n_entries; ++e) {
+    const int32_t b = blocks[size_t(e / pool.block_tokens)];
+    require(b >= 0 && b < pool.n_blocks, "kv_positions: block id out of range");
+    out[e] = pool.pos[int64_t(b) * pool.block_tokens + e % pool.block_tokens];
+  }
+}
+
+void CpuBackend::attention_scores_to(const Tensor& q, std::span<const AttentionSeq> seqs,
+                                     const AttentionParams& p, const KVPoolView& pool, Tensor& out) {
+  require_f32(out, "attention_scores_to: output must be F32");
+  require(out.rows >= int64_t(seqs.size()) * p.n_kv_heads, "attention_scores_to: too few output rows");
+  require(out.row_stride == size_t(out.cols) * 4, "attention_scores_to: output must be contiguous");
+  for (int64_t r = 0; r < int64_t(seqs.size()) * p.n_kv_heads; ++r)
+    std::fill(out.row_f32(r), out.row_f32(r) + out.cols, 0.0f);
+  std::vector<float*> rows(seqs.size());
+  for (size_t i = 0; i < seqs.size(); ++i) rows[i] = out.row_f32(int64_t(i) * p.n_kv_heads);
+  attention_scores(q, seqs, p, pool, rows, out.cols);
+}
+
+void CpuBackend::evict(std::span<const EvictTask> tasks, const Tensor* mass, KVPoolView& pool) {
+  static const char* const names[] = {"tova", "snapkv", "window", "knorm", "random"};
+  std::vector<int32_t> pos, src, dst;
+  std::vector<float> attn, norms, scores;
+  for (const EvictTask& t : tasks) {
+    const int64_t n = t.n_entries;
+    require(n <= int64_t(t.blocks.size()) * pool.block_tokens, "evict: more entries than blocks");
+    require(int(t.score) >= 0 && int(t.score) <= 4, "evict: unknown score");
+    if (n <= t.keep) continue;
+    EvictionParams ep;
+    ep.budget = t.keep;
+    ep.sinks = t.sinks;
+    ep.window = t.window;
+    ep.pool_kernel = t.pool_kernel;
+    ep.seed = t.seed;
+    std::unique_ptr<EvictionPolicy> policy = make_policy(names[int(t.score)], ep);
+    pos.resize(n);
+    kv_positions(pool, t.blocks, n, pos.data());
+    attn.assign(size_t(n), 0.0f);
+    if (t.score == EvictScore::Mass || t.score == EvictScore::PooledMass) {
+      require(mass && mass->type == GgmlType::F32 && t.mass_row >= 0 && t.mass_row < mass->rows &&
+                  n <= mass->cols,
+              "evict: the policy needs a mass row");
+      std::copy(mass->row_f32(t.mass_row), mass->row_f32(t.mass_row) + n, attn.begin());
+    }
+    norms.assign(size_t(n), 0.0f);
+    if (t.score == EvictScore::NegKeyNorm) key_norms(pool, t.blocks, n, norms.data());
+    scores.resize(size_t(n));
+    policy->score(HeadEntries{pos, attn, norms, {}}, scores);
+    const std::vector<int32_t> keep = select_keep(pos, scores, ep);
+    src.clear();
+    dst.clear();
+    const int bt = pool.block_tokens;
+    for (size_t j = 0; j < keep.size(); ++j)
+      if (keep[j] != int32_t(j)) {
+        src.push_back(t.blocks[keep[j] / bt] * bt + keep[j] % bt);
+        dst.push_back(t.blocks[j / bt] * bt + int32_t(j % bt));
+      }
+    kv_move(src, dst, pool);  // in order: a destination never precedes its source
+  }
 }
 
 }  // namespace batchmax

@@ -32,6 +32,7 @@ class CpuBackend final : public Backend {
   void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) override;
   void add(Tensor& x, const Tensor& y) override;
   void gather_rows(const Tensor& x, std::span<const int32_t> rows, Tensor& out) override;
+  void argmax_rows(const Tensor& x, int32_t* out) override;
 
   // F32 or F16 storage. Unused slots hold position INT32_MAX (never visible).
   KVPoolView alloc_kv_pool(GgmlType type, int64_t n_blocks, int block_tokens, int head_dim) override;
@@ -47,6 +48,12 @@ class CpuBackend final : public Backend {
                         std::span<float* const> out, int64_t out_stride) override;
   void key_norms(const KVPoolView& pool, std::span<const int32_t> blocks, int64_t n_entries,
                  float* out) override;
+  void kv_positions(const KVPoolView& pool, std::span<const int32_t> blocks, int64_t n_entries,
+                    int32_t* out) override;
+  void attention_scores_to(const Tensor& q, std::span<const AttentionSeq> seqs,
+                           const AttentionParams& p, const KVPoolView& pool, Tensor& out) override;
+  // The host policies and select_keep() themselves: the reference for other backends.
+  void evict(std::span<const EvictTask> tasks, const Tensor* mass, KVPoolView& pool) override;
 
  private:
   void track(int64_t delta) {

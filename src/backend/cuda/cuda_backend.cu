@@ -5,6 +5,8 @@
 #include "backend/backend_registry.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <unordered_set>
 #include <vector>
@@ -23,12 +25,24 @@ void throw_cuda(cudaError_t e, const char* what, const char* file, int line) {
 
 namespace {
 
+// BATCHMAX_CUDA_MEMLOG=1: every device allocation to stderr (what the planner missed).
+bool memlog() {
+  static const bool on = [] {
+    const char* e = std::getenv("BATCHMAX_CUDA_MEMLOG");
+    return e && *e && *e != '0';
+  }();
+  return on;
+}
+
 // Device memory that grows and never shrinks (reused scratch).
 struct DeviceBuffer {
+  const char* name = "scratch";
   void* p = nullptr;
   size_t cap = 0;
   void* get(size_t n) {
     if (n > cap) {
+      if (memlog())
+        std::fprintf(stderr, "[cuda mem] %s: %zu -> %zu bytes\n", name, cap, std::max(n, cap * 2));
       if (p) BMX_CUDA(cudaFree(p));  // cudaFree waits for work that may still read it
       p = nullptr;
       cap = std::max(n, cap * 2);
@@ -53,6 +67,13 @@ class CudaBackend final : public Backend {
     cudaDeviceProp prop{};
     BMX_CUDA(cudaGetDeviceProperties(&prop, device_));
     name_ = std::string("cuda:") + std::to_string(device_) + " (" + prop.name + ")";
+    weight_stage_.name = "weight stage";
+    move_scratch_.name = "kv_move scratch";
+    scores_out_.name = "scores out";
+    attn_scratch_.name = "attention split-KV";
+    small_out_.name = "small out";
+    evict_keys_.name = "evict keys";
+    scores_part_.name = "scores partials";
   }
 
   ~CudaBackend() override {
@@ -237,9 +258,10 @@ class CudaBackend final : public Backend {
     for (const AttentionSeq& a : seqs)
       for (int32_t e : a.head_entries)
         if (e > out_stride) throw Error("cuda attention_scores: out_stride below the entries");
-    // One query vector per work item, all in the first list.
-    cuda::AttentionLaunch a = pack_attention(q, seqs, p, pool, 1, 1, INT64_MAX);
+    const int tile = cuda::attention_scores_tile();  // all work items in the first list
+    cuda::AttentionLaunch a = pack_attention(q, seqs, p, pool, tile, tile, INT64_MAX);
     if (a.n_small == 0) return;
+    a.scratch = [this](size_t n) { return scores_part_.get(n); };
     const size_t per_seq = size_t(p.n_kv_heads) * out_stride;
     float* d_out = static_cast<float*>(scores_out_.get(std::max<size_t>(seqs.size() * per_seq, 1) * 4));
     BMX_CUDA(cudaMemsetAsync(d_out, 0, seqs.size() * per_seq * 4, stream_));
@@ -256,6 +278,120 @@ class CudaBackend final : public Backend {
       }
   }
 
+  void argmax_rows(const Tensor& x, int32_t* out) override {
+    if (x.rows == 0) return;
+    int32_t* d = static_cast<int32_t*>(small_out_.get(size_t(x.rows) * 4));
+    cuda::launch_argmax_rows(x, d, stream_);
+    BMX_CUDA(cudaMemcpyAsync(out, d, size_t(x.rows) * 4, cudaMemcpyDeviceToHost, stream_));
+    BMX_CUDA(cudaStreamSynchronize(stream_));
+  }
+
+  void kv_positions(const KVPoolView& pool, std::span<const int32_t> blocks, int64_t n_entries,
+                    int32_t* out) override {
+    if (n_entries > int64_t(blocks.size()) * pool.block_tokens)
+      throw Error("cuda kv_positions: more entries than the blocks hold");
+    check_ids(blocks, pool.n_blocks, "kv_positions: block");
+    if (n_entries == 0) return;
+    int32_t* d = static_cast<int32_t*>(small_out_.get(size_t(n_entries) * 4));
+    cuda::launch_kv_positions(pool, put_ints({blocks}), n_entries, d, stream_);
+    BMX_CUDA(cudaMemcpyAsync(out, d, size_t(n_entries) * 4, cudaMemcpyDeviceToHost, stream_));
+    BMX_CUDA(cudaStreamSynchronize(stream_));
+  }
+
+  void attention_scores_to(const Tensor& q, std::span<const AttentionSeq> seqs,
+                           const AttentionParams& p, const KVPoolView& pool, Tensor& out) override {
+    const int64_t rows = int64_t(seqs.size()) * p.n_kv_heads;
+    if (out.type != GgmlType::F32 || out.rows < rows || out.row_stride != size_t(out.cols) * 4)
+      throw Error("cuda attention_scores_to: out must be contiguous F32 with a row per (sequence, KV head)");
+    for (const AttentionSeq& a : seqs)
+      for (int32_t e : a.head_entries)
+        if (e > out.cols) throw Error("cuda attention_scores_to: out has fewer columns than entries");
+    if (rows == 0) return;
+    BMX_CUDA(cudaMemsetAsync(out.data, 0, size_t(rows) * out.row_stride, stream_));
+    const int tile = cuda::attention_scores_tile();
+    cuda::AttentionLaunch a = pack_attention(q, seqs, p, pool, tile, tile, INT64_MAX);
+    if (a.n_small == 0) return;
+    a.scratch = [this](size_t n) { return scores_part_.get(n); };
+    a.meta = put_packed();
+    cuda::launch_attention_scores(q, a, p, pool, out.f32(), out.cols, stream_);
+  }
+
+  bool prefers_device_eviction() const override { return true; }
+
+  void reserve_step_scratch(int64_t max_rows, const AttentionParams& p) override {
+    if (cuda::flash_attention_supported(GgmlType::BF16, GgmlType::BF16, p.head_dim))
+      attn_scratch_.get(cuda::flash_decode_scratch_bound(p.head_dim, max_rows * p.n_kv_heads));
+    scores_part_.get(cuda::attention_scores_scratch_bytes());
+    evict_keys_.get(size_t(cuda::kEvictKeysPerLaunch) * sizeof(uint32_t));
+    small_out_.get(size_t(1) << 20);
+  }
+
+  void evict(std::span<const EvictTask> tasks, const Tensor* mass, KVPoolView& pool) override {
+    // Launches of at most kEvictKeysPerLaunch entries (the reserved key scratch).
+    size_t next = 0;
+    while (next < tasks.size()) {
+      int64_t keys_n = 0;
+      size_t end = next;
+      int count = 0;
+      for (; end < tasks.size(); ++end) {
+        const EvictTask& t = tasks[end];
+        if (t.n_entries <= t.keep) continue;
+        if (count > 0 && keys_n + t.n_entries > cuda::kEvictKeysPerLaunch) break;
+        keys_n += t.n_entries;
+        ++count;
+      }
+      evict_launch(tasks.subspan(next, end - next), count, mass, pool);
+      next = end;
+    }
+  }
+
+  void evict_launch(std::span<const EvictTask> tasks, int n_tasks, const Tensor* mass,
+                    KVPoolView& pool) {
+    if (n_tasks == 0) return;
+    const int ti = cuda::evict_task_ints();
+    std::vector<int32_t>& m = host_ints_;
+    m.clear();
+    m.resize(size_t(n_tasks) * ti);
+    int64_t key_off = 0;
+    int i = 0;
+    for (const EvictTask& t : tasks) {
+      if (t.n_entries <= t.keep) continue;
+      if (t.keep < 0 || int64_t(t.sinks) + t.window > t.keep || t.sinks < 0 || t.window < 0)
+        throw Error("cuda evict: keep must cover sinks + window");
+      if (int64_t(t.n_entries) > int64_t(t.blocks.size()) * pool.block_tokens)
+        throw Error("cuda evict: more entries than the blocks hold");
+      check_ids(t.blocks, pool.n_blocks, "evict: block");
+      const bool needs_mass = t.score == EvictScore::Mass || t.score == EvictScore::PooledMass;
+      if (int(t.score) < 0 || int(t.score) > 4) throw Error("cuda evict: unknown score");
+      if (needs_mass && (!mass || mass->type != GgmlType::F32 || t.mass_row < 0 ||
+                         t.mass_row >= mass->rows || t.n_entries > mass->cols ||
+                         mass->row_stride % 4))
+        throw Error("cuda evict: the policy needs a mass row of the entries");
+      if (needs_mass && (t.pool_kernel <= 0 || t.pool_kernel % 2 == 0))
+        throw Error("cuda evict: pool kernel must be odd");
+      int32_t* r = m.data() + size_t(i++) * ti;
+      r[0] = int32_t(m.size());
+      r[1] = t.n_entries;
+      r[2] = t.keep;
+      r[3] = needs_mass ? int32_t(t.mass_row) : -1;
+      r[4] = int32_t(t.score);
+      r[5] = t.pool_kernel / 2;
+      r[6] = t.sinks;
+      r[7] = t.window;
+      r[8] = int32_t(uint32_t(t.seed));
+      r[9] = int32_t(uint32_t(t.seed >> 32));
+      r[10] = int32_t(key_off);
+      r[11] = 0;
+      key_off += t.n_entries;
+      m.insert(m.end(), t.blocks.begin(), t.blocks.end());
+    }
+    if (m.size() > size_t(INT32_MAX) || key_off > INT32_MAX) throw Error("cuda evict: too many entries");
+    uint32_t* keys = static_cast<uint32_t*>(evict_keys_.get(size_t(key_off) * 4));
+    const int32_t* d = put_packed();
+    cuda::launch_evict(d, n_tasks, mass ? mass->f32() : nullptr,
+                       mass ? int64_t(mass->row_stride / 4) : 0, keys, pool, stream_);
+  }
+
   void key_norms(const KVPoolView& pool, std::span<const int32_t> blocks, int64_t n_entries,
                  float* out) override {
     if (n_entries > int64_t(blocks.size()) * pool.block_tokens)
@@ -270,6 +406,7 @@ class CudaBackend final : public Backend {
 
  private:
   void* device_alloc(size_t n) {
+    if (memlog()) std::fprintf(stderr, "[cuda mem] alloc %zu bytes\n", n);
     void* p = nullptr;
     BMX_CUDA(cudaMalloc(&p, n));
     owned_.insert(p);
@@ -332,7 +469,7 @@ class CudaBackend final : public Backend {
                                        const AttentionParams& p, const KVPoolView& pool,
                                        int small, int big, int64_t small_max);
 
-  DeviceBuffer weight_stage_, move_scratch_, scores_out_, attn_scratch_;
+  DeviceBuffer weight_stage_, move_scratch_, scores_out_, attn_scratch_, small_out_, evict_keys_, scores_part_;
   std::vector<int32_t> host_ints_, big_work_;
   std::vector<float> host_scores_;
 };

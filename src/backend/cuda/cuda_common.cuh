@@ -139,13 +139,29 @@ void launch_attention(const Tensor& q, const AttentionLaunch& a, const Attention
 // flash_attention.cu: the tensor-core path (bf16 q and pool; head_dim 64, 96, 128).
 bool flash_attention_supported(GgmlType q, GgmlType pool, int head_dim);
 AttentionTiles flash_attention_tiles();
+// The most split-KV scratch a decode launch of up to `max_items` work items can ask for.
+size_t flash_decode_scratch_bound(int head_dim, int64_t max_items);
 void launch_flash_attention(const Tensor& q, const AttentionLaunch& a, const AttentionParams& p,
                             const KVPoolView& pool, Tensor& out, cudaStream_t s);
 // scores_kernels.cu. a: one query vector per work item (all in the small list); d_out [n_seqs][n_kv][stride], zeroed.
+// Query vectors per work item that launch_attention_scores expects (pack with this tile);
+// a.scratch must be set (per-split partial sums).
+int attention_scores_tile();
+size_t attention_scores_scratch_bytes();  // what one launch's partial sums may take
 void launch_attention_scores(const Tensor& q, const AttentionLaunch& a, const AttentionParams& p,
                              const KVPoolView& pool, float* d_out, int64_t stride,
                              cudaStream_t s);
 void launch_key_norms(const KVPoolView& pool, const int32_t* d_blocks, int64_t n, float* d_out,
                       cudaStream_t s);
+
+// evict_kernels.cu. d_meta: evict_task_ints() ints per task (layout in the file), then
+// the block tables; d_keys: one uint32 per entry of every task (keys offsets in meta).
+int evict_task_ints();
+constexpr int64_t kEvictKeysPerLaunch = int64_t(1) << 20;  // entries of all tasks of a launch
+void launch_evict(const int32_t* d_meta, int n_tasks, const float* d_mass, int64_t mass_stride,
+                  uint32_t* d_keys, KVPoolView& pool, cudaStream_t s);
+void launch_argmax_rows(const Tensor& x, int32_t* d_out, cudaStream_t s);
+void launch_kv_positions(const KVPoolView& pool, const int32_t* d_blocks, int64_t n,
+                         int32_t* d_out, cudaStream_t s);
 
 }  // namespace batchmax::cuda

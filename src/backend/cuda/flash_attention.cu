@@ -18,6 +18,7 @@
 //     fill the GPU.
 // Work items and metadata: as in attention_kernels.cu.
 #include <algorithm>
+#include <type_traits>
 #include <climits>
 #include <cstdlib>
 
@@ -464,6 +465,27 @@ bool flash_attention_supported(GgmlType q, GgmlType pool, int head_dim) {
          (head_dim == 64 || head_dim == 96 || head_dim == 128);
 }
 AttentionTiles flash_attention_tiles() { return {kDecodeM, kPrefillM}; }
+
+size_t flash_decode_scratch_bound(int head_dim, int64_t max_items) {
+  auto bound = [&](auto hd_tag) {
+    constexpr int HD = decltype(hd_tag)::value;
+    using S = Shape<HD, 1, 4>;
+    const int slots = resident_ctas(flash_kernel<HD, 1, 4, 1>, S::kSmem);
+    size_t most = 0;
+    // Splits happen only below 4 waves; any entry count (the split count grows with it).
+    for (int64_t n = 1; n <= std::min<int64_t>(max_items, 4 * int64_t(slots)); ++n) {
+      const int sp = choose_splits(int(n), INT32_MAX / 2, slots);
+      if (sp > 1) most = std::max(most, size_t(n) * sp * kDecodeM * (HD + 2) * sizeof(float));
+    }
+    return most;
+  };
+  switch (head_dim) {
+    case 64: return bound(std::integral_constant<int, 64>{});
+    case 96: return bound(std::integral_constant<int, 96>{});
+    case 128: return bound(std::integral_constant<int, 128>{});
+    default: return 0;
+  }
+}
 
 void launch_flash_attention(const Tensor& q, const AttentionLaunch& L, const AttentionParams& p,
                             const KVPoolView& pool, Tensor& out, cudaStream_t s) {

@@ -1,5 +1,7 @@
 #include "backend/cuda/staging.h"
 
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "backend/cuda/cuda_common.cuh"
@@ -19,6 +21,8 @@ Staging::~Staging() {
 }
 
 void Staging::grow(size_t need, cudaStream_t s) {
+  if (const char* e = std::getenv("BATCHMAX_CUDA_MEMLOG"); e && *e && *e != '0')
+    std::fprintf(stderr, "[cuda mem] staging: half %zu -> >= %zu bytes\n", half_, need);
   BMX_CUDA(cudaStreamSynchronize(s));  // nothing in flight reads the old buffers
   cudaFree(dev_);
   cudaFreeHost(host_);

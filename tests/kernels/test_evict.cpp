@@ -1,0 +1,264 @@
+// Backend::evict (eviction without the host) against the host policies and select_keep()
+// on fresh random pools: the kept entries (K, V, position) must be exactly those of the
+// host selection, packed in order, and no other head may change. Runs on the CPU
+// backend (the reference path) always, on CUDA where a device is present; with
+// argmax_rows, kv_positions and attention_scores_to, the other ops device eviction uses.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstring>
+#include <random>
+
+#include "kernels/cuda_test_util.h"
+#include "kv/eviction_policy.h"
+
+namespace batchmax::cudatest {
+namespace {
+
+constexpr int kHeadDim = 128, kBlockTokens = 16;
+
+struct Head {
+  std::vector<int32_t> blocks;
+  std::vector<int32_t> pos;
+};
+
+const char* policy_of(EvictScore s) {
+  switch (s) {
+    case EvictScore::Mass: return "tova";
+    case EvictScore::PooledMass: return "snapkv";
+    case EvictScore::Recency: return "window";
+    case EvictScore::NegKeyNorm: return "knorm";
+    case EvictScore::Random: return "random";
+  }
+  return "?";
+}
+
+// Raw slot rows of a pool (K or V), as bytes.
+std::vector<uint8_t> pool_bytes(Backend& b, const KVPoolView& pool, void* base) {
+  const size_t eb = pool.type == GgmlType::F32 ? 4 : 2;
+  Tensor t;
+  t.data = base;
+  t.type = pool.type;
+  t.rows = pool.n_blocks * pool.block_tokens;
+  t.cols = pool.head_dim;
+  t.row_stride = size_t(pool.head_dim) * eb;
+  std::vector<uint8_t> out(t.bytes());
+  b.download(t, out.data());
+  return out;
+}
+
+void check_evict(Backend& b, GgmlType pool_type, std::mt19937& rng) {
+  auto randi = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  // Heads of various sizes; every score kind on several of them.
+  const std::vector<int> sizes = {17, 100, 600, 1040, 2100, 700, 577, 64, 1500, 333};
+  int64_t n_blocks = 0;
+  for (int n : sizes) n_blocks += (n + kBlockTokens - 1) / kBlockTokens;
+  n_blocks = n_blocks * 5 + 8;  // five kinds, a few spare blocks
+  KVPoolView pool = b.alloc_kv_pool(pool_type, n_blocks, kBlockTokens, kHeadDim);
+  // Blocks handed out in a shuffled order, as a used pool does.
+  std::vector<int32_t> free_blocks(n_blocks);
+  for (int64_t i = 0; i < n_blocks; ++i) free_blocks[i] = int32_t(i);
+  std::shuffle(free_blocks.begin(), free_blocks.end(), rng);
+
+  std::vector<Head> heads;
+  std::vector<EvictTask> tasks;
+  std::vector<std::vector<float>> mass_rows;
+  const EvictScore kinds[] = {EvictScore::Mass, EvictScore::PooledMass, EvictScore::Recency,
+                              EvictScore::NegKeyNorm, EvictScore::Random};
+  for (EvictScore kind : kinds)
+    for (int n : sizes) {
+      Head h;
+      for (int i = 0; i < (n + kBlockTokens - 1) / kBlockTokens; ++i) {
+        h.blocks.push_back(free_blocks.back());
+        free_blocks.pop_back();
+      }
+      // Increasing positions with gaps (earlier evictions), sometimes from 0 (sinks).
+      int32_t p = randi(0, 1) ? 0 : randi(0, 9);
+      for (int i = 0; i < n; ++i) {
+        h.pos.push_back(p);
+        p += randi(0, 3) ? 1 : randi(2, 40);
+      }
+      heads.push_back(h);
+      EvictTask t;
+      t.n_entries = n;
+      t.keep = std::min(n + randi(-1, 1) * 3, std::vector<int>{8, 64, 256, 512}[randi(0, 3)] + randi(0, 40));
+      t.keep = std::max(t.keep, 40);
+      t.score = kind;
+      t.pool_kernel = 2 * randi(0, 4) + 1;
+      t.sinks = randi(0, 8);
+      t.window = randi(0, 32);
+      t.seed = (uint64_t(rng()) << 32) | rng();
+      // Mass: continuous, or a few levels (many ties), or mostly zero.
+      std::vector<float> m(static_cast<size_t>(n));
+      const int style = randi(0, 2);
+      for (float& x : m) {
+        const float u = std::uniform_real_distribution<float>(0, 1)(rng);
+        x = style == 0 ? u : style == 1 ? std::floor(u * 4) / 4 : (u < 0.9f ? 0.0f : u);
+      }
+      t.mass_row = int64_t(mass_rows.size());
+      mass_rows.push_back(std::move(m));
+      tasks.push_back(t);
+    }
+  for (size_t i = 0; i < tasks.size(); ++i) tasks[i].blocks = heads[i].blocks;
+
+  // Fill every head's entries with random K/V through kv_store (one KV head per row).
+  int64_t rows = 0;
+  for (const Head& h : heads) rows += int64_t(h.pos.size());
+  std::vector<int32_t> slots, pos;
+  for (const Head& h : heads)
+    for (size_t e = 0; e < h.pos.size(); ++e) {
+      slots.push_back(h.blocks[e / kBlockTokens] * kBlockTokens + int32_t(e % kBlockTokens));
+      pos.push_back(h.pos[e]);
+    }
+  const GgmlType act = b.activation_type();
+  Tensor k = b.alloc(act, rows, kHeadDim), v = b.alloc(act, rows, kHeadDim);
+  for (Tensor* t : {&k, &v}) {
+    std::vector<float> x(size_t(rows * kHeadDim));
+    for (float& f : x) f = bf16_round(std::uniform_real_distribution<float>(-2, 2)(rng));
+    if (act == GgmlType::F32) {
+      b.upload(x.data(), *t);
+    } else {
+      std::vector<uint16_t> hx(x.size());
+      for (size_t i = 0; i < x.size(); ++i) hx[i] = fp32_to_bf16(x[i]);
+      b.upload(hx.data(), *t);
+    }
+  }
+  b.kv_store(k, v, 1, slots, pos, pool);
+  int64_t stride = 0;
+  for (const auto& m : mass_rows) stride = std::max<int64_t>(stride, int64_t(m.size()));
+  Tensor mass = b.alloc(GgmlType::F32, int64_t(mass_rows.size()), stride);
+  {
+    std::vector<float> flat(size_t(mass.rows * stride), 0.0f);
+    for (size_t r = 0; r < mass_rows.size(); ++r)
+      std::copy(mass_rows[r].begin(), mass_rows[r].end(), flat.begin() + r * stride);
+    b.upload(flat.data(), mass);
+  }
+
+  // What the host would keep.
+  const size_t rb = size_t(kHeadDim) * (pool_type == GgmlType::F32 ? 4 : 2);
+  const std::vector<uint8_t> k0 = pool_bytes(b, pool, pool.k), v0 = pool_bytes(b, pool, pool.v);
+  std::vector<std::vector<int32_t>> keep(tasks.size());
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    const EvictTask& t = tasks[i];
+    std::vector<int32_t> got_pos(t.n_entries);
+    b.kv_positions(pool, t.blocks, t.n_entries, got_pos.data());
+    ASSERT_EQ(got_pos, heads[i].pos) << "kv_positions, task " << i;
+    EvictionParams ep;
+    ep.budget = t.keep;
+    ep.sinks = t.sinks;
+    ep.window = t.window;
+    ep.pool_kernel = t.pool_kernel;
+    ep.seed = t.seed;
+    auto policy = make_policy(policy_of(t.score), ep);
+    std::vector<float> norms(size_t(t.n_entries));
+    b.key_norms(pool, t.blocks, t.n_entries, norms.data());
+    std::vector<float> scores(size_t(t.n_entries));
+    policy->score(HeadEntries{heads[i].pos, mass_rows[i], norms, {}}, scores);
+    keep[i] = select_keep(heads[i].pos, scores, ep);
+  }
+
+  b.evict(tasks, &mass, pool);
+  const std::vector<uint8_t> k1 = pool_bytes(b, pool, pool.k), v1 = pool_bytes(b, pool, pool.v);
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    const EvictTask& t = tasks[i];
+    const std::string what = std::string(policy_of(t.score)) + " n=" + std::to_string(t.n_entries) +
+                             " keep=" + std::to_string(t.keep) + " sinks=" + std::to_string(t.sinks) +
+                             " window=" + std::to_string(t.window) + " on " + b.name();
+    const int64_t kept = std::min<int64_t>(t.n_entries, t.keep);
+    ASSERT_EQ(int64_t(keep[i].size()), kept) << what;
+    std::vector<int32_t> got(static_cast<size_t>(kept));
+    b.kv_positions(pool, t.blocks, kept, got.data());
+    std::vector<int32_t> want;
+    for (int32_t j : keep[i]) want.push_back(heads[i].pos[j]);
+    EXPECT_EQ(got, want) << what;
+    int bad = 0;
+    for (int64_t j = 0; j < kept; ++j) {
+      const int32_t src = keep[i][j];
+      const size_t from = size_t(t.blocks[src / kBlockTokens] * kBlockTokens + src % kBlockTokens) * rb;
+      const size_t to = size_t(t.blocks[j / kBlockTokens] * kBlockTokens + j % kBlockTokens) * rb;
+      bad += std::memcmp(&k1[to], &k0[from], rb) != 0 || std::memcmp(&v1[to], &v0[from], rb) != 0;
+    }
+    EXPECT_EQ(bad, 0) << what << ": kept rows differ from their sources";
+  }
+  b.free(k);
+  b.free(v);
+  b.free(mass);
+  b.free_kv_pool(pool);
+}
+
+TEST(Evict, CpuBackendMatchesHostSelection) {
+  std::mt19937 rng(std::random_device{}());
+  auto cpu = make_cpu_backend();
+  check_evict(*cpu, GgmlType::F32, rng);
+}
+
+using CudaEvict = CudaFixture;
+
+TEST_F(CudaEvict, MatchesHostSelectionBf16AndF32Pools) {
+  check_evict(*gpu, GgmlType::BF16, rng);
+  check_evict(*gpu, GgmlType::F32, rng);
+}
+
+TEST_F(CudaEvict, ArgmaxRowsMatchesCpuWithTies) {
+  for (int64_t cols : {int64_t(1), int64_t(7), int64_t(50000), int64_t(128256)}) {
+    const int64_t rows = 5;
+    std::vector<float> x = randv(size_t(rows * cols), -4, 4);
+    for (int64_t r = 0; r < rows && cols > 3; ++r) {  // a tie for the max: first one wins
+      const int64_t a = randi(0, int(cols / 2)), b2 = randi(int(cols / 2) + 1, int(cols - 1));
+      x[r * cols + a] = x[r * cols + b2] = 10.0f + float(r % 2);
+    }
+    Pair t = make(rows, cols, x, GgmlType::F32);
+    std::vector<int32_t> want(rows), got(rows, -1);
+    cpu->argmax_rows(t.c, want.data());
+    gpu->argmax_rows(t.g, got.data());
+    EXPECT_EQ(got, want) << "cols " << cols;
+  }
+}
+
+TEST_F(CudaEvict, AttentionScoresToMatchesHostScores) {
+  // The same kernel writing to a device tensor: zeroed, one row per (sequence, KV head).
+  const int nkv = 2, group = 2, n_heads = nkv * group;
+  KVPoolView pool = gpu->alloc_kv_pool(GgmlType::BF16, 64, kBlockTokens, kHeadDim);
+  std::vector<int32_t> blocks[2][2] = {{{0, 1, 2}, {3, 4}}, {{5, 6, 7, 8}, {9}}};
+  const int32_t entries[2][2] = {{40, 20}, {60, 9}};
+  std::vector<int32_t> slots, pos;
+  int64_t rows = 0;
+  for (int s = 0; s < 2; ++s)
+    for (int h = 0; h < nkv; ++h)
+      for (int e = 0; e < entries[s][h]; ++e, ++rows) {
+        slots.push_back(blocks[s][h][e / kBlockTokens] * kBlockTokens + e % kBlockTokens);
+        pos.push_back(e);
+      }
+  Pair k = make(rows, kHeadDim, randv(size_t(rows * kHeadDim)));
+  Pair v = make(rows, kHeadDim, randv(size_t(rows * kHeadDim)));
+  gpu->kv_store(k.g, v.g, 1, slots, pos, pool);
+  const int n_q = 3;
+  Pair q = make(2 * n_q, int64_t(n_heads) * kHeadDim, randv(size_t(2 * n_q * n_heads * kHeadDim)));
+  std::vector<int32_t> qpos = {100, 101, 102};
+  std::vector<AttentionSeq> seqs(2);
+  for (int s = 0; s < 2; ++s) {
+    seqs[s].q_begin = s * n_q;
+    seqs[s].n_q = n_q;
+    seqs[s].q_pos = qpos.data();
+    for (int h = 0; h < nkv; ++h) {
+      seqs[s].head_blocks.push_back(blocks[s][h]);
+      seqs[s].head_entries.push_back(entries[s][h]);
+    }
+  }
+  AttentionParams ap{n_heads, nkv, kHeadDim, 1.0f / std::sqrt(float(kHeadDim))};
+  const int64_t stride = 64;
+  std::vector<std::vector<float>> host(2, std::vector<float>(size_t(nkv * stride), 0.0f));
+  std::vector<float*> ptr = {host[0].data(), host[1].data()};
+  gpu->attention_scores(q.g, seqs, ap, pool, ptr, stride);
+  Tensor out = gpu->alloc(GgmlType::F32, 2 * nkv, stride);
+  gpu_owned.push_back(out);
+  poison(out);
+  gpu->attention_scores_to(q.g, seqs, ap, pool, out);
+  std::vector<float> want(host[0]);
+  want.insert(want.end(), host[1].begin(), host[1].end());
+  expect_close("attention_scores_to", down_gpu(out), want, 1e-6);
+  gpu->free_kv_pool(pool);
+}
+
+}  // namespace
+}  // namespace batchmax::cudatest
