@@ -48,7 +48,9 @@ std::vector<int32_t> layer0_after_prefill(Model& model, Backend& be, KVMode mode
     b.want_logits = last;
     model.forward(std::span<const SeqBatch>(&b, 1), kv);
     kv.commit(1);
-    if (mode == KVMode::BatchMax) EXPECT_LE(kv.n_entries(1, 0, head), 96 + chunk);
+    if (mode == KVMode::BatchMax) {
+      EXPECT_LE(kv.n_entries(1, 0, head), 96 + chunk);
+    }
   }
   EXPECT_EQ(kv.n_entries(1, 0, head), 96);
   return kv.positions(1, 0, head);
