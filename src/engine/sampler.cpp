@@ -28,6 +28,22 @@ Sampler::Sampler(const SamplingParams& p) : p_(p), rng_(p.seed) {}
 
 int32_t Sampler::sample(std::span<const float> logits) {
   if (p_.temperature <= 0) return argmax(logits);
+  const float inv_t = 1.0f / p_.temperature;
+  const float top = *std::max_element(logits.begin(), logits.end());
+  if (p_.top_k <= 0 && p_.top_p >= 1.0f) {
+    // The whole vocabulary: no order needed, one pass (a sort of a 128k vocabulary per
+    // token cost more than the GPU's decode step).
+    weights_.resize(logits.size());
+    double total = 0;
+    for (size_t i = 0; i < logits.size(); ++i)
+      total += weights_[i] = std::exp(double((logits[i] - top) * inv_t));
+    double r = std::uniform_real_distribution<double>(0.0, total)(rng_);
+    for (size_t i = 0; i < logits.size(); ++i) {
+      r -= weights_[i];
+      if (r < 0) return int32_t(i);
+    }
+    return argmax(logits);  // rounding left r >= 0: the most likely token
+  }
   cand_.clear();
   cand_.reserve(logits.size());
   for (size_t i = 0; i < logits.size(); ++i) cand_.push_back({logits[i], int32_t(i)});
@@ -35,17 +51,30 @@ int32_t Sampler::sample(std::span<const float> logits) {
     return a.first > b.first || (a.first == b.first && a.second < b.second);
   };
   size_t n = cand_.size();
+  double whole_mass = 0;  // top-p alone: the nucleus is cut against the whole softmax
   if (p_.top_k > 0 && size_t(p_.top_k) < n) {
     std::partial_sort(cand_.begin(), cand_.begin() + p_.top_k, cand_.end(), by_logit);
     n = size_t(p_.top_k);
   } else {
-    std::sort(cand_.begin(), cand_.end(), by_logit);
+    // Top-p alone: sort only as many of the best as the nucleus needs, growing the
+    // sorted prefix until its mass (of the whole softmax) reaches top_p.
+    for (float x : logits) whole_mass += std::exp(double((x - top) * inv_t));
+    size_t k = std::min<size_t>(n, 64);
+    for (;;) {
+      std::partial_sort(cand_.begin(), cand_.begin() + ptrdiff_t(k), cand_.end(), by_logit);
+      double acc = 0;
+      for (size_t i = 0; i < k; ++i) acc += std::exp(double((cand_[i].first - top) * inv_t));
+      if (k == n || acc / whole_mass >= p_.top_p) break;
+      k = std::min(n, k * 4);
+    }
+    n = k;  // the nucleus below is cut from these k
   }
   // Softmax at the temperature over the candidates, then the top-p nucleus.
-  const float inv_t = 1.0f / p_.temperature, mx = cand_[0].first;
+  const float mx = cand_[0].first;
   std::vector<double> prob(n);
   double sum = 0;
   for (size_t i = 0; i < n; ++i) sum += prob[i] = std::exp(double((cand_[i].first - mx) * inv_t));
+  if (whole_mass > 0) sum = whole_mass;
   size_t keep = n;
   if (p_.top_p < 1.0f) {
     double acc = 0;

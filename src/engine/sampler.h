@@ -22,6 +22,7 @@ class Sampler {
   SamplingParams p_;
   std::mt19937_64 rng_;
   std::vector<std::pair<float, int32_t>> cand_;
+  std::vector<double> weights_;
 };
 
 int32_t argmax(std::span<const float> logits);

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <map>
+#include <set>
 #include <random>
 
 #include "core/error.h"
@@ -109,4 +110,37 @@ TEST(Sampler, BadParametersAreErrors) {
   p = {};
   p.temperature = NAN;
   EXPECT_THROW(validate_sampling(p), Error);
+}
+
+// Top-p alone sorts only a growing prefix of the vocabulary: the tokens it samples are
+// exactly the nucleus a full sort gives, and every nucleus token is reachable.
+TEST(Sampler, TopPAloneSamplesTheFullSortNucleus) {
+  for (float top_p : {0.3f, 0.9f, 0.999f}) {
+    const int V = 5000;
+    auto l = random_logits(11, V);
+    SamplingParams p;
+    p.temperature = 1.5f;
+    p.top_p = top_p;
+    p.seed = 3;
+    std::vector<int32_t> order(V);
+    for (int i = 0; i < V; ++i) order[i] = i;
+    std::sort(order.begin(), order.end(), [&](int a, int b) { return l[a] > l[b] || (l[a] == l[b] && a < b); });
+    double all = 0;
+    for (float x : l) all += std::exp(double((x - l[order[0]]) / p.temperature));
+    std::set<int32_t> nucleus;
+    double acc = 0;
+    for (int32_t t : order) {
+      nucleus.insert(t);
+      acc += std::exp(double((l[t] - l[order[0]]) / p.temperature)) / all;
+      if (acc >= top_p) break;
+    }
+    Sampler s(p);
+    std::set<int32_t> seen;
+    for (int i = 0; i < 600; ++i) {
+      const int32_t t = s.sample(l);
+      ASSERT_TRUE(nucleus.count(t)) << "top_p " << top_p << ": token " << t << " outside the nucleus";
+      seen.insert(t);
+    }
+    if (nucleus.size() <= 20) EXPECT_EQ(seen.size(), nucleus.size()) << "top_p " << top_p;
+  }
 }
