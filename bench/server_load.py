@@ -429,14 +429,17 @@ def main():
             server.close()
 
     if args.json_out:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+        # COMMIT from the caller first: a device copy of the tree may carry a stale .git.
+        commit = os.environ.get("COMMIT") or subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
         doc = {"command": " ".join(shlex.quote(a) for a in sys.argv),
-               "date": datetime.datetime.utcnow().isoformat(timespec="seconds") + "Z",
+               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "git_commit": commit, "machine": {"platform": platform.platform(),
                                                  "cpus": os.cpu_count()},
-               "model": args.model, "server_args": args.server_args if args.spawn else None,
-               "load": {k: getattr(args, k) for k in ("requests", "concurrency", "prompt_words",
+               "model": None if "--dummy-weights" in (args.server_args or "") else args.model,
+               "server_args": args.server_args if args.spawn else None,
+               "load": {k: getattr(args, k) for k in ("requests", "concurrency", "prompt_words", "prompt_ids",
                                                       "max_tokens", "stream_fraction", "chat_fraction",
                                                       "disconnect_fraction", "seed")},
                "runs": runs}
