@@ -9,6 +9,18 @@
 #include "core/error.h"
 
 namespace batchmax {
+namespace {
+
+// The sequence's attention restricted to its last `cnt` queries (the ones a policy scores).
+AttentionSeq last_queries(const AttentionSeq& s, int64_t cnt) {
+  AttentionSeq a = s;
+  a.q_begin += a.n_q - cnt;
+  a.q_pos += a.n_q - cnt;
+  a.n_q = cnt;
+  return a;
+}
+
+}  // namespace
 
 int64_t PagedKVCache::block_bytes(const KVCacheConfig& cfg) {
   const auto& tt = type_traits(cfg.type);
@@ -231,11 +243,7 @@ void PagedKVCache::after_attention(int layer, const Tensor& q, std::span<const i
     const int64_t cnt = std::min<int64_t>(s.observe, seqs[i].n_q);
     if (cnt <= 0) continue;
     scored.push_back(i);
-    AttentionSeq a = seqs[i];
-    a.q_begin += a.n_q - cnt;
-    a.q_pos += a.n_q - cnt;
-    a.n_q = cnt;
-    score_seqs.push_back(std::move(a));
+    score_seqs.push_back(last_queries(seqs[i], cnt));
   }
   if (!scored.empty()) {
     prof::Scope sc(prof::kScores, backend_);
@@ -338,11 +346,7 @@ std::vector<int64_t> PagedKVCache::score_on_device(const Tensor& q, std::span<co
     const int64_t cnt = std::min<int64_t>(seq(seq_ids[i]).observe, seqs[i].n_q);
     if (cnt <= 0) continue;
     mass_row[j] = int64_t(score_seqs.size()) * nh;
-    AttentionSeq a = seqs[i];
-    a.q_begin += a.n_q - cnt;
-    a.q_pos += a.n_q - cnt;
-    a.n_q = cnt;
-    score_seqs.push_back(std::move(a));
+    score_seqs.push_back(last_queries(seqs[i], cnt));
   }
   if (!score_seqs.empty()) {
     Tensor t = out;
