@@ -46,6 +46,10 @@ max_len() {
 }
 
 CXX_BIN="${FUZZ_CXX:-clang++-14}"
+if [[ $BUILD -eq 1 ]] && ! command -v "$CXX_BIN" >/dev/null; then
+  echo "fuzz.sh: $CXX_BIN not found: libFuzzer needs clang (apt-get install clang-14, or set FUZZ_CXX)" >&2
+  exit 2
+fi
 if [[ $BUILD -eq 1 ]]; then
   cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DCMAKE_CXX_COMPILER="$CXX_BIN" -DBATCHMAX_FUZZ=ON -DBATCHMAX_TESTS=OFF -DBATCHMAX_BENCH=OFF >/dev/null
