@@ -14,6 +14,9 @@
 #        STAGES (default "smoke limited full"); LIMITED_MODES, LIMITED_BUDGETS, FULL_MODES,
 #        FULL_BUDGETS (the defaults above); TAG (file name suffix); BATCHMAX_PROFILE=1 adds
 #        the per-step profile to the logs (and slows the run: it synchronises).
+#   profile: stage of its own: GPU time op by op (BATCHMAX_PROFILE=ops, events only, no
+#            added synchronisation), W-limited shapes, 4096 in / 256 out, REQ_PROFILE (48)
+#            requests, LIMITED_MODES at KV budget 512.
 set -uo pipefail
 BIN=${1:-build-cuda}/batchmax
 OUT=${OUT:-throughput_out}
@@ -43,6 +46,11 @@ common=(--backend cuda --dummy-weights llama3-8b --commit "$COMMIT" --warmup 2 -
 rc=0
 for stage in $STAGES; do
   case $stage in
+    profile)
+      BATCHMAX_PROFILE=ops "$BIN" bench "${common[@]}" --no-ceilings -n "${REQ_PROFILE:-48}" \
+        --input-len 4096 --output-len 256 --mem-budget 24GiB --modes "$LIMITED_MODES" \
+        --kv-budgets 512 --chunk 512 --out "$OUT/profile$TAG.json" > "$OUT/profile$TAG.log" 2>&1 || rc=1
+      grep -E "^(profile|  |    )" "$OUT/profile$TAG.log" | head -n 150 ;;
     smoke)  # every mode end to end on short requests: shapes, budgets, no crash
       "$BIN" bench "${common[@]}" --no-ceilings -n 8 --input-len uniform:200:1500 --output-len 16 \
         --mem-budget 20GiB --kv-budgets 256 --chunk 256 --policies snapkv,h2o,knorm \

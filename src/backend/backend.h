@@ -194,6 +194,13 @@ class Backend {
   // attention shapes use (attention partials, score partials, eviction keys), so the
   // memory planner measures it with the workspace; steps within the bounds reuse it.
   virtual void reserve_step_scratch(int64_t max_rows, const AttentionParams& p) {}
+  // Copies src into dst (same shape and type; rows may be strided) on the backend.
+  virtual void copy_rows(const Tensor& src, Tensor& dst) = 0;
+  // True where one product with the Q, K and V (and gate, up) weights stacked beats
+  // separate ones: the model then stacks them at load (wide GEMMs fill a GPU; launches
+  // and small-N products cost more than the copy). Strided column views of the output
+  // go to the ops, so every op must honour row_stride.
+  virtual bool prefers_stacked_projections() const { return false; }
   // True where evict() saves host round trips (the pool is not in host memory), so the
   // KV cache should prefer it to selecting on the host.
   virtual bool prefers_device_eviction() const { return false; }

@@ -1,6 +1,9 @@
 #include "backend/step_profile.h"
 
+#include <algorithm>
 #include <cstdlib>
+#include <map>
+#include <vector>
 
 #include "backend/backend.h"
 
@@ -12,7 +15,9 @@ struct State {
   double sec[kKinds][kSections] = {};
   long steps[kKinds] = {};
   bool have_end = false;
-  Clock::time_point last_end;
+  Clock::time_point last_end, last_begin;
+  double forward_wall[kKinds] = {};  // ops mode: forward begin to end, no syncs added
+  std::map<std::string, double> ops[kKinds];
 };
 State& st() {
   static State s;
@@ -20,13 +25,26 @@ State& st() {
 }
 }  // namespace
 
+namespace {
+std::string profile_env() {
+  const char* e = std::getenv("BATCHMAX_PROFILE");
+  return e ? std::string(e) : std::string();
+}
+}  // namespace
+
 bool enabled() {
   static const bool on = [] {
-    const char* e = std::getenv("BATCHMAX_PROFILE");
-    return e && *e && std::string(e) != "0";
+    const std::string e = profile_env();
+    return !e.empty() && e != "0" && e != "ops";
   }();
   return on;
 }
+bool ops_enabled() {
+  static const bool on = profile_env() == "ops";
+  return on;
+}
+bool counting() { return enabled() || ops_enabled(); }
+void add_op(StepKind k, const char* name, double seconds) { st().ops[k][name] += seconds; }
 
 void set_step_kind(StepKind k) { st().kind = k; }
 StepKind step_kind() { return st().kind; }
@@ -34,15 +52,18 @@ void add(Section s, double seconds) { st().sec[st().kind][s] += seconds; }
 void count_step() { ++st().steps[st().kind]; }
 
 void forward_begin() {
-  if (!enabled()) return;
+  if (!counting()) return;
   State& s = st();
+  s.last_begin = Clock::now();
   // Attributed to the kind of the previous step: its commit and sampling ran then.
   if (s.have_end) add(kBetween, std::chrono::duration<double>(Clock::now() - s.last_end).count());
 }
 void forward_end() {
-  if (!enabled()) return;
-  st().have_end = true;
-  st().last_end = Clock::now();
+  if (!counting()) return;
+  State& s = st();
+  s.have_end = true;
+  s.last_end = Clock::now();
+  s.forward_wall[s.kind] += std::chrono::duration<double>(s.last_end - s.last_begin).count();
 }
 
 void reset() { st() = State{}; }
@@ -58,6 +79,29 @@ std::string report() {
     if (!s.steps[k]) continue;
     std::snprintf(line, sizeof line, "profile %s steps: %ld\n", kinds[k], s.steps[k]);
     out += line;
+    if (ops_enabled()) {
+      // GPU time per op (events around each op; a gap while the GPU waited for the host
+      // to queue an op counts to that op), against the forward's wall time.
+      std::vector<std::pair<double, std::string>> rows;
+      double sum = 0;
+      for (const auto& [name, sec] : s.ops[k]) {
+        rows.push_back({sec, name});
+        sum += sec;
+      }
+      std::sort(rows.rbegin(), rows.rend());
+      const double n = double(s.steps[k]);
+      std::snprintf(line, sizeof line, "  %-26s %9.3f ms/step\n", "forward wall (host view)",
+                    1e3 * s.forward_wall[k] / n);
+      out += line;
+      std::snprintf(line, sizeof line, "  %-26s %9.3f ms/step\n", "sum of op GPU times", 1e3 * sum / n);
+      out += line;
+      for (const auto& [sec, name] : rows) {
+        std::snprintf(line, sizeof line, "    %-24s %9.3f ms/step %5.1f%%\n", name.c_str(),
+                      1e3 * sec / n, sum > 0 ? 100 * sec / sum : 0.0);
+        out += line;
+      }
+      continue;
+    }
     for (int i = 0; i < kSections; ++i) {
       std::snprintf(line, sizeof line, "  %-20s %9.3f s %9.3f ms/step\n", names[i], s.sec[k][i],
                     1e3 * s.sec[k][i] / double(s.steps[k]));

@@ -24,11 +24,19 @@ enum Section {
   kSections
 };
 
+// BATCHMAX_PROFILE=1: section timing (synchronising). BATCHMAX_PROFILE=ops: the
+// backend times each op with GPU events instead (no host waits), see add_op().
 bool enabled();
+bool ops_enabled();
+// Either mode: steps are counted and classified.
+bool counting();
 void set_step_kind(StepKind k);
 StepKind step_kind();
 void add(Section s, double seconds);
 void count_step();
+// GPU time of one op (ops mode), charged to the step kind current when it was queued.
+// `name` must outlive the process (a string literal).
+void add_op(StepKind k, const char* name, double seconds);
 // Host time since the last forward ended (kBetween); called when a forward starts/ends.
 void forward_begin();
 void forward_end();

@@ -116,7 +116,7 @@ BenchRow run_config(Engine& engine, const Workload& w, const KVSettings& kv,
     r.truncated = true;
   }
   r.wall_s = std::chrono::duration<double>(Clock::now() - t0).count();
-  if (prof::enabled())
+  if (prof::counting())
     std::fprintf(stderr, "profile of %s %s budget %lld chunk %lld (wall %.2f s):\n%s", r.mode.c_str(),
                  r.policy.c_str(), static_cast<long long>(r.kv_budget),
                  static_cast<long long>(r.chunk), r.wall_s, prof::report().c_str());

@@ -16,6 +16,9 @@ namespace batchmax {
 struct LayerWeights {
   Tensor attn_norm, wq, wk, wv, wo, bq, bk, bv, ffn_norm, w_gate, w_up, w_down;
   bool has_bias = false;
+  // Backend::prefers_stacked_projections(): wq/wk/wv (and w_gate/w_up) are row views of
+  // one stacked matrix each, multiplied in one product.
+  Tensor wqkv, w_gate_up;
 };
 
 struct ModelWeights {
@@ -36,14 +39,20 @@ struct ModelWeights {
 struct Model::Workspace {
   int64_t capacity = 0;  // rows
   Tensor x, h, q, k, v, attn, gate, up, act;
+  Tensor qkv, gate_up;  // stacked products' outputs (q..up are then views of them)
   // Logits are computed kLogitRows rows at a time: a vocabulary of 128k times a step of
   // thousands of rows would not fit anywhere.
   static constexpr int64_t kLogitRows = 64;
   Tensor last, normed, logits;
   Tensor scores;  // eviction scratch: attention mass of the observed queries (KVCache)
   void release(Backend& b) {
-    for (Tensor* t : {&x, &h, &q, &k, &v, &attn, &gate, &up, &act, &last, &normed, &logits, &scores})
+    const bool views = qkv.data != nullptr;  // q..up are views of qkv and gate_up then
+    for (Tensor* t : {&x, &h, &attn, &act, &qkv, &gate_up, &last, &normed, &logits, &scores})
       if (t->data) b.free(*t);
+    if (!views)
+      for (Tensor* t : {&q, &k, &v, &gate, &up})
+        if (t->data) b.free(*t);
+    q = k = v = gate = up = Tensor{};
     capacity = 0;
   }
 };
@@ -94,6 +103,36 @@ Tensor bind_vector(const gguf::File& f, Backend& b, const std::string& name, int
   b.upload(tmp.data(), out);
   bytes += int64_t(t.n_bytes);
   return out;
+}
+
+// Columns [c0, c0 + n) of t, a strided view.
+Tensor col_view(const Tensor& t, int64_t c0, int64_t n) {
+  Tensor r = t;
+  r.data = static_cast<char*>(t.data) + row_bytes(t.type, c0);
+  r.cols = n;
+  return r;
+}
+
+// Stacks `parts` (same type and columns) into one matrix the model owns; the parts are
+// freed and become row views of it.
+Tensor stack_rows(Backend& b, std::vector<Tensor*> parts, std::vector<Tensor>& owned) {
+  int64_t rows = 0;
+  for (Tensor* p : parts) rows += p->rows;
+  Tensor all = b.alloc(parts[0]->type, rows, parts[0]->cols);
+  owned.push_back(all);
+  int64_t r0 = 0;
+  for (Tensor* p : parts) {
+    Tensor dst = all.slice_rows(r0, p->rows);
+    b.copy_rows(*p, dst);
+    auto it = std::find_if(owned.begin(), owned.end(),
+                           [&](const Tensor& t) { return t.data == p->data; });
+    if (it != owned.end()) owned.erase(it);
+    b.synchronize();  // the copy has read the part
+    b.free(*p);
+    *p = dst;
+    r0 += dst.rows;
+  }
+  return all;
 }
 
 // f: null for dummy weights (no precomputed rope_freqs tensor then).
@@ -164,7 +203,19 @@ Model::Model(std::shared_ptr<const gguf::File> file, Backend& backend)
     L.w_gate = bind(f, backend_, p + "ffn_gate.weight", d, ff, bytes);
     L.w_up = bind(f, backend_, p + "ffn_up.weight", d, ff, bytes);
     L.w_down = bind(f, backend_, p + "ffn_down.weight", ff, d, bytes);
+    if (stacked()) {
+      const bool same = L.wq.type == L.wk.type && L.wk.type == L.wv.type &&
+                        L.w_gate.type == L.w_up.type;
+      if (!same) throw Error(f.path() + ": layer " + std::to_string(l) +
+                             ": the backend converted projections to different types");
+      L.wqkv = stack_rows(backend_, {&L.wq, &L.wk, &L.wv}, w_->owned);
+      L.w_gate_up = stack_rows(backend_, {&L.w_gate, &L.w_up}, w_->owned);
+    }
   }
+}
+
+bool Model::stacked() const {
+  return backend_.prefers_stacked_projections() && !hp_.qkv_bias;
 }
 
 Model::Model(const HParams& hp, Backend& backend, uint64_t seed)
@@ -189,6 +240,19 @@ Model::Model(const HParams& hp, Backend& backend, uint64_t seed)
   auto matrix = [&](int64_t rows, int64_t fan_in) {
     return make(mt, rows, fan_in, float(std::sqrt(3.0 / double(fan_in))), 0);
   };
+  // The same values as matrix() (same seed order), written into rows of a stacked matrix.
+  auto matrix_into = [&](Tensor& all, int64_t& r0, int64_t rows, int64_t fan_in) {
+    Tensor t = all.slice_rows(r0, rows);
+    r0 += rows;
+    backend_.fill_random(t, seed + 0x1000193ull * ++n_made, float(std::sqrt(3.0 / double(fan_in))), 0);
+    w_->bytes += int64_t(t.bytes());
+    return t;
+  };
+  auto stacked_matrix = [&](int64_t rows, int64_t cols) {
+    Tensor t = backend_.alloc(mt, rows, cols);
+    w_->owned.push_back(t);
+    return t;
+  };
   auto ones = [&](int64_t n) { return make(GgmlType::F32, 1, n, 0, 1); };
   auto bias = [&](int64_t n) { return make(GgmlType::F32, 1, n, 0.02f, 0); };
   rope_ = make_rope(nullptr, hp_);
@@ -198,9 +262,17 @@ Model::Model(const HParams& hp, Backend& backend, uint64_t seed)
   w_->layers.resize(hp_.n_layer);
   for (LayerWeights& L : w_->layers) {
     L.attn_norm = ones(d);
-    L.wq = matrix(nq, d);
-    L.wk = matrix(nkv, d);
-    L.wv = matrix(nkv, d);
+    if (stacked()) {
+      L.wqkv = stacked_matrix(nq + 2 * nkv, d);
+      int64_t r0 = 0;
+      L.wq = matrix_into(L.wqkv, r0, nq, d);
+      L.wk = matrix_into(L.wqkv, r0, nkv, d);
+      L.wv = matrix_into(L.wqkv, r0, nkv, d);
+    } else {
+      L.wq = matrix(nq, d);
+      L.wk = matrix(nkv, d);
+      L.wv = matrix(nkv, d);
+    }
     L.wo = matrix(d, nq);
     if (hp_.qkv_bias) {
       L.has_bias = true;
@@ -209,8 +281,15 @@ Model::Model(const HParams& hp, Backend& backend, uint64_t seed)
       L.bv = bias(nkv);
     }
     L.ffn_norm = ones(d);
-    L.w_gate = matrix(ff, d);
-    L.w_up = matrix(ff, d);
+    if (stacked()) {
+      L.w_gate_up = stacked_matrix(2 * ff, d);
+      int64_t r0 = 0;
+      L.w_gate = matrix_into(L.w_gate_up, r0, ff, d);
+      L.w_up = matrix_into(L.w_gate_up, r0, ff, d);
+    } else {
+      L.w_gate = matrix(ff, d);
+      L.w_up = matrix(ff, d);
+    }
     L.w_down = matrix(d, ff);
   }
   backend_.synchronize();
@@ -227,12 +306,22 @@ void Model::reserve_workspace(int64_t T) {
   const GgmlType at = backend_.activation_type();
   ws.x = backend_.alloc(at, T, d);
   ws.h = backend_.alloc(at, T, d);
-  ws.q = backend_.alloc(at, T, nq);
-  ws.k = backend_.alloc(at, T, nkv);
-  ws.v = backend_.alloc(at, T, nkv);
+  if (stacked()) {
+    ws.qkv = backend_.alloc(at, T, nq + 2 * nkv);
+    ws.q = col_view(ws.qkv, 0, nq);
+    ws.k = col_view(ws.qkv, nq, nkv);
+    ws.v = col_view(ws.qkv, nq + nkv, nkv);
+    ws.gate_up = backend_.alloc(at, T, 2 * ff);
+    ws.gate = col_view(ws.gate_up, 0, ff);
+    ws.up = col_view(ws.gate_up, ff, ff);
+  } else {
+    ws.q = backend_.alloc(at, T, nq);
+    ws.k = backend_.alloc(at, T, nkv);
+    ws.v = backend_.alloc(at, T, nkv);
+    ws.gate = backend_.alloc(at, T, ff);
+    ws.up = backend_.alloc(at, T, ff);
+  }
   ws.attn = backend_.alloc(at, T, nq);
-  ws.gate = backend_.alloc(at, T, ff);
-  ws.up = backend_.alloc(at, T, ff);
   ws.act = backend_.alloc(at, T, ff);
   ws.last = backend_.alloc(at, Workspace::kLogitRows, d);
   ws.normed = backend_.alloc(at, Workspace::kLogitRows, d);
@@ -282,7 +371,7 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
   }
   const int64_t T = int64_t(ids.size());
   if (T == 0) return {};
-  if (prof::enabled()) {
+  if (prof::counting()) {
     bool dec = false, pre = false;
     for (const SeqBatch& s : batch) (s.tokens.size() == 1 && s.first_pos > 0 ? dec : pre) = true;
     prof::forward_begin();
@@ -323,11 +412,19 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
   for (int64_t l = 0; l < hp_.n_layer; ++l) {
     const LayerWeights& L = w_->layers[l];
     backend_.rms_norm(x, L.attn_norm, hp_.rms_eps, h);
-    backend_.matmul(h, L.wq, L.has_bias ? &L.bq : nullptr, q);
-    backend_.matmul(h, L.wk, L.has_bias ? &L.bk : nullptr, k);
-    backend_.matmul(h, L.wv, L.has_bias ? &L.bv : nullptr, v);
-    backend_.rope(q, int(hp_.n_head), pos, rope_);
-    backend_.rope(k, int(hp_.n_head_kv), pos, rope_);
+    if (L.wqkv.data) {
+      Tensor qkv = ws.qkv.slice_rows(0, T);
+      backend_.matmul(h, L.wqkv, nullptr, qkv);
+      // Q and K are adjacent columns: one rope over both.
+      Tensor qk = col_view(qkv, 0, q.cols + k.cols);
+      backend_.rope(qk, int(hp_.n_head + hp_.n_head_kv), pos, rope_);
+    } else {
+      backend_.matmul(h, L.wq, L.has_bias ? &L.bq : nullptr, q);
+      backend_.matmul(h, L.wk, L.has_bias ? &L.bk : nullptr, k);
+      backend_.matmul(h, L.wv, L.has_bias ? &L.bv : nullptr, v);
+      backend_.rope(q, int(hp_.n_head), pos, rope_);
+      backend_.rope(k, int(hp_.n_head_kv), pos, rope_);
+    }
     kv.store(int(l), appends, k, v);
     for (size_t i = 0; i < batch.size(); ++i) kv.attention_view(int(l), batch[i].seq_id, seqs[i]);
     backend_.attention(q, seqs, ap, kv.pool(), attn);
@@ -335,8 +432,13 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
     backend_.matmul(attn, L.wo, nullptr, h);
     backend_.add(x, h);
     backend_.rms_norm(x, L.ffn_norm, hp_.rms_eps, h);
-    backend_.matmul(h, L.w_gate, nullptr, gate);
-    backend_.matmul(h, L.w_up, nullptr, up);
+    if (L.w_gate_up.data) {
+      Tensor gu = ws.gate_up.slice_rows(0, T);
+      backend_.matmul(h, L.w_gate_up, nullptr, gu);
+    } else {
+      backend_.matmul(h, L.w_gate, nullptr, gate);
+      backend_.matmul(h, L.w_up, nullptr, up);
+    }
     backend_.swiglu(gate, up, act);
     backend_.matmul(act, L.w_down, nullptr, h);
     backend_.add(x, h);

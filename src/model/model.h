@@ -64,6 +64,7 @@ class Model {
   std::unique_ptr<Workspace> ws_;
   std::vector<int32_t> argmax_;
   AttentionParams attention_params() const;
+  bool stacked() const;  // projections stacked (Backend::prefers_stacked_projections)
 };
 
 }  // namespace batchmax

@@ -303,3 +303,32 @@ TEST(CpuKernels, MemoryOpsAndWeightViews) {
 
 }  // namespace
 }  // namespace batchmax::test
+
+namespace batchmax::test {
+namespace {
+
+TEST(CpuKernels, CopyRowsBetweenStridedViews) {
+  std::unique_ptr<Backend> be = make_cpu_backend({1, false, false});
+  Backend& b = *be;
+  EXPECT_FALSE(b.prefers_stacked_projections());  // weights are used in place, unstacked
+  Tensor src = b.alloc(GgmlType::F32, 5, 12), dst = b.alloc(GgmlType::F32, 5, 9);
+  for (int64_t i = 0; i < 5 * 12; ++i) src.f32()[i] = float(i);
+  std::fill(dst.f32(), dst.f32() + 5 * 9, -1.f);
+  Tensor sv = src, dv = dst;  // columns 4..7 of src into columns 2..5 of dst
+  sv.data = src.f32() + 4;
+  sv.cols = 4;
+  dv.data = dst.f32() + 2;
+  dv.cols = 4;
+  b.copy_rows(sv, dv);
+  for (int64_t r = 0; r < 5; ++r)
+    for (int64_t c = 0; c < 9; ++c)
+      EXPECT_EQ(dst.f32()[r * 9 + c], c >= 2 && c < 6 ? float(r * 12 + 4 + c - 2) : -1.f);
+  Tensor wrong = dst;
+  wrong.cols = 3;
+  EXPECT_THROW(b.copy_rows(sv, wrong), Error);
+  b.free(src);
+  b.free(dst);
+}
+
+}  // namespace
+}  // namespace batchmax::test

@@ -162,5 +162,78 @@ TEST_F(CudaKernels, SwigluAddGather) {
   }
 }
 
+// The model stacks wq/wk/wv (and w_gate/w_up) on this backend
+// (prefers_stacked_projections) and hands the ops strided column views of one product.
+TEST_F(CudaKernels, StackedProductsThroughColumnViews) {
+  ASSERT_TRUE(gpu->prefers_stacked_projections());
+  const int heads = 4, kv_heads = 2, hd = 64;
+  const int64_t rows = 7, d = 256, nq = heads * hd, nkv = kv_heads * hd, ff = 320;
+  auto col_view = [](const Tensor& t, int64_t c0, int64_t n) {
+    Tensor r = t;
+    r.data = static_cast<char*>(t.data) + row_bytes(t.type, c0);
+    r.cols = n;
+    return r;
+  };
+  // Weights loaded one by one on both; on the GPU copied into rows of one matrix.
+  auto stacked = [&](std::vector<int64_t> parts_rows, std::vector<Tensor>& cpu_parts) {
+    int64_t total = 0;
+    for (int64_t r : parts_rows) total += r;
+    Tensor all = gpu->alloc(GgmlType::BF16, total, d);
+    gpu_owned.push_back(all);
+    int64_t r0 = 0;
+    for (int64_t r : parts_rows) {
+      std::vector<uint8_t> raw = random_weight(GgmlType::BF16, r, d);
+      cpu_parts.push_back(cpu->load_weight(GgmlType::BF16, raw.data(), r, d));
+      Tensor g = gpu->load_weight(GgmlType::BF16, raw.data(), r, d);
+      Tensor dst = all.slice_rows(r0, r);
+      gpu->copy_rows(g, dst);
+      gpu->synchronize();
+      gpu->free(g);
+      r0 += r;
+    }
+    return all;
+  };
+  // Contiguous copy of a strided GPU view (copy_rows to a packed tensor).
+  auto packed = [&](const Tensor& view) {
+    Tensor t = gpu->alloc(view.type, view.rows, view.cols);
+    gpu_owned.push_back(t);
+    gpu->copy_rows(view, t);
+    return down_gpu(t);
+  };
+  Pair x = make(rows, d, randv(rows * d));
+  std::vector<int32_t> pos(rows);
+  for (int32_t& p : pos) p = randi(0, 9000);
+  RopeParams rp;
+  rp.head_dim = rp.rotary_dim = hd;
+  for (int i = 0; i < hd / 2; ++i) rp.inv_freq.push_back(float(std::pow(500000.0, -2.0 * i / hd)));
+
+  std::vector<Tensor> wc;
+  Tensor wqkv = stacked({nq, nkv, nkv}, wc);
+  Pair q = make_out(rows, nq), k = make_out(rows, nkv), v = make_out(rows, nkv);
+  cpu->matmul(x.c, wc[0], nullptr, q.c);
+  cpu->matmul(x.c, wc[1], nullptr, k.c);
+  cpu->matmul(x.c, wc[2], nullptr, v.c);
+  cpu->rope(q.c, heads, pos, rp);
+  cpu->rope(k.c, kv_heads, pos, rp);
+  Tensor qkv = make_out(rows, nq + 2 * nkv).g;
+  gpu->matmul(x.g, wqkv, nullptr, qkv);
+  Tensor qk = col_view(qkv, 0, nq + nkv);
+  gpu->rope(qk, heads + kv_heads, pos, rp);  // Q and K heads in one launch
+  expect_close("stacked q (roped)", packed(col_view(qkv, 0, nq)), down_cpu(q.c), kBf16OpBound);
+  expect_close("stacked k (roped)", packed(col_view(qkv, nq, nkv)), down_cpu(k.c), kBf16OpBound);
+  expect_close("stacked v", packed(col_view(qkv, nq + nkv, nkv)), down_cpu(v.c), kBf16OpBound);
+
+  std::vector<Tensor> wf;
+  Tensor wgu = stacked({ff, ff}, wf);
+  Pair gate = make_out(rows, ff), up = make_out(rows, ff), act = make_out(rows, ff);
+  cpu->matmul(x.c, wf[0], nullptr, gate.c);
+  cpu->matmul(x.c, wf[1], nullptr, up.c);
+  cpu->swiglu(gate.c, up.c, act.c);
+  Tensor gu = make_out(rows, 2 * ff).g;
+  gpu->matmul(x.g, wgu, nullptr, gu);
+  gpu->swiglu(col_view(gu, 0, ff), col_view(gu, ff, ff), act.g);
+  expect_close("swiglu of stacked gate/up", down_gpu(act.g), down_cpu(act.c), kBf16OpBound);
+}
+
 }  // namespace
 }  // namespace batchmax::cudatest

@@ -240,6 +240,14 @@ void CpuBackend::gather_rows(const Tensor& x, std::span<const int32_t> rows, Ten
   cpu::ref::gather_rows(x, rows, out);
 }
 
+void CpuBackend::copy_rows(const Tensor& src, Tensor& dst) {
+  require(src.type == dst.type && src.rows == dst.rows && src.cols == dst.cols,
+          "copy_rows: shape mismatch");
+  const size_t rb = row_bytes(src.type, src.cols);
+  for (int64_t r = 0; r < src.rows; ++r)
+    std::memcpy(static_cast<char*>(dst.data) + r * dst.row_stride, src.row(r), rb);
+}
+
 KVPoolView CpuBackend::alloc_kv_pool(GgmlType type, int64_t n_blocks, int block_tokens, int head_dim) {
   require(type == GgmlType::F32 || type == GgmlType::F16, "KV pool type must be F32 or F16");
   require(n_blocks > 0 && block_tokens > 0 && head_dim > 0, "KV pool: bad shape");

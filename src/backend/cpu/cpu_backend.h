@@ -32,6 +32,7 @@ class CpuBackend final : public Backend {
   void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) override;
   void add(Tensor& x, const Tensor& y) override;
   void gather_rows(const Tensor& x, std::span<const int32_t> rows, Tensor& out) override;
+  void copy_rows(const Tensor& src, Tensor& dst) override;
   void argmax_rows(const Tensor& x, int32_t* out) override;
 
   // F32 or F16 storage. Unused slots hold position INT32_MAX (never visible).

@@ -14,6 +14,7 @@
 #include "backend/cuda/cuda_common.cuh"
 #include "backend/cuda/gemm.h"
 #include "backend/cuda/staging.h"
+#include "backend/step_profile.h"
 
 namespace batchmax {
 namespace cuda {
@@ -54,6 +55,70 @@ struct DeviceBuffer {
     if (p) cudaFree(p);
   }
 };
+
+// BATCHMAX_PROFILE=ops: each op is bracketed by two events on the stream (no host
+// wait); the pairs are read back when the stream is next synchronised anyway.
+class OpTimer {
+ public:
+  ~OpTimer() {
+    for (auto& p : pending_) free_.insert(free_.end(), {p.a, p.b});
+    for (cudaEvent_t e : free_) cudaEventDestroy(e);
+  }
+  struct Mark {
+    OpTimer* t = nullptr;
+    size_t i = 0;
+    cudaStream_t s = nullptr;
+    ~Mark() {
+      if (t) cudaEventRecord(t->pending_[i].b, s);
+    }
+  };
+  // Starts timing `name` (a string that lives as long as the process).
+  void begin(Mark& m, const char* name, cudaStream_t s) {
+    if (!prof::ops_enabled()) return;
+    Pending p{event(), event(), name, prof::step_kind()};
+    BMX_CUDA(cudaEventRecord(p.a, s));
+    pending_.push_back(p);
+    m = Mark{this, pending_.size() - 1, s};
+  }
+  // After a stream synchronisation: every pending pair has completed.
+  void drain() {
+    for (Pending& p : pending_) {
+      float ms = 0;
+      if (cudaEventElapsedTime(&ms, p.a, p.b) == cudaSuccess)
+        prof::add_op(p.kind, p.name, ms * 1e-3);
+      free_.insert(free_.end(), {p.a, p.b});
+    }
+    pending_.clear();
+  }
+  // "matmul 4096x14336": interned so the profile can keep the pointer.
+  static const char* intern(const std::string& s) {
+    static std::unordered_set<std::string> names;
+    return names.insert(s).first->c_str();
+  }
+
+ private:
+  struct Pending {
+    cudaEvent_t a, b;
+    const char* name;
+    prof::StepKind kind;
+  };
+  cudaEvent_t event() {
+    if (!free_.empty()) {
+      cudaEvent_t e = free_.back();
+      free_.pop_back();
+      return e;
+    }
+    cudaEvent_t e;
+    BMX_CUDA(cudaEventCreate(&e));
+    return e;
+  }
+  std::vector<Pending> pending_;
+  std::vector<cudaEvent_t> free_;
+};
+
+#define BMX_OP_TIME(name) \
+  OpTimer::Mark op_mark_; \
+  op_timer_.begin(op_mark_, name, stream_)
 
 class CudaBackend final : public Backend {
  public:
@@ -145,10 +210,17 @@ class CudaBackend final : public Backend {
     BMX_CUDA(cudaMemcpyAsync(dst.data, host, dst.bytes(), cudaMemcpyHostToDevice, stream_));
   }
   void download(const Tensor& src, void* host) override {
-    BMX_CUDA(cudaMemcpyAsync(host, src.data, src.bytes(), cudaMemcpyDeviceToHost, stream_));
+    {
+      BMX_OP_TIME("download");
+      BMX_CUDA(cudaMemcpyAsync(host, src.data, src.bytes(), cudaMemcpyDeviceToHost, stream_));
+    }
     BMX_CUDA(cudaStreamSynchronize(stream_));
+    op_timer_.drain();
   }
-  void synchronize() override { BMX_CUDA(cudaStreamSynchronize(stream_)); }
+  void synchronize() override {
+    BMX_CUDA(cudaStreamSynchronize(stream_));
+    op_timer_.drain();
+  }
   void fill_random(Tensor& t, uint64_t seed, float scale, float offset) override {
     if (!is_act_type(t.type) || t.row_stride != size_t(t.cols) * elem_bytes(t.type))
       throw Error("cuda fill_random: contiguous F32 or BF16 tensors only");
@@ -156,6 +228,7 @@ class CudaBackend final : public Backend {
   }
 
   void embed(const Tensor& table, std::span<const int32_t> ids, Tensor& out) override {
+    BMX_OP_TIME("embed");
     if (int64_t(ids.size()) != out.rows) throw Error("cuda embed: ids and output rows differ");
     check_ids(ids, table.rows, "embed: token id");
     if (ids.empty()) return;
@@ -163,10 +236,14 @@ class CudaBackend final : public Backend {
   }
 
   void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override {
+    BMX_OP_TIME("rms_norm");
     cuda::launch_rms_norm(x, w, eps, out, stream_);
   }
 
   void matmul(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out) override {
+    BMX_OP_TIME(prof::ops_enabled() ? OpTimer::intern("matmul " + std::to_string(w.rows) + "x" +
+                                                       std::to_string(w.cols))
+                                    : "");
     gemm_->run(x, w, out, stream_);
     if (bias) cuda::launch_add_bias(out, *bias, stream_);
   }
@@ -174,22 +251,39 @@ class CudaBackend final : public Backend {
   void rope(Tensor& x, int n_heads, std::span<const int32_t> pos, const RopeParams& p) override {
     if (int64_t(pos.size()) != x.rows) throw Error("cuda rope: positions and rows differ");
     if (int(p.inv_freq.size()) != p.rotary_dim / 2) throw Error("cuda rope: inv_freq size");
+    BMX_OP_TIME("rope");
     if (pos.empty()) return;
     const float* inv = inv_freq(p);
     cuda::launch_rope(x, n_heads, put_ints({pos}), inv, p, stream_);
   }
 
   void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) override {
+    BMX_OP_TIME("swiglu");
     cuda::launch_swiglu(gate, up, out, stream_);
   }
-  void add(Tensor& x, const Tensor& y) override { cuda::launch_add(x, y, stream_); }
+  void add(Tensor& x, const Tensor& y) override {
+    BMX_OP_TIME("add");
+    cuda::launch_add(x, y, stream_);
+  }
 
   void gather_rows(const Tensor& x, std::span<const int32_t> rows, Tensor& out) override {
     if (int64_t(rows.size()) != out.rows) throw Error("cuda gather_rows: rows and output differ");
     check_ids(rows, x.rows, "gather_rows: row");
+    BMX_OP_TIME("gather_rows");
     if (rows.empty()) return;
     cuda::launch_gather_rows(x, put_ints({rows}), out, stream_);
   }
+
+  void copy_rows(const Tensor& src, Tensor& dst) override {
+    if (src.type != dst.type || src.rows != dst.rows || src.cols != dst.cols)
+      throw Error("cuda copy_rows: shapes or types differ");
+    if (src.rows == 0) return;
+    BMX_OP_TIME("copy_rows");
+    BMX_CUDA(cudaMemcpy2DAsync(dst.data, dst.row_stride, src.data, src.row_stride,
+                               row_bytes(src.type, src.cols), size_t(src.rows),
+                               cudaMemcpyDeviceToDevice, stream_));
+  }
+  bool prefers_stacked_projections() const override { return true; }
 
   KVPoolView alloc_kv_pool(GgmlType type, int64_t n_blocks, int block_tokens,
                            int head_dim) override {
@@ -221,6 +315,7 @@ class CudaBackend final : public Backend {
                 std::span<const int32_t> pos, KVPoolView& pool) override {
     const int64_t n = int64_t(pos.size());
     if (int64_t(slots.size()) != n * n_kv_heads) throw Error("cuda kv_store: slots size");
+    BMX_OP_TIME("kv_store");
     for (int32_t sl : slots)  // negative: a padding row/head, skipped
       if (sl >= n_slots(pool)) throw Error("cuda kv_store: slot " + std::to_string(sl) + " is out of range");
     if (n == 0) return;
@@ -233,6 +328,7 @@ class CudaBackend final : public Backend {
     if (src.size() != dst.size()) throw Error("cuda kv_move: src and dst sizes differ");
     check_ids(src, n_slots(pool), "kv_move: source slot");
     check_ids(dst, n_slots(pool), "kv_move: destination slot");
+    BMX_OP_TIME("kv_move");
     if (src.empty()) return;
     const int32_t* d = put_ints({src, dst});
     void* scratch = move_scratch_.get(cuda::kv_move_scratch_bytes(pool, int64_t(src.size())));
@@ -241,6 +337,7 @@ class CudaBackend final : public Backend {
 
   void attention(const Tensor& q, std::span<const AttentionSeq> seqs, const AttentionParams& p,
                  const KVPoolView& pool, Tensor& out) override {
+    BMX_OP_TIME(attention_op_name(seqs));
     const cuda::AttentionTiles t = cuda::attention_tiles(p, q.type, pool.type);
     cuda::AttentionLaunch a = pack_attention(q, seqs, p, pool, t.small, t.big, t.small);
     if (a.n_small + a.n_big == 0) return;
@@ -281,9 +378,13 @@ class CudaBackend final : public Backend {
   void argmax_rows(const Tensor& x, int32_t* out) override {
     if (x.rows == 0) return;
     int32_t* d = static_cast<int32_t*>(small_out_.get(size_t(x.rows) * 4));
-    cuda::launch_argmax_rows(x, d, stream_);
+    {
+      BMX_OP_TIME("argmax_rows");
+      cuda::launch_argmax_rows(x, d, stream_);
+    }
     BMX_CUDA(cudaMemcpyAsync(out, d, size_t(x.rows) * 4, cudaMemcpyDeviceToHost, stream_));
     BMX_CUDA(cudaStreamSynchronize(stream_));
+    op_timer_.drain();
   }
 
   void kv_positions(const KVPoolView& pool, std::span<const int32_t> blocks, int64_t n_entries,
@@ -307,6 +408,7 @@ class CudaBackend final : public Backend {
       for (int32_t e : a.head_entries)
         if (e > out.cols) throw Error("cuda attention_scores_to: out has fewer columns than entries");
     if (rows == 0) return;
+    BMX_OP_TIME("attention_scores_to");
     BMX_CUDA(cudaMemsetAsync(out.data, 0, size_t(rows) * out.row_stride, stream_));
     const int tile = cuda::attention_scores_tile();
     cuda::AttentionLaunch a = pack_attention(q, seqs, p, pool, tile, tile, INT64_MAX);
@@ -388,6 +490,7 @@ class CudaBackend final : public Backend {
     if (m.size() > size_t(INT32_MAX) || key_off > INT32_MAX) throw Error("cuda evict: too many entries");
     uint32_t* keys = static_cast<uint32_t*>(evict_keys_.get(size_t(key_off) * 4));
     const int32_t* d = put_packed();
+    BMX_OP_TIME("evict");
     cuda::launch_evict(d, n_tasks, mass ? mass->f32() : nullptr,
                        mass ? int64_t(mass->row_stride / 4) : 0, keys, pool, stream_);
   }
@@ -472,6 +575,14 @@ class CudaBackend final : public Backend {
   DeviceBuffer weight_stage_, move_scratch_, scores_out_, attn_scratch_, small_out_, evict_keys_, scores_part_;
   std::vector<int32_t> host_ints_, big_work_;
   std::vector<float> host_scores_;
+  OpTimer op_timer_;  // declared last: destroyed first, while the stream still exists
+
+  // Attention steps are told apart by what they hold: decode rows only, prefill only, or both.
+  static const char* attention_op_name(std::span<const AttentionSeq> seqs) {
+    bool dec = false, pre = false;
+    for (const AttentionSeq& a : seqs) (a.n_q == 1 ? dec : pre) = true;
+    return dec && pre ? "attention mixed" : (pre ? "attention prefill" : "attention decode");
+  }
 };
 
 cuda::AttentionLaunch CudaBackend::pack_attention(const Tensor& q,
