@@ -73,7 +73,8 @@ void CudaAttention::compare_scores(const std::string& what, Pair& q) {
   int64_t stride = 0;
   for (const AttentionSeq& a : seqs) {
     AttentionSeq s = a;
-    const int64_t cnt = std::min<int64_t>(3, s.n_q);
+    // Up to 20 rows: with group 4 that is two 64-vector work items of the tensor-core path.
+    const int64_t cnt = std::min<int64_t>(20, s.n_q);
     s.q_begin += s.n_q - cnt;
     s.q_pos += s.n_q - cnt;
     s.n_q = cnt;

@@ -174,7 +174,9 @@ TEST_F(CudaKernels, StackedProductsThroughColumnViews) {
     r.cols = n;
     return r;
   };
-  // Weights loaded one by one on both; on the GPU copied into rows of one matrix.
+  // Weights loaded one by one on both; on the GPU copied into rows of one matrix. The
+  // CPU backend uses the bytes in place: they live as long as the test.
+  std::vector<std::vector<uint8_t>> raws;
   auto stacked = [&](std::vector<int64_t> parts_rows, std::vector<Tensor>& cpu_parts) {
     int64_t total = 0;
     for (int64_t r : parts_rows) total += r;
@@ -182,7 +184,7 @@ TEST_F(CudaKernels, StackedProductsThroughColumnViews) {
     gpu_owned.push_back(all);
     int64_t r0 = 0;
     for (int64_t r : parts_rows) {
-      std::vector<uint8_t> raw = random_weight(GgmlType::BF16, r, d);
+      const std::vector<uint8_t>& raw = raws.emplace_back(random_weight(GgmlType::BF16, r, d));
       cpu_parts.push_back(cpu->load_weight(GgmlType::BF16, raw.data(), r, d));
       Tensor g = gpu->load_weight(GgmlType::BF16, raw.data(), r, d);
       Tensor dst = all.slice_rows(r0, r);

@@ -355,7 +355,8 @@ class CudaBackend final : public Backend {
     for (const AttentionSeq& a : seqs)
       for (int32_t e : a.head_entries)
         if (e > out_stride) throw Error("cuda attention_scores: out_stride below the entries");
-    const int tile = cuda::attention_scores_tile();  // all work items in the first list
+    // All work items in the first list.
+    const int tile = cuda::attention_scores_tile(q.type, pool.type, p.head_dim);
     cuda::AttentionLaunch a = pack_attention(q, seqs, p, pool, tile, tile, INT64_MAX);
     if (a.n_small == 0) return;
     a.scratch = [this](size_t n) { return scores_part_.get(n); };
@@ -410,7 +411,7 @@ class CudaBackend final : public Backend {
     if (rows == 0) return;
     BMX_OP_TIME("attention_scores_to");
     BMX_CUDA(cudaMemsetAsync(out.data, 0, size_t(rows) * out.row_stride, stream_));
-    const int tile = cuda::attention_scores_tile();
+    const int tile = cuda::attention_scores_tile(q.type, pool.type, p.head_dim);
     cuda::AttentionLaunch a = pack_attention(q, seqs, p, pool, tile, tile, INT64_MAX);
     if (a.n_small == 0) return;
     a.scratch = [this](size_t n) { return scores_part_.get(n); };

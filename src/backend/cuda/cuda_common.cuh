@@ -143,10 +143,14 @@ AttentionTiles flash_attention_tiles();
 size_t flash_decode_scratch_bound(int head_dim, int64_t max_items);
 void launch_flash_attention(const Tensor& q, const AttentionLaunch& a, const AttentionParams& p,
                             const KVPoolView& pool, Tensor& out, cudaStream_t s);
-// scores_kernels.cu. a: one query vector per work item (all in the small list); d_out [n_seqs][n_kv][stride], zeroed.
-// Query vectors per work item that launch_attention_scores expects (pack with this tile);
-// a.scratch must be set (per-split partial sums).
-int attention_scores_tile();
+// scores_kernels.cu: attention mass. a: all work items in the small list; d_out
+// [n_seqs][n_kv][stride], zeroed. Query vectors per work item that launch_attention_scores
+// expects for these types (pack with this tile); a.scratch must be set (per-split partial
+// sums). bf16 q and pool go to the tensor-core kernel of flash_scores.cu.
+int attention_scores_tile(GgmlType q, GgmlType pool, int head_dim);
+int flash_scores_tile();
+void launch_flash_scores(const Tensor& q, const AttentionLaunch& a, const AttentionParams& p,
+                         const KVPoolView& pool, float* d_out, int64_t stride, cudaStream_t s);
 size_t attention_scores_scratch_bytes();  // what one launch's partial sums may take
 void launch_attention_scores(const Tensor& q, const AttentionLaunch& a, const AttentionParams& p,
                              const KVPoolView& pool, float* d_out, int64_t stride,

@@ -161,12 +161,16 @@ __global__ void key_norms_kernel(const TKV* pk, const int32_t* blocks, int block
 
 }  // namespace
 
-int attention_scores_tile() { return kQT; }
+int attention_scores_tile(GgmlType q, GgmlType pool, int head_dim) {
+  return flash_attention_supported(q, pool, head_dim) ? flash_scores_tile() : kQT;
+}
 size_t attention_scores_scratch_bytes() { return size_t(8) << 20; }
 
 void launch_attention_scores(const Tensor& q, const AttentionLaunch& a, const AttentionParams& p,
                              const KVPoolView& pool, float* d_out, int64_t stride,
                              cudaStream_t s) {
+  if (flash_attention_supported(q.type, pool.type, p.head_dim))
+    return launch_flash_scores(q, a, p, pool, d_out, stride, s);
   if (a.n_small == 0) return;
   if (a.n_big != 0) throw Error("cuda attention_scores: one list of work items expected");
   const int n_splits = std::max(1, (a.max_small_entries + kKS - 1) / kKS);
