@@ -144,6 +144,12 @@ class Backend {
   virtual void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) = 0;
   // x += y
   virtual void add(Tensor& x, const Tensor& y) = 0;
+  // x += y, then out = x / rms(x) * w (the residual add and the next norm; out may be y).
+  // Backends may fuse it; the result equals add() then rms_norm().
+  virtual void add_rms_norm(Tensor& x, const Tensor& y, const Tensor& w, float eps, Tensor& out) {
+    add(x, y);
+    rms_norm(x, w, eps, out);
+  }
   // out[i] = x[rows[i]]
   virtual void gather_rows(const Tensor& x, std::span<const int32_t> rows, Tensor& out) = 0;
   // out[r] (host memory) = index of the largest value of F32 row r, the first on ties

@@ -409,9 +409,11 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
   for (size_t i = 0; i < batch.size(); ++i) seq_ids[i] = batch[i].seq_id;
 
   backend_.embed(w_->tok_embd, ids, x);
+  // Each residual add is fused with the norm that follows it (add_rms_norm): h holds the
+  // normed input of the next block when a block starts.
+  backend_.rms_norm(x, w_->layers[0].attn_norm, hp_.rms_eps, h);
   for (int64_t l = 0; l < hp_.n_layer; ++l) {
     const LayerWeights& L = w_->layers[l];
-    backend_.rms_norm(x, L.attn_norm, hp_.rms_eps, h);
     if (L.wqkv.data) {
       Tensor qkv = ws.qkv.slice_rows(0, T);
       backend_.matmul(h, L.wqkv, nullptr, qkv);
@@ -430,8 +432,7 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
     backend_.attention(q, seqs, ap, kv.pool(), attn);
     kv.after_attention(int(l), q, seq_ids, seqs, ap, ws.scores);
     backend_.matmul(attn, L.wo, nullptr, h);
-    backend_.add(x, h);
-    backend_.rms_norm(x, L.ffn_norm, hp_.rms_eps, h);
+    backend_.add_rms_norm(x, h, L.ffn_norm, hp_.rms_eps, h);
     if (L.w_gate_up.data) {
       Tensor gu = ws.gate_up.slice_rows(0, T);
       backend_.matmul(h, L.w_gate_up, nullptr, gu);
@@ -441,7 +442,10 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
     }
     backend_.swiglu(gate, up, act);
     backend_.matmul(act, L.w_down, nullptr, h);
-    backend_.add(x, h);
+    if (l + 1 < hp_.n_layer)
+      backend_.add_rms_norm(x, h, w_->layers[l + 1].attn_norm, hp_.rms_eps, h);
+    else
+      backend_.add(x, h);
   }
   fwd_scope.reset();
   argmax_.resize(argmax_rows.size());

@@ -162,6 +162,29 @@ TEST_F(CudaKernels, SwigluAddGather) {
   }
 }
 
+// The residual add fused with the next norm: equal to add() then rms_norm() on the GPU
+// (bit for bit) and close to the CPU's; out may be the added tensor itself.
+TEST_F(CudaKernels, AddRmsNormFusedEqualsAddThenNorm) {
+  for (auto [rows, cols] : {std::pair<int64_t, int64_t>{9, 4096}, {3, 100}, {5, 576}}) {
+    const std::string shape = std::to_string(rows) + "x" + std::to_string(cols);
+    std::vector<float> xv = randv(rows * cols, -3, 3), yv = randv(rows * cols, -3, 3);
+    std::vector<float> wv = randv(cols, 0.5f, 1.5f);
+    Tensor wc = cpu->load_weight(GgmlType::F32, wv.data(), 1, cols);
+    Tensor wg = gpu->load_weight(GgmlType::F32, wv.data(), 1, cols);
+    gpu_owned.push_back(wg);
+    Pair x = make(rows, cols, xv), y = make(rows, cols, yv);
+    Pair x2 = make(rows, cols, xv), y2 = make(rows, cols, yv);
+    Pair out = make_out(rows, cols);
+    cpu->add_rms_norm(x.c, y.c, wc, 1e-5f, out.c);
+    gpu->add(x2.g, y2.g);  // separate ops on the GPU
+    gpu->rms_norm(x2.g, wg, 1e-5f, out.g);
+    gpu->add_rms_norm(x.g, y.g, wg, 1e-5f, y.g);  // fused, writing over y
+    expect_close("add_rms_norm sum " + shape, down_gpu(x.g), down_gpu(x2.g), 0.0);
+    expect_close("add_rms_norm fused vs separate " + shape, down_gpu(y.g), down_gpu(out.g), 0.0);
+    expect_close("add_rms_norm vs cpu " + shape, down_gpu(y.g), down_cpu(out.c), kBf16OpBound);
+  }
+}
+
 // The model stacks wq/wk/wv (and w_gate/w_up) on this backend
 // (prefers_stacked_projections) and hands the ops strided column views of one product.
 TEST_F(CudaKernels, StackedProductsThroughColumnViews) {

@@ -137,6 +137,7 @@ class CudaBackend final : public Backend {
     scores_out_.name = "scores out";
     attn_scratch_.name = "attention split-KV";
     small_out_.name = "small out";
+    rope_table_.name = "rope table";
     evict_keys_.name = "evict keys";
     scores_part_.name = "scores partials";
   }
@@ -253,8 +254,12 @@ class CudaBackend final : public Backend {
     if (int(p.inv_freq.size()) != p.rotary_dim / 2) throw Error("cuda rope: inv_freq size");
     BMX_OP_TIME("rope");
     if (pos.empty()) return;
-    const float* inv = inv_freq(p);
-    cuda::launch_rope(x, n_heads, put_ints({pos}), inv, p, stream_);
+    cuda::launch_rope(x, n_heads, rope_table(pos, p), p, stream_);
+  }
+
+  void add_rms_norm(Tensor& x, const Tensor& y, const Tensor& w, float eps, Tensor& out) override {
+    BMX_OP_TIME("add_rms_norm");
+    cuda::launch_add_rms_norm(x, y, w, eps, out, stream_);
   }
 
   void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) override {
@@ -427,6 +432,7 @@ class CudaBackend final : public Backend {
     scores_part_.get(cuda::attention_scores_scratch_bytes());
     evict_keys_.get(size_t(cuda::kEvictKeysPerLaunch) * sizeof(uint32_t));
     small_out_.get(size_t(1) << 20);
+    rope_table_.get(size_t(std::max<int64_t>(max_rows, 1)) * std::max(p.head_dim / 2, 1) * sizeof(float2));
   }
 
   void evict(std::span<const EvictTask> tasks, const Tensor* mass, KVPoolView& pool) override {
@@ -540,6 +546,23 @@ class CudaBackend final : public Backend {
     return static_cast<const int32_t*>(
         staging_->put(host_ints_.data(), host_ints_.size() * sizeof(int32_t), stream_));
   }
+  // The (cos, sin) table of these positions: every layer of a step rotates the same
+  // positions, so it is computed when the positions (or frequencies) change, not per call.
+  const float2* rope_table(std::span<const int32_t> pos, const RopeParams& p) {
+    const float* inv = inv_freq(p);
+    const int half = p.rotary_dim / 2;
+    const bool same = inv == rope_inv_ && half == rope_half_ && pos.size() == rope_pos_.size() &&
+                      std::equal(pos.begin(), pos.end(), rope_pos_.begin());
+    float2* table = static_cast<float2*>(rope_table_.get(std::max<size_t>(pos.size() * half, 1) * sizeof(float2)));
+    if (!same || table != rope_table_at_) {
+      cuda::launch_rope_table(put_ints({pos}), int64_t(pos.size()), inv, half, table, stream_);
+      rope_pos_.assign(pos.begin(), pos.end());
+      rope_inv_ = inv;
+      rope_half_ = half;
+      rope_table_at_ = table;
+    }
+    return table;
+  }
   // inv_freq is uploaded once per distinct RopeParams content.
   const float* inv_freq(const RopeParams& p) {
     for (auto& r : ropes_)
@@ -573,6 +596,11 @@ class CudaBackend final : public Backend {
                                        const AttentionParams& p, const KVPoolView& pool,
                                        int small, int big, int64_t small_max);
 
+  std::vector<int32_t> rope_pos_;
+  const float* rope_inv_ = nullptr;
+  int rope_half_ = 0;
+  const float2* rope_table_at_ = nullptr;
+  DeviceBuffer rope_table_;
   DeviceBuffer weight_stage_, move_scratch_, scores_out_, attn_scratch_, small_out_, evict_keys_, scores_part_;
   std::vector<int32_t> host_ints_, big_work_;
   std::vector<float> host_scores_;

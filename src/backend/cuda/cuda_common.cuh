@@ -108,8 +108,13 @@ void launch_fill_random(void* p, GgmlType t, int64_t n, uint64_t seed, cudaStrea
                         float scale = 1.0f, float offset = 0.0f);
 // norm_rope_kernels.cu
 void launch_rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out, cudaStream_t s);
-void launch_rope(Tensor& x, int n_heads, const int32_t* d_pos, const float* d_inv_freq,
-                 const RopeParams& p, cudaStream_t s);
+// rope: (cos, sin) per (row, frequency) of a step's positions, then the rotation from it.
+void launch_rope_table(const int32_t* d_pos, int64_t rows, const float* d_inv_freq, int half,
+                       float2* d_table, cudaStream_t s);
+void launch_rope(Tensor& x, int n_heads, const float2* d_table, const RopeParams& p,
+                 cudaStream_t s);
+void launch_add_rms_norm(Tensor& x, const Tensor& y, const Tensor& w, float eps, Tensor& out,
+                         cudaStream_t s);
 // dequant_kernels.cu: rows of `src_type` (contiguous, GGUF layout) to F32 or BF16 rows.
 void launch_dequant(GgmlType src_type, const void* d_src, int64_t rows, int64_t cols,
                     const Tensor& out, int64_t out_row0, cudaStream_t s);

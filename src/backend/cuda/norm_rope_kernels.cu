@@ -55,25 +55,85 @@ __global__ void __launch_bounds__(kNormThreads) rms_norm_kernel(View<const TX> x
   }
 }
 
+// Fused residual add and norm: x += y, then out = x / rms(x) * w. One CTA per row; the
+// row's sum stays in registers between the two halves, so out may alias y (each thread
+// reads its y elements before the barrier that precedes any write of out).
+template <class T, class TW, bool VEC>
+__global__ void __launch_bounds__(kNormThreads) add_rms_norm_kernel(View<T> x, View<const T> y,
+                                                                    const TW* w, View<T> out,
+                                                                    int64_t cols, float eps) {
+  __shared__ float red[kNormThreads / 32];
+  T* xr = x.row(blockIdx.x);
+  const T* yr = y.row(blockIdx.x);
+  T* o = out.row(blockIdx.x);
+  float ss = 0;
+  if constexpr (VEC) {
+    for (int64_t c = threadIdx.x * 8; c < cols; c += blockDim.x * 8) {
+      float a[8], b[8];
+      load8(xr + c, a);
+      load8(yr + c, b);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) a[j] += b[j];
+      store8(xr + c, a);
+      // Sum the stored (rounded) values: what a separate norm of x would read.
+      load8(xr + c, a);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) ss += a[j] * a[j];
+    }
+  } else {
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+      const T v = from_f<T>(to_f(xr[c]) + to_f(yr[c]));
+      xr[c] = v;
+      ss += to_f(v) * to_f(v);
+    }
+  }
+  const float inv = rsqrtf(block_sum(ss, red) / float(cols) + eps);
+  if constexpr (VEC) {
+    for (int64_t c = threadIdx.x * 8; c < cols; c += blockDim.x * 8) {
+      float v[8], g[8];
+      load8(xr + c, v);
+      load8(w + c, g);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[j] = v[j] * inv * g[j];
+      store8(o + c, v);
+    }
+  } else {
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)
+      o[c] = from_f<T>(to_f(xr[c]) * inv * to_f(w[c]));
+  }
+}
+
+// (cos, sin) of every (row, frequency) of a step, computed once and read by every layer.
+// The angle in double and reduced to [0, 2pi) first: positions reach 1e5+, where a float
+// product alone loses ~1e-2 rad.
+__global__ void rope_table_kernel(const int32_t* pos, const float* inv_freq, int half,
+                                  int64_t rows, float2* cs) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < rows * half;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / half;
+    const int k = int(i % half);
+    double th = double(pos[r]) * double(inv_freq[k]);
+    th -= 6.283185307179586 * floor(th * 0.15915494309189535);
+    float sn, c;
+    sincosf(float(th), &sn, &c);
+    cs[i] = make_float2(c, sn);
+  }
+}
+
 template <class T>
 __global__ void rope_kernel(View<T> x, int n_heads, int head_dim, int half, bool neox,
-                            const int32_t* pos, const float* inv_freq, int64_t rows) {
+                            const float2* cs, int64_t rows) {
   const int64_t per_row = int64_t(n_heads) * half;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < rows * per_row;
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t r = i / per_row;
     const int h = int((i % per_row) / half), k = int(i % half);
-    // The angle in double and reduced to [0, 2pi) first: positions reach 1e5+, where a
-    // float product alone loses ~1e-2 rad.
-    double th = double(pos[r]) * double(inv_freq[k]);
-    th -= 6.283185307179586 * floor(th * 0.15915494309189535);
-    float s, c;
-    sincosf(float(th), &s, &c);
+    const float2 t = cs[r * half + k];
     T* v = x.row(r) + int64_t(h) * head_dim;
     const int a = neox ? k : 2 * k, b = neox ? k + half : 2 * k + 1;
     const float x0 = to_f(v[a]), x1 = to_f(v[b]);
-    v[a] = from_f<T>(x0 * c - x1 * s);
-    v[b] = from_f<T>(x0 * s + x1 * c);
+    v[a] = from_f<T>(x0 * t.x - x1 * t.y);
+    v[b] = from_f<T>(x0 * t.y + x1 * t.x);
   }
 }
 
@@ -104,8 +164,42 @@ void launch_rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out, c
   });
 }
 
-void launch_rope(Tensor& x, int n_heads, const int32_t* d_pos, const float* d_inv_freq,
-                 const RopeParams& p, cudaStream_t s) {
+void launch_add_rms_norm(Tensor& x, const Tensor& y, const Tensor& w, float eps, Tensor& out,
+                         cudaStream_t s) {
+  if (x.rows != y.rows || x.cols != y.cols || x.rows != out.rows || x.cols != out.cols ||
+      w.cols != x.cols)
+    throw Error("cuda add_rms_norm: shapes differ");
+  if (x.type != y.type || x.type != out.type) throw Error("cuda add_rms_norm: types differ");
+  if (x.rows == 0) return;
+  if (x.rows > INT32_MAX) throw Error("cuda add_rms_norm: too many rows");
+  const bool vec = vec8_ok(x) && vec8_ok(y) && vec8_ok(w) && vec8_ok(out);
+  dispatch_act(x.type, "add_rms_norm input", [&](auto tx) {
+    using T = decltype(tx);
+    dispatch_act(w.type, "add_rms_norm weight", [&](auto tw) {
+      using TW = decltype(tw);
+      const TW* wp = static_cast<const TW*>(w.data);
+      if (vec)
+        add_rms_norm_kernel<T, TW, true><<<unsigned(x.rows), kNormThreads, 0, s>>>(
+            view<T>(x), view<const T>(y), wp, view<T>(out), x.cols, eps);
+      else
+        add_rms_norm_kernel<T, TW, false><<<unsigned(x.rows), kNormThreads, 0, s>>>(
+            view<T>(x), view<const T>(y), wp, view<T>(out), x.cols, eps);
+      BMX_LAUNCHED();
+    });
+  });
+}
+
+void launch_rope_table(const int32_t* d_pos, int64_t rows, const float* d_inv_freq, int half,
+                       float2* d_table, cudaStream_t s) {
+  const int64_t work = rows * half;
+  if (work == 0) return;
+  rope_table_kernel<<<int(std::min<int64_t>((work + 255) / 256, 1 << 20)), 256, 0, s>>>(
+      d_pos, d_inv_freq, half, rows, d_table);
+  BMX_LAUNCHED();
+}
+
+void launch_rope(Tensor& x, int n_heads, const float2* d_table, const RopeParams& p,
+                 cudaStream_t s) {
   if (p.rotary_dim > p.head_dim || p.rotary_dim % 2 || int64_t(n_heads) * p.head_dim > x.cols)
     throw Error("cuda rope: bad shape");
   const int half = p.rotary_dim / 2;
@@ -116,8 +210,7 @@ void launch_rope(Tensor& x, int n_heads, const int32_t* d_pos, const float* d_in
   dispatch_act(x.type, "rope input", [&](auto tx) {
     using T = decltype(tx);
     rope_kernel<T><<<blocks, threads, 0, s>>>(view<T>(x), n_heads, p.head_dim, half,
-                                              p.style == RopeStyle::Neox, d_pos, d_inv_freq,
-                                              x.rows);
+                                              p.style == RopeStyle::Neox, d_table, x.rows);
     BMX_LAUNCHED();
   });
 }
