@@ -12,10 +12,15 @@ Staging::Staging(size_t half_bytes) : half_(half_bytes) {
   BMX_CUDA(cudaHostAlloc(reinterpret_cast<void**>(&host_), 2 * half_, cudaHostAllocDefault));
   BMX_CUDA(cudaMalloc(reinterpret_cast<void**>(&dev_), 2 * half_));
   for (auto& e : left_) BMX_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  BMX_CUDA(cudaStreamCreateWithFlags(&copy_, cudaStreamNonBlocking));
+  BMX_CUDA(cudaEventCreateWithFlags(&copied_, cudaEventDisableTiming));
 }
 
 Staging::~Staging() {
+  cudaStreamSynchronize(copy_);
   for (auto& e : left_) cudaEventDestroy(e);
+  cudaEventDestroy(copied_);
+  cudaStreamDestroy(copy_);
   cudaFree(dev_);
   cudaFreeHost(host_);
 }
@@ -24,6 +29,7 @@ void Staging::grow(size_t need, cudaStream_t s) {
   if (const char* e = std::getenv("BATCHMAX_CUDA_MEMLOG"); e && *e && *e != '0')
     std::fprintf(stderr, "[cuda mem] staging: half %zu -> >= %zu bytes\n", half_, need);
   BMX_CUDA(cudaStreamSynchronize(s));  // nothing in flight reads the old buffers
+  BMX_CUDA(cudaStreamSynchronize(copy_));
   cudaFree(dev_);
   cudaFreeHost(host_);
   while (half_ < need) half_ *= 2;
@@ -50,7 +56,11 @@ void* Staging::put(const void* src, size_t n, cudaStream_t s) {
   char* h = host_ + cur_ * half_ + off_;
   char* d = dev_ + cur_ * half_ + off_;
   std::memcpy(h, src, bytes);
-  BMX_CUDA(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, s));
+  // Safe to overwrite d now: the last reader of this half finished (the wait above), and
+  // the host wrote h before the copy was queued.
+  BMX_CUDA(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, copy_));
+  BMX_CUDA(cudaEventRecord(copied_, copy_));
+  BMX_CUDA(cudaStreamWaitEvent(s, copied_, 0));
   off_ += n;
   return d;
 }

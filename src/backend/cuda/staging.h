@@ -3,6 +3,9 @@
 // ring of two halves mirrored on the device. Each op makes ONE put() before its
 // launches; when the ring moves to the other half it first waits for the event recorded
 // when that half was last left, which follows every launch that read it.
+// The copies run on a stream of their own and the compute stream waits on an event for
+// each: a copy queued on the compute stream stalled it for the DMA's round trip (~5-10 us,
+// several per layer), while on the side it lands before the kernels reach it.
 #include <cuda_runtime.h>
 
 #include <cstddef>
@@ -28,6 +31,8 @@ class Staging {
   int cur_ = 0;
   size_t off_ = 0;
   cudaEvent_t left_[2]{};
+  cudaStream_t copy_ = nullptr;
+  cudaEvent_t copied_ = nullptr;
   bool pending_[2] = {false, false};
 };
 
