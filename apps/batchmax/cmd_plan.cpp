@@ -54,6 +54,7 @@ int run_plan(const PlanArgs& a) {
                                 {"mem_budget_bytes", m.mem_budget_bytes},
                                 {"weight_bytes", m.weight_bytes},
                                 {"workspace_bytes", m.workspace_bytes},
+                                {"runtime_reserve_bytes", m.runtime_reserve_bytes},
                                 {"step_tokens", f.step_tokens},
                                 {"kv_pool_bytes", m.kv_pool_bytes},
                                 {"kv_block_bytes", m.kv_block_bytes},
@@ -74,7 +75,11 @@ int run_plan(const PlanArgs& a) {
     line("  weights", format_bytes(m.weight_bytes));
     line("  workspace", format_bytes(m.workspace_bytes) + " (measured: a " +
                             std::to_string(f.step_tokens) + "-token step and its logits)");
-    line("  KV pool", format_bytes(m.kv_pool_bytes) + " = budget - weights - workspace");
+    if (m.runtime_reserve_bytes > 0)
+      line("  driver reserve", format_bytes(m.runtime_reserve_bytes) +
+                                   " (kept free: the GPU driver allocates on first kernel use)");
+    line("  KV pool", format_bytes(m.kv_pool_bytes) + " = budget - weights - workspace" +
+                          (m.runtime_reserve_bytes > 0 ? " - driver reserve" : ""));
   } else {
     line("weights", format_bytes(m.weight_bytes));
     line("workspace", format_bytes(m.workspace_bytes) + " (measured)");

@@ -142,6 +142,7 @@ struct MemoryPlan {
   int64_t mem_budget_bytes = 0;   // 0: no overall budget (KV pool from kv_mem_bytes)
   int64_t weight_bytes = 0;       // weights as the backend holds them
   int64_t workspace_bytes = 0;    // activations and logits of the largest step, measured
+  int64_t runtime_reserve_bytes = 0;  // left for what the GPU driver takes by itself later
   int64_t kv_pool_bytes = 0;
   int64_t kv_block_bytes = 0;
   int64_t kv_blocks = 0;

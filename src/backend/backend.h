@@ -207,6 +207,9 @@ class Backend {
   // and small-N products cost more than the copy). Strided column views of the output
   // go to the ops, so every op must honour row_stride.
   virtual bool prefers_stacked_projections() const { return false; }
+  // Bytes the planner leaves free for memory the runtime takes by itself after the plan
+  // (the CUDA driver loads kernels and sizes per-launch local memory on first use).
+  virtual int64_t runtime_reserve_bytes() const { return 0; }
   // True where evict() saves host round trips (the pool is not in host memory), so the
   // KV cache should prefer it to selecting on the host.
   virtual bool prefers_device_eviction() const { return false; }

@@ -100,14 +100,19 @@ void LlmEngine::plan_memory() {
   m.kv_heads_total = int64_t(kc.n_layer) * kc.n_kv_heads;
   m.kv_bytes_per_token = m.kv_block_bytes / kc.block_tokens * m.kv_heads_total;
   if (opts_.mem_budget_bytes > 0) {
-    m.kv_pool_bytes = opts_.mem_budget_bytes - m.weight_bytes - m.workspace_bytes;
+    m.runtime_reserve_bytes = backend_->runtime_reserve_bytes();
+    m.kv_pool_bytes =
+        opts_.mem_budget_bytes - m.weight_bytes - m.workspace_bytes - m.runtime_reserve_bytes;
     if (m.kv_pool_bytes < m.kv_block_bytes * m.kv_heads_total)
       throw Error("memory budget " + format_bytes(opts_.mem_budget_bytes) +
                   " is too small: weights take " + format_bytes(m.weight_bytes) +
                   " and the workspace of a " + std::to_string(opts_.step_tokens) +
                   "-token step " + format_bytes(m.workspace_bytes) +
+                  (m.runtime_reserve_bytes
+                       ? " (plus " + format_bytes(m.runtime_reserve_bytes) + " kept for the GPU driver)"
+                       : std::string()) +
                   ", leaving no room for the KV cache; at least " +
-                  format_bytes(m.weight_bytes + m.workspace_bytes +
+                  format_bytes(m.weight_bytes + m.workspace_bytes + m.runtime_reserve_bytes +
                                m.kv_block_bytes * m.kv_heads_total * 64) +
                   " is needed for a 1k-token sequence");
   } else {

@@ -84,8 +84,19 @@ void CudaAttention::compare_scores(const std::string& what, Pair& q) {
   std::vector<std::vector<float>> got(ss.size(), std::vector<float>(stride * cfg.n_kv_heads, 0));
   std::vector<float*> ptr;
   for (auto& g : got) ptr.push_back(g.data());
+  // Right after attention() over the same q: the tensor-core path reuses its sums.
   gpu->attention_scores(q.g, ss, p, pg, ptr, stride);
-  std::vector<float> all_got, all_want;
+  // A copy of q that no attention call saw: both passes of the scoring kernel.
+  std::vector<std::vector<float>> got2(ss.size(), std::vector<float>(stride * cfg.n_kv_heads, 0));
+  {
+    Tensor q2 = gpu->alloc(q.g.type, q.g.rows, q.g.cols);
+    gpu_owned.push_back(q2);
+    gpu->copy_rows(q.g, q2);
+    std::vector<float*> ptr2;
+    for (auto& g : got2) ptr2.push_back(g.data());
+    gpu->attention_scores(q2, ss, p, pg, ptr2, stride);
+  }
+  std::vector<float> all_got, all_got2, all_want;
   for (size_t i = 0; i < ss.size(); ++i) {
     std::vector<double> want(stride * cfg.n_kv_heads, 0.0);
     for (int64_t r = 0; r < ss[i].n_q; ++r)
@@ -107,9 +118,11 @@ void CudaAttention::compare_scores(const std::string& what, Pair& q) {
         for (size_t e = 0; e < h.pos.size(); ++e) want[kvh * stride + e] += sc[e] / sum / group;
       }
     all_got.insert(all_got.end(), got[i].begin(), got[i].end());
+    all_got2.insert(all_got2.end(), got2[i].begin(), got2[i].end());
     all_want.insert(all_want.end(), want.begin(), want.end());
   }
   expect_close(what, all_got, all_want, kScoresBound);
+  expect_close(what + " (two passes)", all_got2, all_want, kScoresBound);
 }
 
 void CudaAttention::compare_key_norms(const std::string& what, int s, int h) {

@@ -116,7 +116,8 @@ TEST_F(CudaKernels, MatmulBiasAndRowSlices) {
 
 TEST_F(CudaKernels, RopeBothStyles) {
   for (RopeStyle style : {RopeStyle::Interleaved, RopeStyle::Neox})
-    for (auto [hd, rot] : {std::pair<int, int>{64, 64}, {128, 128}, {128, 32}}) {
+    // 16-byte paths (rot 64, 128, 32) and the scalar one (rot 20: 10 pairs).
+    for (auto [hd, rot] : {std::pair<int, int>{64, 64}, {128, 128}, {128, 32}, {64, 20}}) {
       const int heads = 4;
       const int64_t rows = 6;
       RopeParams p;

@@ -138,6 +138,7 @@ class CudaBackend final : public Backend {
     attn_scratch_.name = "attention split-KV";
     small_out_.name = "small out";
     rope_table_.name = "rope table";
+    lse_.name = "attention lse";
     evict_keys_.name = "evict keys";
     scores_part_.name = "scores partials";
   }
@@ -289,6 +290,9 @@ class CudaBackend final : public Backend {
                                cudaMemcpyDeviceToDevice, stream_));
   }
   bool prefers_stacked_projections() const override { return true; }
+  // Seen on the H100: peaks 4-20 MiB above the plan with no cudaMalloc after it
+  // (BATCHMAX_CUDA_MEMLOG), i.e. the driver's lazy module loads and local memory.
+  int64_t runtime_reserve_bytes() const override { return int64_t(64) << 20; }
 
   KVPoolView alloc_kv_pool(GgmlType type, int64_t n_blocks, int block_tokens,
                            int head_dim) override {
@@ -343,6 +347,7 @@ class CudaBackend final : public Backend {
   void attention(const Tensor& q, std::span<const AttentionSeq> seqs, const AttentionParams& p,
                  const KVPoolView& pool, Tensor& out) override {
     BMX_OP_TIME(attention_op_name(seqs));
+    lse_seqs_.clear();
     const cuda::AttentionTiles t = cuda::attention_tiles(p, q.type, pool.type);
     cuda::AttentionLaunch a = pack_attention(q, seqs, p, pool, t.small, t.big, t.small);
     if (a.n_small + a.n_big == 0) return;
@@ -350,6 +355,11 @@ class CudaBackend final : public Backend {
       throw Error("cuda attention: out must match q");
     a.meta = put_packed();
     a.scratch = [this](size_t n) { return attn_scratch_.get(n); };
+    if (cuda::flash_attention_supported(q.type, pool.type, p.head_dim)) {
+      a.lse = static_cast<float*>(lse_.get(size_t(q.rows) * p.n_heads * sizeof(float)));
+      a.lse_stride = p.n_heads;
+      remember_lse(q, seqs);
+    }
     cuda::launch_attention(q, a, p, pool, out, stream_);
   }
 
@@ -369,6 +379,7 @@ class CudaBackend final : public Backend {
     float* d_out = static_cast<float*>(scores_out_.get(std::max<size_t>(seqs.size() * per_seq, 1) * 4));
     BMX_CUDA(cudaMemsetAsync(d_out, 0, seqs.size() * per_seq * 4, stream_));
     a.meta = put_packed();
+    use_lse(q, seqs, p, a);
     cuda::launch_attention_scores(q, a, p, pool, d_out, out_stride, stream_);
     host_scores_.resize(seqs.size() * per_seq);
     BMX_CUDA(cudaMemcpyAsync(host_scores_.data(), d_out, host_scores_.size() * 4,
@@ -421,6 +432,7 @@ class CudaBackend final : public Backend {
     if (a.n_small == 0) return;
     a.scratch = [this](size_t n) { return scores_part_.get(n); };
     a.meta = put_packed();
+    use_lse(q, seqs, p, a);
     cuda::launch_attention_scores(q, a, p, pool, out.f32(), out.cols, stream_);
   }
 
@@ -433,6 +445,7 @@ class CudaBackend final : public Backend {
     evict_keys_.get(size_t(cuda::kEvictKeysPerLaunch) * sizeof(uint32_t));
     small_out_.get(size_t(1) << 20);
     rope_table_.get(size_t(std::max<int64_t>(max_rows, 1)) * std::max(p.head_dim / 2, 1) * sizeof(float2));
+    lse_.get(size_t(std::max<int64_t>(max_rows, 1)) * std::max(p.n_heads, 1) * sizeof(float));
   }
 
   void evict(std::span<const EvictTask> tasks, const Tensor* mass, KVPoolView& pool) override {
@@ -546,6 +559,50 @@ class CudaBackend final : public Backend {
     return static_cast<const int32_t*>(
         staging_->put(host_ints_.data(), host_ints_.size() * sizeof(int32_t), stream_));
   }
+  // BATCHMAX_CUDA_SCORES_TWO_PASS=1: scoring ignores the attention pass's sums (A/B, tests).
+  static bool scores_two_pass() {
+    static const bool on = [] {
+      const char* e = std::getenv("BATCHMAX_CUDA_SCORES_TWO_PASS");
+      return e && *e && *e != '0';
+    }();
+    return on;
+  }
+  // The last attention() call left each query vector's log2-sum-exp in lse_ (flash path).
+  // A scoring call right after it over rows of the same sequences and the same cache
+  // entries (what the policies ask after each layer) reads them and runs one pass, not two.
+  struct LseSeq {
+    int64_t q_begin, n_q;
+    std::vector<int32_t> entries, first_block;
+  };
+  void remember_lse(const Tensor& q, std::span<const AttentionSeq> seqs) {
+    lse_q_ = q.data;
+    lse_q_stride_ = q.row_stride;
+    for (const AttentionSeq& a : seqs) {
+      LseSeq r{a.q_begin, a.n_q, a.head_entries, {}};
+      for (const auto& b : a.head_blocks) r.first_block.push_back(b.empty() ? -1 : b[0]);
+      lse_seqs_.push_back(std::move(r));
+    }
+  }
+  void use_lse(const Tensor& q, std::span<const AttentionSeq> seqs, const AttentionParams& p,
+               cuda::AttentionLaunch& a) {
+    if (lse_seqs_.empty() || q.data != lse_q_ || q.row_stride != lse_q_stride_ ||
+        !cuda::flash_attention_supported(q.type, GgmlType::BF16, p.head_dim) ||
+        scores_two_pass())
+      return;
+    for (const AttentionSeq& s : seqs) {
+      const bool seen = std::any_of(lse_seqs_.begin(), lse_seqs_.end(), [&](const LseSeq& r) {
+        if (s.q_begin < r.q_begin || s.q_begin + s.n_q > r.q_begin + r.n_q) return false;
+        if (s.head_entries != r.entries) return false;
+        for (size_t h = 0; h < s.head_blocks.size(); ++h)
+          if ((s.head_blocks[h].empty() ? -1 : s.head_blocks[h][0]) != r.first_block[h]) return false;
+        return true;
+      });
+      if (!seen) return;
+    }
+    a.lse = static_cast<float*>(lse_.get(0));
+    a.lse_stride = p.n_heads;
+  }
+
   // The (cos, sin) table of these positions: every layer of a step rotates the same
   // positions, so it is computed when the positions (or frequencies) change, not per call.
   const float2* rope_table(std::span<const int32_t> pos, const RopeParams& p) {
@@ -600,7 +657,10 @@ class CudaBackend final : public Backend {
   const float* rope_inv_ = nullptr;
   int rope_half_ = 0;
   const float2* rope_table_at_ = nullptr;
-  DeviceBuffer rope_table_;
+  DeviceBuffer rope_table_, lse_;
+  std::vector<LseSeq> lse_seqs_;
+  const void* lse_q_ = nullptr;
+  size_t lse_q_stride_ = 0;
   DeviceBuffer weight_stage_, move_scratch_, scores_out_, attn_scratch_, small_out_, evict_keys_, scores_part_;
   std::vector<int32_t> host_ints_, big_work_;
   std::vector<float> host_scores_;

@@ -134,6 +134,11 @@ struct AttentionLaunch {
   int seq_at;           // where the per-sequence records start: 4 * (n_small + n_big)
   int max_small_entries = 0;  // most entries of any KV head in the small list
   std::function<void*(size_t)> scratch;  // device scratch of n bytes (split-KV partials)
+  // Flash path only. launch_attention: when set, writes each query vector's log2-sum-exp
+  // (scaled scores, base 2; -inf when it sees no key) at lse[row * lse_stride + head].
+  // launch_attention_scores: when set, reads them and skips its first pass.
+  float* lse = nullptr;
+  int64_t lse_stride = 0;
 };
 // Query vectors per CTA: `small` for (sequence, KV head) pairs with at most that many
 // vectors (decode rows), `big` otherwise. They depend on the path the types select.

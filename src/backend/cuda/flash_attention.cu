@@ -50,6 +50,8 @@ struct FlashArgs {
   int block_tokens;
   float* part_o;   // split > 1: [item][split][kDecodeM][HD] unnormalised O
   float* part_ml;  // [item][split][kDecodeM][2]: max (log2 units), sum
+  float* lse;      // optional: log2-sum-exp per (q row, head), see AttentionLaunch
+  int64_t lse_stride;
 };
 
 template <int HD, int WM, int WN>
@@ -257,6 +259,14 @@ __global__ void __launch_bounds__(kThreads, kMinCtas) flash_kernel(const FlashAr
   if constexpr (WN == 1) {
     // No visible key at all (l = 0): zeros, as the CPU reference writes.
     const float ia = la > 0 ? 1.f / la : 0.f, ib = lb > 0 ? 1.f / lb : 0.f;
+    if (a.lse && (lane & 3) == 0) {
+      if (va < n_vec)
+        a.lse[(q_begin + va / a.group) * a.lse_stride + kvh * a.group + va % a.group] =
+            la > 0 ? ma * sl + log2f(la) : -INFINITY;
+      if (vb < n_vec)
+        a.lse[(q_begin + vb / a.group) * a.lse_stride + kvh * a.group + vb % a.group] =
+            lb > 0 ? mb * sl + log2f(lb) : -INFINITY;
+    }
     bf16* oa = va < n_vec ? a.out + (q_begin + va / a.group) * a.out_stride +
                                 int64_t(kvh * a.group + va % a.group) * HD
                           : nullptr;
@@ -306,6 +316,9 @@ __global__ void __launch_bounds__(kThreads, kMinCtas) flash_kernel(const FlashAr
         const int v = v0 + r;
         a.out[(q_begin + v / a.group) * a.out_stride + int64_t(kvh * a.group + v % a.group) * HD + d] =
             __float2bfloat16(L > 0 ? acc / L : 0.f);
+        if (a.lse && d == 0)
+          a.lse[(q_begin + v / a.group) * a.lse_stride + kvh * a.group + v % a.group] =
+              L > 0 ? M + log2f(L) : -INFINITY;
       } else {
         a.part_o[(part + r) * HD + d] = acc;
         if (d == 0) {
@@ -339,6 +352,11 @@ __global__ void __launch_bounds__(kThreads) flash_combine(const FlashArgs a, int
     }
     const float inv = L > 0 ? 1.f / L : 0.f;
     for (int s = 0; s < n_split; ++s) wgt[s][tid] *= inv;
+    if (a.lse) {
+      const int v = v0 + tid;
+      a.lse[(q_begin + v / a.group) * a.lse_stride + kvh * a.group + v % a.group] =
+          L > 0 ? M + log2f(L) : -INFINITY;
+    }
   }
   __syncthreads();
   for (int idx = tid; idx < rows * HD; idx += kThreads) {
@@ -461,6 +479,8 @@ void launch_flash_attention(const Tensor& q, const AttentionLaunch& L, const Att
   a.pv = static_cast<const bf16*>(pool.v);
   a.ppos = pool.pos;
   a.block_tokens = pool.block_tokens;
+  a.lse = L.lse;
+  a.lse_stride = L.lse_stride;
   // The Q fragments are 4-byte loads: row starts must be 4-byte aligned.
   if (reinterpret_cast<uintptr_t>(q.data) % 4 || q.row_stride % 4 ||
       reinterpret_cast<uintptr_t>(out.data) % 4 || out.row_stride % 4)

@@ -39,6 +39,8 @@ struct ScoresArgs {
   int n_splits, item0;
   float* out;
   int64_t out_stride;
+  const float* lse;  // optional: each vector's log2-sum-exp from the attention pass
+  int64_t lse_stride;
 };
 
 template <int HD, bool kPass2>
@@ -90,7 +92,16 @@ __global__ void __launch_bounds__(kThreads) flash_scores_kernel(const ScoresArgs
   }
   // Pass 2: each row's max over all keys and 1 / (group * sum) from pass 1's splits.
   float Ma = -INFINITY, Mb = -INFINITY, ia = 0.f, ib = 0.f;
-  if (kPass2) {
+  if (kPass2 && a.lse) {  // the attention pass left the sums: p = 2^(s - lse) / group
+    auto at = [&](int v) {
+      return a.lse[(q_begin + v / a.group) * a.lse_stride + kvh * a.group + v % a.group];
+    };
+    Ma = va < n_vec ? at(va) : -INFINITY;
+    Mb = vb < n_vec ? at(vb) : -INFINITY;
+    ia = Ma == -INFINITY ? 0.f : 1.f / float(a.group);
+    ib = Mb == -INFINITY ? 0.f : 1.f / float(a.group);
+    if (tid < kKeys) colsum[tid] = 0.f;
+  } else if (kPass2) {
     float la = 0.f, lb = 0.f;
     for (int sp = 0; sp < a.n_splits; ++sp) {
       const float2 xa = part[int64_t(sp) * kRows + ra], xb = part[int64_t(sp) * kRows + rb];
@@ -218,8 +229,10 @@ void launch_hd(ScoresArgs a, int n_items, size_t part_cap, float2* part, cudaStr
   for (int i0 = 0; i0 < n_items; i0 += per_launch) {
     a.item0 = i0;
     const dim3 grid(unsigned(std::min(per_launch, n_items - i0)), unsigned(a.n_splits));
-    flash_scores_kernel<HD, false><<<grid, kThreads, 0, s>>>(a);
-    BMX_LAUNCHED();
+    if (!a.lse) {
+      flash_scores_kernel<HD, false><<<grid, kThreads, 0, s>>>(a);
+      BMX_LAUNCHED();
+    }
     flash_scores_kernel<HD, true><<<grid, kThreads, 0, s>>>(a);
     BMX_LAUNCHED();
   }
@@ -252,6 +265,8 @@ void launch_flash_scores(const Tensor& q, const AttentionLaunch& L, const Attent
   a.n_splits = n_splits;
   a.out = d_out;
   a.out_stride = stride;
+  a.lse = L.lse;
+  a.lse_stride = L.lse_stride;
   // The partials go through the fixed scratch reserved at start (inside the budget).
   const size_t per_item = size_t(n_splits) * kRows * sizeof(float2);
   const size_t cap = std::max(attention_scores_scratch_bytes(), per_item);

@@ -137,6 +137,48 @@ __global__ void rope_kernel(View<T> x, int n_heads, int head_dim, int half, bool
   }
 }
 
+// The same with 16-byte pieces: interleaved, 4 pairs (8 adjacent dims) per thread;
+// neox, 8 dims of the first half and their 8 partners.
+template <class T, bool kNeox>
+__global__ void rope_vec_kernel(View<T> x, int n_heads, int head_dim, int half, const float2* cs,
+                                int64_t rows) {
+  constexpr int kPairs = kNeox ? 8 : 4;
+  const int chunks = half / kPairs;
+  const int64_t per_row = int64_t(n_heads) * chunks;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < rows * per_row;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / per_row;
+    const int h = int((i % per_row) / chunks), k0 = int(i % chunks) * kPairs;
+    T* v = x.row(r) + int64_t(h) * head_dim;
+    const float2* t = cs + r * half + k0;
+    if constexpr (kNeox) {
+      float a[8], b[8];
+      load8(v + k0, a);
+      load8(v + k0 + half, b);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const float2 c = t[j];
+        const float x0 = a[j], x1 = b[j];
+        a[j] = x0 * c.x - x1 * c.y;
+        b[j] = x0 * c.y + x1 * c.x;
+      }
+      store8(v + k0, a);
+      store8(v + k0 + half, b);
+    } else {
+      float a[8];
+      load8(v + 2 * k0, a);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float2 c = t[j];
+        const float x0 = a[2 * j], x1 = a[2 * j + 1];
+        a[2 * j] = x0 * c.x - x1 * c.y;
+        a[2 * j + 1] = x0 * c.y + x1 * c.x;
+      }
+      store8(v + 2 * k0, a);
+    }
+  }
+}
+
 }  // namespace
 
 void launch_rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out, cudaStream_t s) {
@@ -207,10 +249,24 @@ void launch_rope(Tensor& x, int n_heads, const float2* d_table, const RopeParams
   if (work == 0) return;
   const int threads = 256;
   const int blocks = int(std::min<int64_t>((work + threads - 1) / threads, 1 << 20));
+  const bool neox = p.style == RopeStyle::Neox;
+  const int per = neox ? 8 : 4;
+  const bool vec = vec8_ok(x) && p.head_dim % 8 == 0 && half % per == 0;
   dispatch_act(x.type, "rope input", [&](auto tx) {
     using T = decltype(tx);
-    rope_kernel<T><<<blocks, threads, 0, s>>>(view<T>(x), n_heads, p.head_dim, half,
-                                              p.style == RopeStyle::Neox, d_table, x.rows);
+    if (vec) {
+      const int64_t vwork = x.rows * n_heads * (half / per);
+      const int vblocks = int(std::min<int64_t>((vwork + threads - 1) / threads, 1 << 20));
+      if (neox)
+        rope_vec_kernel<T, true><<<vblocks, threads, 0, s>>>(view<T>(x), n_heads, p.head_dim,
+                                                             half, d_table, x.rows);
+      else
+        rope_vec_kernel<T, false><<<vblocks, threads, 0, s>>>(view<T>(x), n_heads, p.head_dim,
+                                                              half, d_table, x.rows);
+    } else {
+      rope_kernel<T><<<blocks, threads, 0, s>>>(view<T>(x), n_heads, p.head_dim, half, neox,
+                                                d_table, x.rows);
+    }
     BMX_LAUNCHED();
   });
 }
