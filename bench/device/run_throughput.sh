@@ -12,7 +12,8 @@
 # env:   REQ_LIMITED (512), REQ_FULL (512): requests per workload; TIME_LIMIT (0): seconds
 #        per configuration before it stops and reports what it did; COMMIT; SKIP_SMOKE=1;
 #        STAGES (default "smoke limited full"); LIMITED_MODES, LIMITED_BUDGETS, FULL_MODES,
-#        FULL_BUDGETS (the defaults above); TAG (file name suffix); BATCHMAX_PROFILE=1 adds
+#        FULL_BUDGETS (the defaults above); TAG (file name suffix); STEP_TOKENS (512: tokens
+#        per forward step); BATCHMAX_PROFILE=1 adds
 #        the per-step profile to the logs (and slows the run: it synchronises).
 #   profile: stage of its own: GPU time op by op (BATCHMAX_PROFILE=ops, events only, no
 #            added synchronisation), W-limited shapes, 4096 in / 256 out, REQ_PROFILE (48)
@@ -42,7 +43,8 @@ fi
 ldd "$BIN" | grep -E "not found" && echo "missing libraries" >&2
 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv,noheader  # no file: OUT brings back 8 at most
 
-common=(--backend cuda --dummy-weights llama3-8b --commit "$COMMIT" --warmup 2 --time-limit "$TIME_LIMIT")
+common=(--backend cuda --dummy-weights llama3-8b --commit "$COMMIT" --warmup 2 --time-limit "$TIME_LIMIT"
+        --step-tokens "${STEP_TOKENS:-512}")
 rc=0
 for stage in $STAGES; do
   case $stage in
