@@ -21,6 +21,7 @@
 #include <type_traits>
 #include <climits>
 #include <cstdlib>
+#include <string>
 
 #include "backend/cuda/cuda_common.cuh"
 #include "backend/cuda/mma_helpers.cuh"
@@ -28,12 +29,22 @@
 namespace batchmax::cuda {
 namespace {
 
-constexpr int kThreads = 128;
+constexpr int kThreads = 128;  // decode CTAs and the combine kernel
 constexpr int kKeys = 64;      // entries per shared-memory tile
 constexpr int kPad = 8;        // bf16 per row: 16 bytes, so ldmatrix rows hit distinct banks
 constexpr int kMaxSplit = 64;  // key ranges per work item (decode)
 constexpr int kDecodeM = 16;
-constexpr int kPrefillM = 64;
+// Prefill CTAs: 16 query vectors per warp. 8 warps (128 vectors) read each K/V tile
+// once for twice the rows of 4 warps: for a 512-row chunk over a long history the tiles
+// are read by every row tile of the chunk, and that traffic bound the kernel.
+// BATCHMAX_CUDA_PREFILL_ROWS=64 picks the 4-warp shape (A/B timings).
+int prefill_warps() {
+  static const int w = [] {
+    const char* e = std::getenv("BATCHMAX_CUDA_PREFILL_ROWS");
+    return e && std::string(e) == "64" ? 4 : 8;
+  }();
+  return w;
+}
 
 struct FlashArgs {
   const bf16* q;
@@ -61,15 +72,17 @@ struct Shape {
   static constexpr int kStride = HD + kPad;   // shared row, bf16
   static constexpr int kTile = kKeys * kStride;
   static constexpr size_t kSmem = 4 * kTile * sizeof(bf16) + 2 * kKeys * sizeof(int) + 16;
-  static_assert(HD % 16 == 0 && kN % 16 == 0 && WM * WN * 32 == kThreads, "tile shape");
+  static constexpr int kCtaThreads = WM * WN * 32;
+  static_assert(HD % 16 == 0 && kN % 16 == 0 && kCtaThreads <= 256, "tile shape");
   // The decode merge reuses the K/V buffers.
   static_assert(WN == 1 || WN * 16 * (HD + 2) * 4 <= 4 * kTile * 2, "merge fits");
 };
 
 // kMinCtas: CTAs per SM the register allocation must allow (1: unbounded).
 template <int HD, int WM, int WN, int kMinCtas>
-__global__ void __launch_bounds__(kThreads, kMinCtas) flash_kernel(const FlashArgs a) {
+__global__ void __launch_bounds__(WM * WN * 32, kMinCtas) flash_kernel(const FlashArgs a) {
   using S = Shape<HD, WM, WN>;
+  constexpr int kThreads = S::kCtaThreads;
   constexpr int kN = S::kN, kStride = S::kStride;
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* Ks = reinterpret_cast<bf16*>(smem);  // [2][kKeys][kStride]
@@ -370,10 +383,10 @@ __global__ void __launch_bounds__(kThreads) flash_combine(const FlashArgs a, int
 
 // CTAs of one instantiation resident on the whole GPU at once.
 template <class K>
-int resident_ctas(K kernel, size_t smem) {
+int resident_ctas(K kernel, size_t smem, int threads = kThreads) {
   int per_sm = 0, dev = 0, sms = 0;
   BMX_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  BMX_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));
+  BMX_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
   BMX_CUDA(cudaGetDevice(&dev));
   BMX_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   return std::max(1, per_sm * sms);
@@ -416,15 +429,22 @@ void launch_hd(const FlashArgs& base, const AttentionLaunch& L, cudaStream_t s) 
     }
   }
   if (L.n_big > 0) {  // prefill items
-    using S = Shape<HD, 4, 1>;
-    // Unbounded registers (180 at head_dim 128: 2 CTAs per SM) measured 4-15% faster
-    // than a cap at 3 CTAs (168, small spills): bench/device/cuda_notes.md.
-    static const int slots = resident_ctas(flash_kernel<HD, 4, 1, 1>, S::kSmem);
-    (void)slots;  // sets the shared-memory attribute once
+    // Unbounded registers (180 at head_dim 128) measured 4-15% faster than a cap at 3
+    // CTAs per SM (168, small spills): bench/device/cuda_notes.md.
     FlashArgs a = base;
     a.work = base.work + 4 * L.n_small;
-    flash_kernel<HD, 4, 1, 1><<<L.n_big, kThreads, S::kSmem, s>>>(a);
-    BMX_LAUNCHED();
+    auto run = [&](auto wm_tag) {
+      constexpr int WM = decltype(wm_tag)::value;
+      using S = Shape<HD, WM, 1>;
+      static const int slots = resident_ctas(flash_kernel<HD, WM, 1, 1>, S::kSmem, S::kCtaThreads);
+      (void)slots;  // sets the shared-memory attribute once
+      flash_kernel<HD, WM, 1, 1><<<L.n_big, S::kCtaThreads, S::kSmem, s>>>(a);
+      BMX_LAUNCHED();
+    };
+    if (prefill_warps() == 8)
+      run(std::integral_constant<int, 8>{});
+    else
+      run(std::integral_constant<int, 4>{});
   }
 }
 
@@ -439,7 +459,7 @@ bool flash_attention_supported(GgmlType q, GgmlType pool, int head_dim) {
   return !simt && q == GgmlType::BF16 && pool == GgmlType::BF16 &&
          (head_dim == 64 || head_dim == 96 || head_dim == 128);
 }
-AttentionTiles flash_attention_tiles() { return {kDecodeM, kPrefillM}; }
+AttentionTiles flash_attention_tiles() { return {kDecodeM, 16 * prefill_warps()}; }
 
 size_t flash_decode_scratch_bound(int head_dim, int64_t max_items) {
   auto bound = [&](auto hd_tag) {
