@@ -202,8 +202,14 @@ int run_batch(const RunArgs& a) {
   std::vector<batch::BatchLine> lines;
   std::string text;
   int64_t line_no = 0;
-  while (std::getline(in, text)) {
+  size_t line_bytes = 0;
+  // Bounded reads: a line over --max-line-bytes is reported, never held whole in memory.
+  while (batch::read_line(in, text, popts.max_line_bytes, line_bytes)) {
     ++line_no;
+    if (line_bytes > popts.max_line_bytes) {
+      lines.push_back(batch::oversize_line(line_no, line_bytes, popts));
+      continue;
+    }
     if (batch::is_blank(text)) continue;
     lines.push_back(batch::parse_line(text, line_no, popts));
   }

@@ -47,12 +47,15 @@ KVSettings BatchLine::kv_settings(const KVSettings& defaults) const {
 
 namespace {
 
+LineError oversize_error(size_t bytes, const ParseOptions& opts) {
+  return {code::kRequestTooLarge,
+          "line is " + std::to_string(bytes) + " bytes, over the limit of " +
+              std::to_string(opts.max_line_bytes) + " bytes per request (max_line_bytes, "
+              "batchmax run --max-line-bytes)"};
+}
+
 void parse_into(std::string_view text, const ParseOptions& opts, BatchLine& line) {
-  if (text.size() > opts.max_line_bytes)
-    reject(code::kRequestTooLarge,
-           "line is " + std::to_string(text.size()) + " bytes, over the limit of " +
-               std::to_string(opts.max_line_bytes) + " bytes per request (max_line_bytes, "
-               "batchmax run --max-line-bytes)");
+  if (text.size() > opts.max_line_bytes) throw Reject{oversize_error(text.size(), opts)};
   const json j = openai::parse_object(text, "line");
   // custom_id first, so that every later error can still name the request.
   const json* id = field(j, "custom_id");
@@ -117,6 +120,31 @@ BatchLine parse_line(std::string_view text, int64_t line_no, const ParseOptions&
   } catch (const std::exception& e) {  // json type errors we did not foresee, bad_alloc
     line.error = LineError{code::kInvalidValue, e.what()};
   }
+  return line;
+}
+
+bool read_line(std::istream& in, std::string& text, size_t max_line_bytes, size_t& bytes) {
+  text.clear();
+  bytes = 0;
+  std::streambuf* sb = in.rdbuf();
+  if (!sb || !in.good()) return false;
+  const size_t keep = max_line_bytes + 1;  // enough to know it is too long
+  for (;;) {
+    const int c = sb->sbumpc();
+    if (c == std::char_traits<char>::eof()) {
+      in.setstate(bytes == 0 ? std::ios::eofbit | std::ios::failbit : std::ios::eofbit);
+      return bytes > 0;
+    }
+    if (c == '\n') return true;
+    if (bytes < keep) text.push_back(char(c));
+    ++bytes;
+  }
+}
+
+BatchLine oversize_line(int64_t line_no, size_t bytes, const ParseOptions& opts) {
+  BatchLine line;
+  line.line_no = line_no;
+  line.error = oversize_error(bytes, opts);
   return line;
 }
 

@@ -12,6 +12,7 @@
 //               "error": {"code", "message"}}
 #include <cstdint>
 #include <optional>
+#include <istream>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -78,6 +79,13 @@ struct ParseOptions {
 
 // Parses and validates one line. Never throws: problems end up in `error`.
 BatchLine parse_line(std::string_view text, int64_t line_no, const ParseOptions& opts = {});
+
+// Reads one line (up to '\n', which is dropped) like std::getline, but keeps at most
+// max_line_bytes + 1 bytes of it: a longer line is read to its end without being held in
+// memory. `bytes` gets the line's full length. False at the end of the input.
+bool read_line(std::istream& in, std::string& text, size_t max_line_bytes, size_t& bytes);
+// The line that reports a request of `bytes` bytes over opts.max_line_bytes.
+BatchLine oversize_line(int64_t line_no, size_t bytes, const ParseOptions& opts);
 
 // True for lines that carry no request (empty or whitespace only); they get no output.
 bool is_blank(std::string_view text);

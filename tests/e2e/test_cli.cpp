@@ -305,6 +305,34 @@ TEST_F(Cli, RunWritesOneLinePerInputLineInOrder) {
   EXPECT_LE(json::parse(got[9])["response"]["body"]["usage"]["completion_tokens"].get<int>(), 5);
 }
 
+// A line over --max-line-bytes gets its error line (naming its size) and the lines
+// around it run; the reader never holds the long line (BatchFile.ReadLine*).
+TEST_F(Cli, RunReportsALineOverTheSizeLimit) {
+  BATCHMAX_REQUIRE_SMOLLM2();
+  const std::string ok_a =
+      R"({"custom_id": "a", "method": "POST", "url": "/v1/completions", "body": {"prompt": "One, two,", "max_tokens": 3}})";
+  const std::string huge = R"({"custom_id": "big", "method": "POST", "url": "/v1/completions", "body": {"prompt": ")" +
+                           std::string(3'000'000, 'y') + R"("}})";
+  const std::string ok_c =
+      R"({"custom_id": "c", "method": "POST", "url": "/v1/completions", "body": {"prompt": "The sky is", "max_tokens": 3}})";
+  fs::path in = write("big.jsonl", ok_a + "\n" + huge + "\n" + ok_c + "\n");
+  fs::path out = dir_ / "big.out.jsonl";
+  Result r = run({"run", "--model", model(), "--input", in.string(), "--output", out.string(),
+                  "--ctx", "128", "--max-line-bytes", "4096"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::vector<std::string> got = lines_of(slurp(out));
+  ASSERT_EQ(got.size(), 3u);
+  EXPECT_EQ(json::parse(got[0])["custom_id"], "a");
+  EXPECT_TRUE(json::parse(got[0])["error"].is_null());
+  const json big = json::parse(got[1]);
+  EXPECT_EQ(big["error"]["code"], "request_too_large");
+  EXPECT_NE(big["error"]["message"].get<std::string>().find(std::to_string(huge.size()) + " bytes"),
+            std::string::npos)
+      << got[1];
+  EXPECT_EQ(json::parse(got[2])["custom_id"], "c");
+  EXPECT_TRUE(json::parse(got[2])["error"].is_null());
+}
+
 TEST_F(Cli, RunExampleFile) {
   BATCHMAX_REQUIRE_SMOLLM2();
   fs::path out = dir_ / "example.out.jsonl";

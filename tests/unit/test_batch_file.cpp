@@ -2,6 +2,8 @@
 // shape of the output lines.
 #include <gtest/gtest.h>
 
+#include <sstream>
+
 #include <nlohmann/json.hpp>
 
 #include "engine/batch_file.h"
@@ -318,6 +320,36 @@ TEST(BatchFile, DeeplyNestedJsonDoesNotExhaustTheStack) {
   EXPECT_TRUE(parse(line).ok());
   line.resize(line.size() - 2 - depth / 2);  // unbalanced: an invalid_json error, no crash
   expect_error(parse(line), code::kInvalidJson, "not valid JSON");
+}
+
+// read_line: like std::getline, but a line over the limit is skipped to its end while
+// only limit + 1 of its bytes are kept; the next line is read as usual.
+TEST(BatchFile, ReadLineKeepsAtMostTheLimitOfALongLine) {
+  const size_t limit = 64;
+  const std::string big(5'000'000, 'x');
+  std::istringstream in("first\n" + big + "\n\nlast-without-newline");
+  std::string text;
+  size_t bytes = 0;
+  ASSERT_TRUE(read_line(in, text, limit, bytes));
+  EXPECT_EQ(text, "first");
+  EXPECT_EQ(bytes, 5u);
+  ASSERT_TRUE(read_line(in, text, limit, bytes));
+  EXPECT_EQ(bytes, big.size());
+  EXPECT_EQ(text.size(), limit + 1);
+  EXPECT_LE(text.capacity(), size_t(4096));  // never grew toward the line's size
+  ParseOptions opts;
+  opts.max_line_bytes = limit;
+  BatchLine over = oversize_line(2, bytes, opts);
+  ASSERT_TRUE(over.error);
+  EXPECT_EQ(over.error->code, code::kRequestTooLarge);
+  EXPECT_NE(over.error->message.find("5000000 bytes"), std::string::npos);
+  ASSERT_TRUE(read_line(in, text, limit, bytes));  // the blank line
+  EXPECT_EQ(bytes, 0u);
+  EXPECT_TRUE(text.empty());
+  ASSERT_TRUE(read_line(in, text, limit, bytes));
+  EXPECT_EQ(text, "last-without-newline");
+  EXPECT_FALSE(read_line(in, text, limit, bytes));
+  EXPECT_FALSE(read_line(in, text, limit, bytes));
 }
 
 }  // namespace
