@@ -92,36 +92,19 @@ __global__ void __launch_bounds__(WM * WN * 32, kMinCtas) flash_kernel(const Fla
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wm = warp % WM, wn = warp / WM;
-  const int32_t* w = a.work + 4 * blockIdx.x;
-  const int seq = w[0], kvh = w[1], v0 = w[2];
-  const int32_t* sm = a.meta + a.seq_at + 4 * seq;
-  const int64_t q_begin = sm[0];
-  const int n_vec = sm[1] * a.group;
-  const int32_t* qpos = a.meta + sm[2];
-  const int32_t* hm = a.meta + a.seq_at + 4 * a.n_seqs + 2 * (sm[3] + kvh);
-  const int32_t* blocks = a.meta + hm[0];
-  const int entries = hm[1], bt = a.block_tokens;
+  const WorkItem wi = read_work_item(a.work + 4 * blockIdx.x, a.meta, a.seq_at, a.n_seqs, a.group);
+  const int kvh = wi.kvh, v0 = wi.v0, n_vec = wi.n_vec, entries = wi.entries;
+  const int64_t q_begin = wi.q_begin;
+  const int32_t* qpos = wi.qpos;
+  const int32_t* blocks = wi.blocks;
+  const int bt = a.block_tokens;
 
   // This thread's two rows of the warp's 16: r and r + 8 (mma accumulator layout).
   const int va = v0 + 16 * wm + (lane >> 2), vb = va + 8;
   const int qpa = va < n_vec ? qpos[va / a.group] : INT_MIN;
   const int qpb = vb < n_vec ? qpos[vb / a.group] : INT_MIN;
-  auto q_row = [&](int v) {
-    return a.q + (q_begin + v / a.group) * a.q_stride + int64_t(kvh * a.group + v % a.group) * HD;
-  };
   uint32_t qf[HD / 16][4];  // A fragments of the warp's 16 x HD queries
-  {
-    const int c = 2 * (lane & 3);
-    const bf16* qa = va < n_vec ? q_row(va) : nullptr;
-    const bf16* qb = vb < n_vec ? q_row(vb) : nullptr;
-#pragma unroll
-    for (int kc = 0; kc < HD / 16; ++kc) {
-      qf[kc][0] = qa ? ld32(qa + 16 * kc + c) : 0u;
-      qf[kc][1] = qb ? ld32(qb + 16 * kc + c) : 0u;
-      qf[kc][2] = qa ? ld32(qa + 16 * kc + 8 + c) : 0u;
-      qf[kc][3] = qb ? ld32(qb + 16 * kc + 8 + c) : 0u;
-    }
-  }
+  load_q_fragments<HD>(qf, a.q, a.q_stride, wi, a.group, va, vb, lane);
 
   // This CTA's entries: a split's share (decode), cut at the last one any row sees.
   int e_begin = 0, e_end = entries;

@@ -51,4 +51,53 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 }
 __device__ __forceinline__ uint32_t ld32(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
 
+// One work item of the paged-attention metadata (layout in attention_kernels.cu): the
+// sequence, KV head and first query vector a CTA takes, the sequence's rows and query
+// positions, and the head's block table. Vector v is row v / group, head kvh * group +
+// v % group.
+struct WorkItem {
+  int seq, kvh, v0;
+  int64_t q_begin;
+  int n_vec;
+  const int32_t* qpos;
+  const int32_t* blocks;
+  int entries;
+};
+__device__ __forceinline__ WorkItem read_work_item(const int32_t* work, const int32_t* meta,
+                                                   int seq_at, int n_seqs, int group) {
+  WorkItem w;
+  w.seq = work[0];
+  w.kvh = work[1];
+  w.v0 = work[2];
+  const int32_t* sm = meta + seq_at + 4 * w.seq;
+  w.q_begin = sm[0];
+  w.n_vec = sm[1] * group;
+  w.qpos = meta + sm[2];
+  const int32_t* hm = meta + seq_at + 4 * n_seqs + 2 * (sm[3] + w.kvh);
+  w.blocks = meta + hm[0];
+  w.entries = hm[1];
+  return w;
+}
+
+// The A fragments (mma m16n8k16, row major) of a warp's 16 query vectors, this lane's
+// rows va and vb = va + 8; vectors past the item's last are zeros.
+template <int HD>
+__device__ __forceinline__ void load_q_fragments(uint32_t (&qf)[HD / 16][4], const bf16* q,
+                                                 int64_t q_stride, const WorkItem& w, int group,
+                                                 int va, int vb, int lane) {
+  auto q_row = [&](int v) {
+    return q + (w.q_begin + v / group) * q_stride + int64_t(w.kvh * group + v % group) * HD;
+  };
+  const int c = 2 * (lane & 3);
+  const bf16* qa = va < w.n_vec ? q_row(va) : nullptr;
+  const bf16* qb = vb < w.n_vec ? q_row(vb) : nullptr;
+#pragma unroll
+  for (int kc = 0; kc < HD / 16; ++kc) {
+    qf[kc][0] = qa ? ld32(qa + 16 * kc + c) : 0u;
+    qf[kc][1] = qb ? ld32(qb + 16 * kc + c) : 0u;
+    qf[kc][2] = qa ? ld32(qa + 16 * kc + 8 + c) : 0u;
+    qf[kc][3] = qb ? ld32(qb + 16 * kc + 8 + c) : 0u;
+  }
+}
+
 }  // namespace batchmax::cuda

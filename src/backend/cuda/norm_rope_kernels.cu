@@ -19,6 +19,25 @@ __device__ __forceinline__ float block_sum(float v, float* red) {
   return t;
 }
 
+// out = x * inv * w over a row (each thread its own elements, so out may alias x).
+template <bool VEC, class TX, class TW, class TO>
+__device__ __forceinline__ void scale_row(const TX* xr, const TW* w, TO* o, int64_t cols,
+                                          float inv) {
+  if constexpr (VEC) {
+    for (int64_t c = threadIdx.x * 8; c < cols; c += blockDim.x * 8) {
+      float v[8], g[8];
+      load8(xr + c, v);
+      load8(w + c, g);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[j] = v[j] * inv * g[j];
+      store8(o + c, v);
+    }
+  } else {
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)
+      o[c] = from_f<TO>(to_f(xr[c]) * inv * to_f(w[c]));
+  }
+}
+
 template <class TX, class TW, class TO, bool VEC>
 __global__ void __launch_bounds__(kNormThreads) rms_norm_kernel(View<const TX> x, const TW* w,
                                                                 View<TO> out, int64_t cols,
@@ -38,21 +57,8 @@ __global__ void __launch_bounds__(kNormThreads) rms_norm_kernel(View<const TX> x
     for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) ss += to_f(xr[c]) * to_f(xr[c]);
   }
   const float inv = rsqrtf(block_sum(ss, red) / float(cols) + eps);
-  // Second pass re-reads the row (L1/L2 hits); each thread touches only its own
-  // elements, so out may alias x.
-  if constexpr (VEC) {
-    for (int64_t c = threadIdx.x * 8; c < cols; c += blockDim.x * 8) {
-      float v[8], g[8];
-      load8(xr + c, v);
-      load8(w + c, g);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) v[j] = v[j] * inv * g[j];
-      store8(o + c, v);
-    }
-  } else {
-    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)
-      o[c] = from_f<TO>(to_f(xr[c]) * inv * to_f(w[c]));
-  }
+  // Second pass re-reads the row (L1/L2 hits).
+  scale_row<VEC>(xr, w, o, cols, inv);
 }
 
 // Fused residual add and norm: x += y, then out = x / rms(x) * w. One CTA per row; the
@@ -88,19 +94,7 @@ __global__ void __launch_bounds__(kNormThreads) add_rms_norm_kernel(View<T> x, V
     }
   }
   const float inv = rsqrtf(block_sum(ss, red) / float(cols) + eps);
-  if constexpr (VEC) {
-    for (int64_t c = threadIdx.x * 8; c < cols; c += blockDim.x * 8) {
-      float v[8], g[8];
-      load8(xr + c, v);
-      load8(w + c, g);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) v[j] = v[j] * inv * g[j];
-      store8(o + c, v);
-    }
-  } else {
-    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)
-      o[c] = from_f<T>(to_f(xr[c]) * inv * to_f(w[c]));
-  }
+  scale_row<VEC>(static_cast<const T*>(xr), w, o, cols, inv);
 }
 
 // (cos, sin) of every (row, frequency) of a step, computed once and read by every layer.
