@@ -175,18 +175,7 @@ __global__ void __launch_bounds__(WM * WN * 32, kMinCtas) flash_kernel(const Fla
       const int n_valid = e_end - (e_begin + t * kKeys) - wn * kN;
 
       float s[kN / 8][4];
-#pragma unroll
-      for (int i = 0; i < kN / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
-#pragma unroll
-      for (int kc = 0; kc < HD / 16; ++kc)
-#pragma unroll
-        for (int jj = 0; jj < kN / 16; ++jj) {
-          uint32_t b[4];
-          ldsm_x4(b, kt + (16 * jj + (lane & 7) + 8 * (lane >> 4)) * kStride + 16 * kc +
-                         8 * ((lane >> 3) & 1));
-          mma(s[2 * jj], qf[kc], b[0], b[1]);
-          mma(s[2 * jj + 1], qf[kc], b[2], b[3]);
-        }
+      qk_tile<HD, kN>(s, qf, kt, kStride, lane);
       float mxa = -INFINITY, mxb = -INFINITY;
 #pragma unroll
       for (int nb = 0; nb < kN / 8; ++nb)

@@ -124,18 +124,7 @@ __global__ void __launch_bounds__(kThreads) flash_scores_kernel(const ScoresArgs
     __syncthreads();
     if (active) {
       float s[kKeys / 8][4];
-#pragma unroll
-      for (int i = 0; i < kKeys / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
-#pragma unroll
-      for (int kc = 0; kc < HD / 16; ++kc)
-#pragma unroll
-        for (int jj = 0; jj < kKeys / 16; ++jj) {
-          uint32_t b[4];
-          ldsm_x4(b, Ks + (16 * jj + (lane & 7) + 8 * (lane >> 4)) * kStride + 16 * kc +
-                         8 * ((lane >> 3) & 1));
-          mma(s[2 * jj], qf[kc], b[0], b[1]);
-          mma(s[2 * jj + 1], qf[kc], b[2], b[3]);
-        }
+      qk_tile<HD, kKeys>(s, qf, Ks, kStride, lane);
       // Scale to log2 units; a key is visible iff its position <= the query's.
 #pragma unroll
       for (int nb = 0; nb < kKeys / 8; ++nb)

@@ -100,4 +100,23 @@ __device__ __forceinline__ void load_q_fragments(uint32_t (&qf)[HD / 16][4], con
   }
 }
 
+// S = Q K^T for a warp's 16 query vectors (qf) and kN keys of a shared-memory tile (rows
+// of `stride` bf16): s[n / 8] holds keys n..n+7 in the mma accumulator layout.
+template <int HD, int kN>
+__device__ __forceinline__ void qk_tile(float (&s)[kN / 8][4], const uint32_t (&qf)[HD / 16][4],
+                                        const bf16* kt, int stride, int lane) {
+#pragma unroll
+  for (int i = 0; i < kN / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+#pragma unroll
+  for (int kc = 0; kc < HD / 16; ++kc)
+#pragma unroll
+    for (int jj = 0; jj < kN / 16; ++jj) {
+      uint32_t b[4];
+      ldsm_x4(b, kt + (16 * jj + (lane & 7) + 8 * (lane >> 4)) * stride + 16 * kc +
+                     8 * ((lane >> 3) & 1));
+      mma(s[2 * jj], qf[kc], b[0], b[1]);
+      mma(s[2 * jj + 1], qf[kc], b[2], b[3]);
+    }
+}
+
 }  // namespace batchmax::cuda
