@@ -664,7 +664,7 @@ class CudaBackend final : public Backend {
   DeviceBuffer weight_stage_, move_scratch_, scores_out_, attn_scratch_, small_out_, evict_keys_, scores_part_;
   std::vector<int32_t> host_ints_, big_work_;
   std::vector<float> host_scores_;
-  OpTimer op_timer_;  // declared last: destroyed first, while the stream still exists
+  OpTimer op_timer_;  // its events outlive the stream (destroyed after the body): harmless
 
   // Attention steps are told apart by what they hold: decode rows only, prefill only, or both.
   static const char* attention_op_name(std::span<const AttentionSeq> seqs) {
