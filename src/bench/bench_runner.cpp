@@ -91,7 +91,7 @@ BenchRow run_config(Engine& engine, const Workload& w, const KVSettings& kv,
   // Per-step split of time between prefill and decode: a mixed step's time is shared
   // by token count. Pure decode steps give the bandwidth figure: each reads the
   // weights once and every running sequence's KV blocks.
-  double decode_bytes = 0, decode_only_s = 0;
+  double decode_bytes = 0, decode_only_s = 0, large_bytes = 0, large_s = 0;
   const double weight_read = double(plan.weight_bytes) * cost.decode_weight_fraction();
   Progress last;
   auto on_progress = [&](const Progress& p) {
@@ -105,6 +105,10 @@ BenchRow run_config(Engine& engine, const Workload& w, const KVSettings& kv,
       ++r.decode_steps;
       decode_only_s += p.step_s;
       decode_bytes += weight_read + double(p.kv_bytes);
+      if (dt >= BenchRow::kLargeDecodeBatch) {
+        large_s += p.step_s;
+        large_bytes += weight_read + double(p.kv_bytes);
+      }
     }
   };
   prof::reset();
@@ -168,6 +172,10 @@ BenchRow run_config(Engine& engine, const Workload& w, const KVSettings& kv,
     r.decode_gbps = decode_bytes / decode_only_s / 1e9;
     if (ceil.copy_gbps > 0) r.decode_bw_frac = r.decode_gbps / ceil.copy_gbps;
   }
+  if (large_s > 0) {
+    r.decode_gbps_batch32 = large_bytes / large_s / 1e9;
+    if (ceil.copy_gbps > 0) r.decode_bw_frac_batch32 = r.decode_gbps_batch32 / ceil.copy_gbps;
+  }
   return r;
 }
 
@@ -213,6 +221,8 @@ nlohmann::ordered_json to_json(const BenchRow& r) {
   j["prefill_peak_frac"] = r.prefill_peak_frac;
   j["decode_gbps"] = r.decode_gbps;
   j["decode_bw_frac"] = r.decode_bw_frac;
+  j["decode_gbps_batch32"] = r.decode_gbps_batch32;
+  j["decode_bw_frac_batch32"] = r.decode_bw_frac_batch32;
   j["commit"] = r.commit;
   j["command"] = r.command;
   if (r.truncated) j["truncated"] = true;

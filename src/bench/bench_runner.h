@@ -66,6 +66,10 @@ struct BenchRow {
   double gemm_tflops_measured = 0, copy_gbps_measured = 0;
   double prefill_tflops = 0, prefill_peak_frac = 0;  // vs gemm_tflops_measured
   double decode_gbps = 0, decode_bw_frac = 0;        // vs copy_gbps_measured
+  // The same over decode-only steps of at least kLargeDecodeBatch sequences (the CUDA
+  // issue states its decode target at batch >= 32; 0 when there was no such step).
+  static constexpr int64_t kLargeDecodeBatch = 32;
+  double decode_gbps_batch32 = 0, decode_bw_frac_batch32 = 0;
   int64_t decode_steps = 0, steps = 0;
   bool truncated = false;  // stopped at BenchOptions::time_limit_s
 };

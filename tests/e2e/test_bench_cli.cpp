@@ -68,6 +68,31 @@ TEST_F(BenchCli, SmolLM2TextPrompts) {
   check_rows(json, 2);
 }
 
+// decode_gbps_batch32 counts only decode-only steps of >= 32 sequences: a batch capped at
+// 8 has none (0), 40 requests that all fit have some.
+TEST_F(BenchCli, DecodeBandwidthAtLargeBatchesCountsOnlyThoseSteps) {
+  for (const char* max_batch : {"8", "0"}) {
+    const fs::path json = dir_ / (std::string("b") + max_batch + ".json");
+    batchmax::test::CliResult r =
+        run({"bench", "--dummy-weights", "tiny", "-t", "2", "-n", "40", "--input-len", "16",
+             "--output-len", "6", "--modes", "full", "--max-batch", max_batch, "--kv-mem", "64MiB",
+             "--commit", "test", "--out", json.string()});
+    ASSERT_EQ(r.code, 0) << r.err;
+    const auto rows = nlohmann::json::parse(slurp(json));
+    ASSERT_EQ(rows.size(), 1u);
+    const auto& row = rows[0];
+    ASSERT_TRUE(row.contains("decode_gbps_batch32")) << row.dump();
+    if (std::string(max_batch) == "8") {
+      EXPECT_LE(row["max_batch"].get<int64_t>(), 8);
+      EXPECT_EQ(row["decode_gbps_batch32"].get<double>(), 0.0);
+    } else {
+      EXPECT_GE(row["max_batch"].get<int64_t>(), 32) << row.dump();
+      EXPECT_GT(row["decode_gbps_batch32"].get<double>(), 0.0) << row.dump();
+      EXPECT_GT(row["decode_gbps"].get<double>(), 0.0);
+    }
+  }
+}
+
 TEST_F(BenchCli, BadFlagsAreUsageErrors) {
   EXPECT_EQ(run({"bench", "--input-len", "4"}).code, 2);  // neither --model nor --dummy-weights
   EXPECT_EQ(run({"bench", "--dummy-weights", "tiny", "--modes", "lossy"}).code, 2);
