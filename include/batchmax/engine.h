@@ -123,6 +123,8 @@ struct Progress {
   // split time between prefill and decode from these).
   int64_t step_prefill_tokens = 0, step_decode_tokens = 0;
   double step_s = 0;
+  // Backend ops replayed from records (CUDA graphs) so far, and records made.
+  int64_t replayed_runs = 0, recorded_runs = 0;
 };
 
 // The state of an incremental batch between steps (the server's gauges).

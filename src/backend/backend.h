@@ -2,8 +2,10 @@
 // The small interface the model and the KV cache call. A backend owns its memory
 // (host for CPU, device for CUDA) and runs the ops of a transformer step on it.
 // Backends know nothing of policies or scheduling: they run the kernels asked of them.
+#include <compare>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -101,6 +103,21 @@ struct EvictTask {
   int32_t window = 0;
   uint64_t seed = 0;        // Random
   int64_t mass_row = -1;    // Mass/PooledMass: row of the mass tensor (n_entries values)
+};
+
+// Names a run of ops that a step repeats: the owner (a model), its workspace
+// generation, which run of the step (a layer) and the step's rows.
+struct ReplayKey {
+  const void* owner = nullptr;
+  int64_t generation = 0;
+  int64_t part = 0;
+  int64_t rows = 0;
+  auto operator<=>(const ReplayKey&) const = default;
+};
+
+// What run_replayable() did so far: runs issued op by op, records made, records replayed.
+struct ReplayCounts {
+  int64_t eager = 0, recorded = 0, replayed = 0;
 };
 
 class Backend {
@@ -210,6 +227,18 @@ class Backend {
   // Bytes the planner leaves free for memory the runtime takes by itself after the plan
   // (the CUDA driver loads kernels and sizes per-launch local memory on first use).
   virtual int64_t runtime_reserve_bytes() const { return 0; }
+  // Rows a step of `rows` rows should run its dense ops on (>= rows; the model fills the
+  // rest with leftovers no real row reads): steps of nearby sizes then share a record.
+  virtual int64_t padded_rows(int64_t rows) const { return rows; }
+  // Runs `ops`, which must only issue ops on backend tensors (no host spans read: the
+  // positions of a rope() must be those of the step's previous rope()), and must issue
+  // the same ops on the same tensors every time it runs under the same key. A backend
+  // may record the run once and replay the record instead of calling `ops` (the CUDA
+  // backend: a CUDA graph per key, so a decode step's dense ops cost one launch a layer).
+  virtual void run_replayable(const ReplayKey& key, const std::function<void()>& ops) { ops(); }
+  // Forgets the records of `owner` (its tensors are about to be freed or moved).
+  virtual void drop_replays(const void* owner) {}
+  virtual ReplayCounts replay_counts() const { return {}; }
   // True where evict() saves host round trips (the pool is not in host memory), so the
   // KV cache should prefer it to selecting on the host.
   virtual bool prefers_device_eviction() const { return false; }

@@ -126,6 +126,8 @@ BenchRow run_config(Engine& engine, const Workload& w, const KVSettings& kv,
                  static_cast<long long>(r.chunk), r.wall_s, prof::report().c_str());
 
   r.steps = last.steps;
+  r.replayed_runs = last.replayed_runs;
+  r.recorded_runs = last.recorded_runs;
   r.max_batch = last.max_running;
   r.peak_kv_bytes = last.kv_peak_bytes;
   r.peak_backend_bytes = engine.peak_backend_bytes();
@@ -210,6 +212,8 @@ nlohmann::ordered_json to_json(const BenchRow& r) {
       {"decode_s", r.decode_s},
       {"steps", r.steps},
       {"decode_steps", r.decode_steps},
+      {"replayed_runs", r.replayed_runs},
+      {"recorded_runs", r.recorded_runs},
       {"peak_kv_bytes", r.peak_kv_bytes},
       {"kv_pool_bytes", r.kv_pool_bytes},
       {"weight_bytes", r.weight_bytes},

@@ -71,6 +71,7 @@ struct BenchRow {
   static constexpr int64_t kLargeDecodeBatch = 32;
   double decode_gbps_batch32 = 0, decode_bw_frac_batch32 = 0;
   int64_t decode_steps = 0, steps = 0;
+  int64_t replayed_runs = 0, recorded_runs = 0;  // Progress: CUDA graph launches, graphs made
   bool truncated = false;  // stopped at BenchOptions::time_limit_s
 };
 

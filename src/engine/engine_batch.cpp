@@ -246,6 +246,9 @@ class EngineBatch final : public Engine::Batch {
     prog_.step_prefill_tokens = prog_.step_decode_tokens = 0;
     for (const StepItem& it : items)
       (it.prefill ? prog_.step_prefill_tokens : prog_.step_decode_tokens) += it.n_tokens;
+    const ReplayCounts rc = e_.backend().replay_counts();
+    prog_.replayed_runs = rc.replayed;
+    prog_.recorded_runs = rc.recorded;
     prog_.kv_bytes = kv_.bytes_in_use();
     prog_.kv_peak_bytes = std::max(prog_.kv_peak_bytes, prog_.kv_bytes);
     prog_.running = int64_t(running_.size());

@@ -40,6 +40,7 @@ class LlmEngine final : public Engine {
   const EngineOptions& options() const { return opts_; }
   const Tokenizer* tokenizer_or_null() const { return tokenizer_.get(); }
   Model& model() { return *model_; }
+  Backend& backend() { return *backend_; }
   PagedKVCache& kv() { return *kv_; }
   bool batch_open = false;  // one Batch at a time: it owns the KV cache
 

@@ -38,6 +38,7 @@ struct ModelWeights {
 
 struct Model::Workspace {
   int64_t capacity = 0;  // rows
+  int64_t generation = 0;  // bumped when the tensors move (keys of replayable runs)
   Tensor x, h, q, k, v, attn, gate, up, act;
   Tensor qkv, gate_up;  // stacked products' outputs (q..up are then views of them)
   // Logits are computed kLogitRows rows at a time: a vocabulary of 128k times a step of
@@ -66,7 +67,7 @@ std::string dims_str(const std::vector<int64_t>& d) {
 }
 
 // Binds a GGUF tensor of shape [cols] (rows == 0) or [cols, rows] after checking it.
-Tensor bind(const gguf::File& f, Backend& b, const std::string& name, int64_t cols, int64_t rows,
+Tensor bind_weight(const gguf::File& f, Backend& b, const std::string& name, int64_t cols, int64_t rows,
             int64_t& bytes, bool must_be_f32 = false) {
   const gguf::TensorInfo& t = f.require_tensor(name);
   std::vector<int64_t> want = rows ? std::vector<int64_t>{cols, rows} : std::vector<int64_t>{cols};
@@ -180,19 +181,19 @@ Model::Model(std::shared_ptr<const gguf::File> file, Backend& backend)
                 nkv = hp_.n_head_kv * hd, ff = hp_.n_ff;
   int64_t& bytes = w_->bytes;
   rope_ = make_rope(&f, hp_);
-  w_->tok_embd = bind(f, backend_, "token_embd.weight", d, hp_.n_vocab, bytes);
+  w_->tok_embd = bind_weight(f, backend_, "token_embd.weight", d, hp_.n_vocab, bytes);
   w_->output_norm = bind_vector(f, backend_, "output_norm.weight", d, bytes, w_->owned);
   w_->lm_head = hp_.tied_embeddings ? w_->tok_embd
-                                    : bind(f, backend_, "output.weight", d, hp_.n_vocab, bytes);
+                                    : bind_weight(f, backend_, "output.weight", d, hp_.n_vocab, bytes);
   w_->layers.resize(hp_.n_layer);
   for (int64_t l = 0; l < hp_.n_layer; ++l) {
     LayerWeights& L = w_->layers[l];
     const std::string p = "blk." + std::to_string(l) + ".";
     L.attn_norm = bind_vector(f, backend_, p + "attn_norm.weight", d, bytes, w_->owned);
-    L.wq = bind(f, backend_, p + "attn_q.weight", d, nq, bytes);
-    L.wk = bind(f, backend_, p + "attn_k.weight", d, nkv, bytes);
-    L.wv = bind(f, backend_, p + "attn_v.weight", d, nkv, bytes);
-    L.wo = bind(f, backend_, p + "attn_output.weight", nq, d, bytes);
+    L.wq = bind_weight(f, backend_, p + "attn_q.weight", d, nq, bytes);
+    L.wk = bind_weight(f, backend_, p + "attn_k.weight", d, nkv, bytes);
+    L.wv = bind_weight(f, backend_, p + "attn_v.weight", d, nkv, bytes);
+    L.wo = bind_weight(f, backend_, p + "attn_output.weight", nq, d, bytes);
     if (hp_.qkv_bias) {
       L.has_bias = true;
       L.bq = bind_vector(f, backend_, p + "attn_q.bias", nq, bytes, w_->owned);
@@ -200,9 +201,9 @@ Model::Model(std::shared_ptr<const gguf::File> file, Backend& backend)
       L.bv = bind_vector(f, backend_, p + "attn_v.bias", nkv, bytes, w_->owned);
     }
     L.ffn_norm = bind_vector(f, backend_, p + "ffn_norm.weight", d, bytes, w_->owned);
-    L.w_gate = bind(f, backend_, p + "ffn_gate.weight", d, ff, bytes);
-    L.w_up = bind(f, backend_, p + "ffn_up.weight", d, ff, bytes);
-    L.w_down = bind(f, backend_, p + "ffn_down.weight", ff, d, bytes);
+    L.w_gate = bind_weight(f, backend_, p + "ffn_gate.weight", d, ff, bytes);
+    L.w_up = bind_weight(f, backend_, p + "ffn_up.weight", d, ff, bytes);
+    L.w_down = bind_weight(f, backend_, p + "ffn_down.weight", ff, d, bytes);
     if (stacked()) {
       const bool same = L.wq.type == L.wk.type && L.wk.type == L.wv.type &&
                         L.w_gate.type == L.w_up.type;
@@ -295,12 +296,17 @@ Model::Model(const HParams& hp, Backend& backend, uint64_t seed)
   backend_.synchronize();
 }
 
-Model::~Model() { ws_->release(backend_); }
+Model::~Model() {
+  backend_.drop_replays(this);
+  ws_->release(backend_);
+}
 
 void Model::reserve_workspace(int64_t T) {
   Workspace& ws = *ws_;
   if (T <= ws.capacity) return;
+  backend_.drop_replays(this);  // their runs read the tensors freed here
   ws.release(backend_);
+  ++ws.generation;
   const int64_t d = hp_.n_embd, nq = hp_.n_head * hp_.head_dim,
                 nkv = hp_.n_head_kv * hp_.head_dim, ff = hp_.n_ff;
   const GgmlType at = backend_.activation_type();
@@ -386,10 +392,18 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
 
   Workspace& ws = *ws_;
   if (T > ws.capacity) reserve_workspace(T);
-  Tensor x = ws.x.slice_rows(0, T), h = ws.h.slice_rows(0, T), q = ws.q.slice_rows(0, T),
-         k = ws.k.slice_rows(0, T), v = ws.v.slice_rows(0, T), attn = ws.attn.slice_rows(0, T),
-         gate = ws.gate.slice_rows(0, T), up = ws.up.slice_rows(0, T),
-         act = ws.act.slice_rows(0, T);
+  // The dense ops (products, norms, rope) run on Tp >= T rows, as the backend prefers
+  // (the CUDA backend rounds small steps up so nearby batch sizes share one graph); rows
+  // past T hold leftovers that no real row reads. The KV cache and attention see T rows.
+  const int64_t Tp = std::clamp(backend_.padded_rows(T), T, ws.capacity);
+  Tensor x = ws.x.slice_rows(0, Tp), h = ws.h.slice_rows(0, Tp), q = ws.q.slice_rows(0, Tp),
+         k = ws.k.slice_rows(0, Tp), v = ws.v.slice_rows(0, Tp), attn = ws.attn.slice_rows(0, Tp),
+         gate = ws.gate.slice_rows(0, Tp), up = ws.up.slice_rows(0, Tp),
+         act = ws.act.slice_rows(0, Tp);
+  const Tensor q_rows = q.slice_rows(0, T), k_rows = k.slice_rows(0, T), v_rows = v.slice_rows(0, T);
+  Tensor attn_rows = attn.slice_rows(0, T), x_rows = x.slice_rows(0, T);
+  std::vector<int32_t> rope_pos(pos);
+  rope_pos.resize(size_t(Tp), pos.back());
 
   std::vector<KVAppend> appends;
   std::vector<AttentionSeq> seqs(batch.size());
@@ -408,33 +422,31 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
   std::vector<int64_t> seq_ids(batch.size());
   for (size_t i = 0; i < batch.size(); ++i) seq_ids[i] = batch[i].seq_id;
 
-  backend_.embed(w_->tok_embd, ids, x);
-  // Each residual add is fused with the norm that follows it (add_rms_norm): h holds the
-  // normed input of the next block when a block starts.
-  backend_.rms_norm(x, w_->layers[0].attn_norm, hp_.rms_eps, h);
-  for (int64_t l = 0; l < hp_.n_layer; ++l) {
+  // Q, K, V of layer l, roped.
+  auto qkv_rope = [&](int64_t l) {
     const LayerWeights& L = w_->layers[l];
     if (L.wqkv.data) {
-      Tensor qkv = ws.qkv.slice_rows(0, T);
+      Tensor qkv = ws.qkv.slice_rows(0, Tp);
       backend_.matmul(h, L.wqkv, nullptr, qkv);
       // Q and K are adjacent columns: one rope over both.
       Tensor qk = col_view(qkv, 0, q.cols + k.cols);
-      backend_.rope(qk, int(hp_.n_head + hp_.n_head_kv), pos, rope_);
+      backend_.rope(qk, int(hp_.n_head + hp_.n_head_kv), rope_pos, rope_);
     } else {
       backend_.matmul(h, L.wq, L.has_bias ? &L.bq : nullptr, q);
       backend_.matmul(h, L.wk, L.has_bias ? &L.bk : nullptr, k);
       backend_.matmul(h, L.wv, L.has_bias ? &L.bv : nullptr, v);
-      backend_.rope(q, int(hp_.n_head), pos, rope_);
-      backend_.rope(k, int(hp_.n_head_kv), pos, rope_);
+      backend_.rope(q, int(hp_.n_head), rope_pos, rope_);
+      backend_.rope(k, int(hp_.n_head_kv), rope_pos, rope_);
     }
-    kv.store(int(l), appends, k, v);
-    for (size_t i = 0; i < batch.size(); ++i) kv.attention_view(int(l), batch[i].seq_id, seqs[i]);
-    backend_.attention(q, seqs, ap, kv.pool(), attn);
-    kv.after_attention(int(l), q, seq_ids, seqs, ap, ws.scores);
+  };
+  // Layer l after its attention: output projection, MLP, residuals; h ends as the next
+  // layer's normed input.
+  auto attn_out_mlp = [&](int64_t l) {
+    const LayerWeights& L = w_->layers[l];
     backend_.matmul(attn, L.wo, nullptr, h);
     backend_.add_rms_norm(x, h, L.ffn_norm, hp_.rms_eps, h);
     if (L.w_gate_up.data) {
-      Tensor gu = ws.gate_up.slice_rows(0, T);
+      Tensor gu = ws.gate_up.slice_rows(0, Tp);
       backend_.matmul(h, L.w_gate_up, nullptr, gu);
     } else {
       backend_.matmul(h, L.w_gate, nullptr, gate);
@@ -446,6 +458,26 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
       backend_.add_rms_norm(x, h, w_->layers[l + 1].attn_norm, hp_.rms_eps, h);
     else
       backend_.add(x, h);
+  };
+
+  backend_.embed(w_->tok_embd, ids, x_rows);
+  // Each residual add is fused with the norm that follows it (add_rms_norm): h holds the
+  // normed input of the next block when a block starts.
+  backend_.rms_norm(x, w_->layers[0].attn_norm, hp_.rms_eps, h);
+  qkv_rope(0);  // its rope sets the step's positions; the replayable runs reuse them
+  for (int64_t l = 0; l < hp_.n_layer; ++l) {
+    // The KV cache's ops read this step's block tables and slots from the host...
+    kv.store(int(l), appends, k_rows, v_rows);
+    for (size_t i = 0; i < batch.size(); ++i) kv.attention_view(int(l), batch[i].seq_id, seqs[i]);
+    backend_.attention(q_rows, seqs, ap, kv.pool(), attn_rows);
+    kv.after_attention(int(l), q_rows, seq_ids, seqs, ap, ws.scores);
+    // ...what follows, up to the next layer's attention, reads only weights and the
+    // workspace: the same ops every step of T rows, which a backend may replay (CUDA
+    // graphs) instead of launching one by one.
+    backend_.run_replayable(ReplayKey{this, ws.generation, l, Tp}, [&] {
+      attn_out_mlp(l);
+      if (l + 1 < hp_.n_layer) qkv_rope(l + 1);
+    });
   }
   fwd_scope.reset();
   argmax_.resize(argmax_rows.size());

@@ -120,7 +120,8 @@ std::vector<Request> requests() {
   return reqs;
 }
 
-std::vector<Output> run_engine(const std::string& path, const std::string& backend) {
+std::vector<Output> run_engine(const std::string& path, const std::string& backend,
+                               Progress* last = nullptr) {
   EngineOptions o;
   o.model_path = path;
   o.backend = backend;
@@ -129,7 +130,9 @@ std::vector<Output> run_engine(const std::string& path, const std::string& backe
   o.kv_mem_bytes = int64_t(256) << 20;
   o.keep_last_logits = true;
   o.keep_step_logits = true;
-  return Engine::create(o)->generate(requests());
+  return Engine::create(o)->generate(requests(), nullptr, [&](const Progress& p) {
+    if (last) *last = p;
+  });
 }
 
 std::string model_path() {
@@ -187,6 +190,40 @@ TEST(CudaEngine, MatchesCpuEngineOnSyntheticModel) {
     }
   }
   std::cout << "[ e2e      ] " << diverged << " of " << cpu.size() << " requests diverged\n";
+#endif
+}
+
+// Decode steps replay each layer's dense ops from CUDA graphs (Backend::run_replayable):
+// the same tokens and the same logits, bit for bit, as every op launched on its own.
+// GEMM tuning is off in both runs so both pick the same kernels.
+TEST(CudaEngine, ReplayedStepsEqualOpByOpSteps) {
+#ifndef BATCHMAX_HAVE_CUDA
+  GTEST_SKIP() << "built without BATCHMAX_CUDA";
+#else
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  register_cuda_backend();
+  const std::string path = write_model(model_path());
+  ::setenv("BATCHMAX_CUDA_GEMM_TUNE", "0", 1);
+  ::setenv("BATCHMAX_CUDA_GRAPHS", "0", 1);
+  Progress p_off, p_on;
+  const std::vector<Output> off = run_engine(path, "cuda", &p_off);
+  ::unsetenv("BATCHMAX_CUDA_GRAPHS");
+  const std::vector<Output> on = run_engine(path, "cuda", &p_on);
+  ::unsetenv("BATCHMAX_CUDA_GEMM_TUNE");
+  std::filesystem::remove(path);
+  std::cout << "[ replay   ] graphs made " << p_on.recorded_runs << ", launched "
+            << p_on.replayed_runs << " (off: " << p_off.replayed_runs << ")\n";
+  EXPECT_EQ(p_off.replayed_runs, 0);
+  EXPECT_GT(p_on.recorded_runs, 0);
+  EXPECT_GT(p_on.replayed_runs, p_on.recorded_runs) << "graphs should be reused across steps";
+  ASSERT_EQ(on.size(), off.size());
+  for (size_t i = 0; i < on.size(); ++i) {
+    ASSERT_EQ(on[i].finish_reason, "length") << on[i].id << ": " << on[i].error;
+    EXPECT_EQ(on[i].tokens, off[i].tokens) << on[i].id;
+    ASSERT_EQ(on[i].step_logits.size(), off[i].step_logits.size());
+    for (size_t t = 0; t < on[i].step_logits.size(); ++t)
+      ASSERT_EQ(on[i].step_logits[t], off[i].step_logits[t]) << on[i].id << " token " << t;
+  }
 #endif
 }
 

@@ -13,6 +13,7 @@
 
 #include "backend/cuda/cuda_common.cuh"
 #include "backend/cuda/gemm.h"
+#include "backend/cuda/replay_graphs.h"
 #include "backend/cuda/staging.h"
 #include "backend/step_profile.h"
 
@@ -128,9 +129,11 @@ class CudaBackend final : public Backend {
     baseline_used_ = device_used();
     BMX_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     gemm_ = std::make_unique<Gemm>(o.gemm_workspace_bytes);
+    replay_ = std::make_unique<ReplayGraphs>(graphs_enabled());
     staging_ = std::make_unique<Staging>();
     cudaDeviceProp prop{};
     BMX_CUDA(cudaGetDeviceProperties(&prop, device_));
+    l2_bytes_ = size_t(prop.l2CacheSize);
     name_ = std::string("cuda:") + std::to_string(device_) + " (" + prop.name + ")";
     weight_stage_.name = "weight stage";
     move_scratch_.name = "kv_move scratch";
@@ -147,6 +150,7 @@ class CudaBackend final : public Backend {
     cudaStreamSynchronize(stream_);
     for (void* p : owned_) cudaFree(p);
     for (auto& r : ropes_) cudaFree(r.dev);
+    replay_.reset();
     gemm_.reset();
     staging_.reset();
     cudaStreamDestroy(stream_);
@@ -292,7 +296,10 @@ class CudaBackend final : public Backend {
   bool prefers_stacked_projections() const override { return true; }
   // Seen on the H100: peaks 4-20 MiB above the plan with no cudaMalloc after it
   // (BATCHMAX_CUDA_MEMLOG), i.e. the driver's lazy module loads and local memory.
-  int64_t runtime_reserve_bytes() const override { return int64_t(64) << 20; }
+  // Graphs (run_replayable) take device memory of their own as they are made.
+  int64_t runtime_reserve_bytes() const override {
+    return (int64_t(64) << 20) + (replay_->enabled() ? ReplayGraphs::kReserveBytes : 0);
+  }
 
   KVPoolView alloc_kv_pool(GgmlType type, int64_t n_blocks, int block_tokens,
                            int head_dim) override {
@@ -308,10 +315,20 @@ class CudaBackend final : public Backend {
     p.pos = static_cast<int32_t*>(device_alloc(std::max<size_t>(slots * 4, 16)));
     // As on the CPU: unused slots hold INT32_MAX, a position no query sees.
     cuda::launch_fill_i32(p.pos, int64_t(slots), INT32_MAX, stream_);
+    // GEMM tuning flushes L2 by reading the pool's keys (no memory of its own).
+    const size_t k_bytes = slots * head_dim * elem_bytes(type);
+    if (k_bytes >= 2 * l2_bytes_ && !flush_pool_) {
+      gemm_->set_l2_flush(p.k, std::min(k_bytes, 4 * l2_bytes_) / 16 * 16);
+      flush_pool_ = p.k;
+    }
     return p;
   }
 
   void free_kv_pool(KVPoolView& pool) override {
+    if (pool.k && pool.k == flush_pool_) {
+      gemm_->set_l2_flush(nullptr, 0);
+      flush_pool_ = nullptr;
+    }
     for (void* p : {pool.k, pool.v, static_cast<void*>(pool.pos)}) {
       if (!p) continue;
       owned_.erase(p);
@@ -438,6 +455,25 @@ class CudaBackend final : public Backend {
 
   bool prefers_device_eviction() const override { return true; }
 
+  // Steps of more rows are long enough that launches cost nothing next to them, and
+  // their row counts rarely repeat.
+  static constexpr int64_t kMaxReplayRows = 256;
+  void run_replayable(const ReplayKey& key, const std::function<void()>& ops) override {
+    // Profiles time each op with events, which a graph would not replay.
+    if (key.rows > kMaxReplayRows || prof::enabled() || prof::ops_enabled()) {
+      ops();
+      return;
+    }
+    replay_->run(key, reinterpret_cast<uintptr_t>(rope_table_.p), ops, stream_);
+  }
+  // Multiples of 8: ~9x fewer graphs over a run's batch sizes, for at most 7 rows of
+  // products that cost nothing extra (decode products are bound by the weight reads).
+  int64_t padded_rows(int64_t rows) const override {
+    return rows <= kMaxReplayRows ? (rows + 7) / 8 * 8 : rows;
+  }
+  void drop_replays(const void* owner) override { replay_->drop(owner); }
+  ReplayCounts replay_counts() const override { return replay_->counts(); }
+
   void reserve_step_scratch(int64_t max_rows, const AttentionParams& p) override {
     if (cuda::flash_attention_supported(GgmlType::BF16, GgmlType::BF16, p.head_dim))
       attn_scratch_.get(cuda::flash_decode_scratch_bound(p.head_dim, max_rows * p.n_kv_heads));
@@ -541,6 +577,11 @@ class CudaBackend final : public Backend {
     BMX_CUDA(cudaMemGetInfo(&free_b, &total_b));
     return int64_t(total_b) - int64_t(free_b);
   }
+  // BATCHMAX_CUDA_GRAPHS=0: every op is launched on its own (A/B, debugging).
+  static bool graphs_enabled() {
+    const char* e = std::getenv("BATCHMAX_CUDA_GRAPHS");
+    return !(e && *e == '0');
+  }
   static int64_t n_slots(const KVPoolView& pool) { return pool.n_blocks * pool.block_tokens; }
   static void check_ids(std::span<const int32_t> ids, int64_t n, const char* what) {
     for (int32_t i : ids)
@@ -612,6 +653,8 @@ class CudaBackend final : public Backend {
                       std::equal(pos.begin(), pos.end(), rope_pos_.begin());
     float2* table = static_cast<float2*>(rope_table_.get(std::max<size_t>(pos.size() * half, 1) * sizeof(float2)));
     if (!same || table != rope_table_at_) {
+      if (replay_->capturing())
+        throw NotReplayable("rope positions differ from the step's previous rope");
       cuda::launch_rope_table(put_ints({pos}), int64_t(pos.size()), inv, half, table, stream_);
       rope_pos_.assign(pos.begin(), pos.end());
       rope_inv_ = inv;
@@ -638,12 +681,15 @@ class CudaBackend final : public Backend {
     float* dev;
   };
   int device_;
+  size_t l2_bytes_ = 0;
+  const void* flush_pool_ = nullptr;  // the pool whose keys GEMM tuning reads
   int64_t baseline_used_ = 0;
   mutable int64_t peak_ = 0;
   std::string name_;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<Gemm> gemm_;
   std::unique_ptr<Staging> staging_;
+  std::unique_ptr<ReplayGraphs> replay_;
   std::unordered_set<void*> owned_;
   std::vector<RopeEntry> ropes_;
   // Packs the per-call attention metadata into host_ints_ (layout in

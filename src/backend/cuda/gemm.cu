@@ -1,5 +1,6 @@
 #include "backend/cuda/gemm.h"
 
+#include <cstdlib>
 #include <string>
 
 #include "backend/cuda/cuda_common.cuh"
@@ -22,9 +23,27 @@ int alignment(const void* p) {
   return al;
 }
 
+// Off by default: see gemm.h.
+bool tuning_enabled() {
+  const char* e = std::getenv("BATCHMAX_CUDA_GEMM_TUNE");
+  return e && *e == '1';
+}
+
+// Candidates timed per tuned plan, and runs per timing.
+constexpr int kTuneCandidates = 16;
+constexpr int kTuneRuns = 5;
+
+// Reads `n` 16-byte words (evicting L2); the sum goes to *sink only so the reads stay.
+__global__ void read_through(const uint4* p, size_t n, float* sink) {
+  uint32_t acc = 0;
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
+    acc ^= p[i].x ^ p[i].w;
+  if (acc == 0x9e3779b9u) *sink = float(acc);
+}
+
 }  // namespace
 
-Gemm::Gemm(size_t workspace_bytes) : workspace_bytes_(workspace_bytes) {
+Gemm::Gemm(size_t workspace_bytes) : workspace_bytes_(workspace_bytes), tune_(tuning_enabled()) {
   check_lt(cublasLtCreate(&handle_), "create");
   if (workspace_bytes_) BMX_CUDA(cudaMalloc(&workspace_, workspace_bytes_));
 }
@@ -37,10 +56,14 @@ Gemm::~Gemm() {
     cublasLtMatmulDescDestroy(p.desc);
   }
   if (workspace_) cudaFree(workspace_);
+  if (flush_sink_) cudaFree(flush_sink_);
+  if (t0_) cudaEventDestroy(t0_);
+  if (t1_) cudaEventDestroy(t1_);
   if (handle_) cublasLtDestroy(handle_);
 }
 
-Gemm::Plan& Gemm::plan(const Key& key) {
+Gemm::Plan& Gemm::plan(const Key& key, const Tensor& x, const Tensor& w, Tensor& out,
+                       cudaStream_t s) {
   auto it = plans_.find(key);
   if (it != plans_.end()) return it->second;
   const auto [m, n, k, ldx, ldw, ldo, out_type, al_x, al_w, al_o] = key;
@@ -72,10 +95,15 @@ Gemm::Plan& Gemm::plan(const Key& key) {
                                        sizeof(ao));
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ao,
                                        sizeof(ao));
-  cublasLtMatmulHeuristicResult_t res{};
+  // Tuning runs the candidates, which a stream being captured into a graph cannot do.
+  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+  BMX_CUDA(cudaStreamIsCapturing(s, &cap));
+  const bool tuned = tune_ && flush_ && n <= kTuneMaxRows && cap == cudaStreamCaptureStatusNone &&
+                     out.data != x.data && out.data != w.data;
+  cublasLtMatmulHeuristicResult_t res[kTuneCandidates]{};
   int found = 0;
-  cublasStatus_t st =
-      cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.a, p.b, p.c, p.c, pref, 1, &res, &found);
+  cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.a, p.b, p.c, p.c, pref,
+                                                     tuned ? kTuneCandidates : 1, res, &found);
   cublasLtMatmulPreferenceDestroy(pref);
   if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
     cublasLtMatrixLayoutDestroy(p.a);
@@ -85,8 +113,53 @@ Gemm::Plan& Gemm::plan(const Key& key) {
     throw Error("cuBLASLt: no algorithm for matmul m=" + std::to_string(m) + " n=" +
                 std::to_string(n) + " k=" + std::to_string(k));
   }
-  p.algo = res.algo;
+  p.algo = res[0].algo;
+  if (tuned && found > 1) tune(p, res, found, x, w, out, s);
   return plans_.emplace(key, p).first->second;
+}
+
+// Keeps the fastest candidate over kTuneRuns runs each (after one warm-up run). A
+// candidate that fails to run is skipped; the heuristic's first pick is the fallback.
+void Gemm::tune(Plan& p, const cublasLtMatmulHeuristicResult_t* cands, int n, const Tensor& x,
+                const Tensor& w, Tensor& out, cudaStream_t s) {
+  if (!t0_) {
+    BMX_CUDA(cudaEventCreate(&t0_));
+    BMX_CUDA(cudaEventCreate(&t1_));
+    BMX_CUDA(cudaMalloc(&flush_sink_, sizeof(float)));
+  }
+  auto flush = [&] {
+    read_through<<<264, 512, 0, s>>>(static_cast<const uint4*>(flush_), flush_bytes_ / 16, flush_sink_);
+    BMX_LAUNCHED();
+  };
+  const float alpha = 1.0f, beta = 0.0f;
+  auto launch = [&](const cublasLtMatmulAlgo_t& algo) {
+    return cublasLtMatmul(handle_, p.desc, &alpha, w.data, p.a, x.data, p.b, &beta, out.data, p.c,
+                          out.data, p.c, &algo, workspace_, workspace_bytes_, s);
+  };
+  float best = 0;
+  bool have = false;
+  for (int i = 0; i < n; ++i) {
+    if (cands[i].state != CUBLAS_STATUS_SUCCESS) continue;
+    if (launch(cands[i].algo) != CUBLAS_STATUS_SUCCESS) continue;
+    bool ok = true;
+    float ms = 0;
+    for (int r = 0; r < kTuneRuns && ok; ++r) {
+      flush();
+      BMX_CUDA(cudaEventRecord(t0_, s));
+      ok = launch(cands[i].algo) == CUBLAS_STATUS_SUCCESS;
+      BMX_CUDA(cudaEventRecord(t1_, s));
+      BMX_CUDA(cudaEventSynchronize(t1_));
+      float one = 0;
+      BMX_CUDA(cudaEventElapsedTime(&one, t0_, t1_));
+      ms += one;
+    }
+    if (ok && (!have || ms < best)) {
+      best = ms;
+      p.algo = cands[i].algo;
+      have = true;
+    }
+  }
+  ++n_tuned_;
 }
 
 void Gemm::run(const Tensor& x, const Tensor& w, Tensor& out, cudaStream_t s) {
@@ -101,7 +174,7 @@ void Gemm::run(const Tensor& x, const Tensor& w, Tensor& out, cudaStream_t s) {
   const Key key{w.rows, x.rows, x.cols, int64_t(x.row_stride / 2), int64_t(w.row_stride / 2),
                 int64_t(out.row_stride / eo), int(out.type), alignment(x.data),
                 alignment(w.data), alignment(out.data)};
-  Plan& p = plan(key);
+  Plan& p = plan(key, x, w, out, s);
   const float alpha = 1.0f, beta = 0.0f;
   check_lt(cublasLtMatmul(handle_, p.desc, &alpha, w.data, p.a, x.data, p.b, &beta, out.data,
                           p.c, out.data, p.c, &p.algo, workspace_, workspace_bytes_, s),
