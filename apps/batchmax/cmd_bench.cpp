@@ -184,6 +184,9 @@ int run_bench(const BenchArgs& a) {
   eo.step_tokens = a.step_tokens;
   eo.max_context = a.ctx;
   eo.kv_mem_bytes = parse_bytes(a.kv_mem);
+  // h2o rows evict on the GPU only in a pool with slot mass (see EngineOptions).
+  for (const KVSettings& kv : configs)
+    if (kv.policy == "h2o" && kv.mode != "full") eo.kv_slot_mass = true;
 
   std::optional<bench::Workload> work;
   std::vector<bench::BenchRow> rows;

@@ -109,6 +109,10 @@ struct EngineOptions {
   bool keep_last_logits = false;
   bool keep_step_logits = false;  // tests: logits behind every generated token
   KVSettings kv;              // default compression for requests that set none
+  // The KV pool keeps h2o's accumulated attention mass per slot (4 bytes an entry), so
+  // h2o requests evict on the GPU without host round trips. Also on when kv.policy is
+  // h2o; without it an h2o request selects on the host.
+  bool kv_slot_mass = false;
 };
 
 struct Progress {

@@ -56,6 +56,9 @@ struct KVPoolView {
   void* k = nullptr;
   void* v = nullptr;
   int32_t* pos = nullptr;
+  // Per slot: the attention mass the entry has received so far (h2o on the backend), or
+  // null when the pool was made without it. kv_store() zeroes it, moves carry it.
+  float* mass = nullptr;
   GgmlType type = GgmlType::F32;
   int block_tokens = 16;
   int head_dim = 0;
@@ -87,6 +90,7 @@ enum class EvictScore : int32_t {
   Recency = 2,     // window: the entry's position
   NegKeyNorm = 3,  // knorm: minus the L2 norm of the key
   Random = 4,      // random: a hash of (seed, position)
+  Accumulated = 5, // h2o: the pool's per-slot mass (accumulate_mass), no mass row
 };
 
 // One (sequence, layer, KV head) to shrink from n_entries to `keep` entries by
@@ -174,8 +178,9 @@ class Backend {
   virtual void argmax_rows(const Tensor& x, int32_t* out) = 0;
 
   // KV pool
+  // slot_mass: also a float per slot (KVPoolView::mass) for policies that accumulate.
   virtual KVPoolView alloc_kv_pool(GgmlType type, int64_t n_blocks, int block_tokens,
-                                   int head_dim) = 0;
+                                   int head_dim, bool slot_mass = false) = 0;
   virtual void free_kv_pool(KVPoolView& pool) = 0;
   // Writes k/v rows [n, n_kv_heads * head_dim] into the pool: row r, head h goes to
   // slot slots[r * n_kv_heads + h] with position pos[r]. slots and pos in host memory.
@@ -213,6 +218,10 @@ class Backend {
                                    const AttentionParams& p, const KVPoolView& pool,
                                    Tensor& out) = 0;
   virtual void evict(std::span<const EvictTask> tasks, const Tensor* mass, KVPoolView& pool) = 0;
+  // h2o without the host: adds the attention mass of each sequence's queries (as
+  // attention_scores() computes it) to pool.mass at the slots of the entries.
+  virtual void accumulate_mass(const Tensor& q, std::span<const AttentionSeq> seqs,
+                               const AttentionParams& p, KVPoolView& pool) = 0;
   // Allocates now the scratch that steps of up to `max_rows` query rows with these
   // attention shapes use (attention partials, score partials, eviction keys), so the
   // memory planner measures it with the workspace; steps within the bounds reuse it.

@@ -95,6 +95,11 @@ void LlmEngine::plan_memory() {
   kc.head_dim = int(hp.head_dim);
   kc.block_tokens = 16;
   kc.type = backend_->activation_type();  // F32 on the CPU, BF16 on CUDA
+  // h2o accumulates mass per entry: where eviction runs on the backend, the pool can keep
+  // it per slot (4 bytes an entry) so h2o never leaves the device; engines that expect no
+  // h2o request pay nothing (EngineOptions::kv_slot_mass).
+  const bool h2o_default = opts_.kv.policy == "h2o" && opts_.kv.mode != "full";
+  kc.slot_mass = (opts_.kv_slot_mass || h2o_default) && eviction_on_device(*backend_);
   m.block_tokens = kc.block_tokens;
   m.kv_block_bytes = PagedKVCache::block_bytes(kc);
   m.kv_heads_total = int64_t(kc.n_layer) * kc.n_kv_heads;

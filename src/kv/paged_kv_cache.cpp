@@ -25,14 +25,16 @@ AttentionSeq last_queries(const AttentionSeq& s, int64_t cnt) {
 int64_t PagedKVCache::block_bytes(const KVCacheConfig& cfg) {
   const auto& tt = type_traits(cfg.type);
   return int64_t(cfg.block_tokens) * (2 * int64_t(cfg.head_dim) * int64_t(tt.block_bytes) /
-                                          tt.block_size + int64_t(sizeof(int32_t)));
+                                          tt.block_size + int64_t(sizeof(int32_t)) +
+                                      (cfg.slot_mass ? int64_t(sizeof(float)) : 0));
 }
 
 PagedKVCache::PagedKVCache(Backend& backend, const KVCacheConfig& cfg)
     : backend_(backend), cfg_(cfg), blocks_(cfg.n_blocks) {
   if (cfg.n_layer <= 0 || cfg.n_kv_heads <= 0 || cfg.head_dim <= 0 || cfg.block_tokens <= 0)
     throw Error("kv cache: bad configuration");
-  pool_view_ = backend_.alloc_kv_pool(cfg.type, cfg.n_blocks, cfg.block_tokens, cfg.head_dim);
+  pool_view_ = backend_.alloc_kv_pool(cfg.type, cfg.n_blocks, cfg.block_tokens, cfg.head_dim,
+                                      cfg.slot_mass);
   device_eviction_ = eviction_on_device(backend_);
 }
 
@@ -74,7 +76,8 @@ bool PagedKVCache::add_sequence(int64_t seq_id, int64_t max_entries, const KVCom
   s.reserved = need;
   s.comp = comp;
   if (comp.evicts()) s.policy = make_policy(comp.policy, comp.params);
-  if (s.policy && !s.policy->keeps_state())
+  // A policy with per-entry state (h2o) keeps it in the pool's slot mass, if it has one.
+  if (s.policy && (!s.policy->keeps_state() || pool_view_.mass))
     s.device = device_eviction_;
   seqs_.emplace(seq_id, std::move(s));
   return true;
@@ -232,11 +235,14 @@ void PagedKVCache::after_attention(int layer, const Tensor& q, std::span<const i
   if (seq_ids.size() != seqs.size()) throw Error("kv cache: after_attention: ids and sequences differ");
   // Host selection: each sequence's last `score_queries` queries, their mass to the host.
   std::vector<size_t> scored, device;
-  std::vector<AttentionSeq> score_seqs;
+  std::vector<AttentionSeq> score_seqs, accumulate;
   for (size_t i = 0; i < seqs.size(); ++i) {
     const Sequence& s = seq(seq_ids[i]);
     if (!s.policy) continue;
     if (s.device) {
+      // h2o: every observed query's mass goes into the pool's slot mass, every step.
+      const int64_t cnt = std::min<int64_t>(s.observe, seqs[i].n_q);
+      if (s.policy->keeps_state() && cnt > 0) accumulate.push_back(last_queries(seqs[i], cnt));
       if (s.evict_after) device.push_back(i);
       continue;
     }
@@ -259,6 +265,10 @@ void PagedKVCache::after_attention(int layer, const Tensor& q, std::span<const i
     backend_.attention_scores(q, score_seqs, ap, pool_view_, mass_ptr, stride);
     for (size_t j = 0; j < scored.size(); ++j)
       observe_scores(layer, seq_ids[scored[j]], mass[j].data(), stride);
+  }
+  if (!accumulate.empty()) {
+    prof::Scope sc(prof::kScores, backend_);
+    backend_.accumulate_mass(q, accumulate, ap, pool_view_);
   }
   if (device.empty()) return;
   const int nh = cfg_.n_kv_heads;
@@ -343,8 +353,9 @@ std::vector<int64_t> PagedKVCache::score_on_device(const Tensor& q, std::span<co
   std::vector<int64_t> mass_row(which.size(), -1);
   for (size_t j = 0; j < which.size(); ++j) {
     const size_t i = which[j];
-    const int64_t cnt = std::min<int64_t>(seq(seq_ids[i]).observe, seqs[i].n_q);
-    if (cnt <= 0) continue;
+    const Sequence& s = seq(seq_ids[i]);
+    const int64_t cnt = std::min<int64_t>(s.observe, seqs[i].n_q);
+    if (cnt <= 0 || s.policy->keeps_state()) continue;  // h2o reads the slot mass instead
     mass_row[j] = int64_t(score_seqs.size()) * nh;
     score_seqs.push_back(last_queries(seqs[i], cnt));
   }
@@ -376,6 +387,7 @@ void PagedKVCache::evict_on_device(int l0, int l1, std::span<const int64_t> seq_
       else if (pol == "window") kind = EvictScore::Recency;
       else if (pol == "knorm") kind = EvictScore::NegKeyNorm;
       else if (pol == "random") kind = EvictScore::Random;
+      else if (pol == "h2o") kind = EvictScore::Accumulated;
       else throw Error("kv cache: policy " + pol + " cannot evict on the device");
       const int64_t row = mass_row[size_t(l - l0) * which.size() + j];
       for (int h = 0; h < nh; ++h) {

@@ -21,6 +21,8 @@ struct KVCacheConfig {
   int block_tokens = 16;
   int64_t n_blocks = 0;
   GgmlType type = GgmlType::F32;
+  // A float per slot (KVPoolView::mass): h2o's accumulated mass, kept on the backend.
+  bool slot_mass = false;
 };
 
 // What a step does to a sequence; decides whether the step ends with an eviction.

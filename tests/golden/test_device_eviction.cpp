@@ -3,7 +3,8 @@
 // right after that layer's attention, the host only setting counts). On the CPU backend,
 // whose evict() is the host policies themselves, both must give bit-identical logits and
 // keep the same positions in every (layer, head), for every policy that can run there,
-// with sequences of different policies and budgets mixed in one batch.
+// with sequences of different policies and budgets mixed in one batch. h2o runs on the
+// backend only in a pool with slot mass (KVCacheConfig::slot_mass), checked the same way.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -27,7 +28,7 @@ struct PathRun {
 // Two chunked prefills and then decode steps, all sequences in every step.
 PathRun run_path(Model& model, Backend& be, const char* eviction,
         const std::vector<KVCompression>& comps, const std::vector<std::vector<int32_t>>& prompts,
-        int decode_steps) {
+        int decode_steps, bool slot_mass = false) {
   // Set for the whole run: the model's first forward sizes the eviction scratch by it.
   setenv("BATCHMAX_EVICTION", eviction, 1);
   const HParams& hp = model.hparams();
@@ -36,6 +37,7 @@ PathRun run_path(Model& model, Backend& be, const char* eviction,
   kc.n_kv_heads = int(hp.n_head_kv);
   kc.head_dim = int(hp.head_dim);
   kc.n_blocks = 4096;
+  kc.slot_mass = slot_mass;
   PagedKVCache kv(be, kc);
   PathRun out;
   const size_t n = comps.size();
@@ -135,15 +137,23 @@ TEST(DeviceEviction, SameLogitsAndKeptPositionsAsHostSelection) {
     EXPECT_FALSE(host.on_device[i]);
     EXPECT_EQ(dev.on_device[i], comps[i].policy != "h2o") << comps[i].policy;  // h2o keeps state
   }
-  ASSERT_EQ(host.logits.size(), dev.logits.size());
-  for (size_t s = 0; s < host.logits.size(); ++s)
-    ASSERT_EQ(host.logits[s], dev.logits[s]) << "step " << s;
-  for (size_t i = 0; i < comps.size(); ++i)
-    for (size_t lh = 0; lh < host.positions[i].size(); ++lh) {
-      EXPECT_EQ(host.positions[i][lh], dev.positions[i][lh])
-          << comps[i].policy << " " << kv_mode_name(comps[i].mode) << " layer*heads+head " << lh;
-      const int64_t n = int64_t(host.positions[i][lh].size());
-      EXPECT_GE(n, comps[i].params.budget);  // prompts are longer than every budget
-      EXPECT_LT(n, comps[i].params.budget + comps[i].params.slack);
-    }
+  // The pool with slot mass: h2o accumulates and evicts on the backend too.
+  Model model_mass(hp, *be, 7);
+  const PathRun mass = run_path(model_mass, *be, "device", comps, prompts, 30, true);
+  for (size_t i = 0; i < comps.size(); ++i) EXPECT_TRUE(mass.on_device[i]) << comps[i].policy;
+  for (const PathRun* run : {&dev, &mass}) {
+    const char* what = run == &dev ? "device" : "device with slot mass";
+    ASSERT_EQ(host.logits.size(), run->logits.size()) << what;
+    for (size_t s = 0; s < host.logits.size(); ++s)
+      ASSERT_EQ(host.logits[s], run->logits[s]) << what << ": step " << s;
+    for (size_t i = 0; i < comps.size(); ++i)
+      for (size_t lh = 0; lh < host.positions[i].size(); ++lh) {
+        EXPECT_EQ(host.positions[i][lh], run->positions[i][lh])
+            << what << ": " << comps[i].policy << " " << kv_mode_name(comps[i].mode)
+            << " layer*heads+head " << lh;
+        const int64_t n = int64_t(host.positions[i][lh].size());
+        EXPECT_GE(n, comps[i].params.budget);  // prompts are longer than every budget
+        EXPECT_LT(n, comps[i].params.budget + comps[i].params.slack);
+      }
+  }
 }

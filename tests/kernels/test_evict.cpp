@@ -29,8 +29,20 @@ const char* policy_of(EvictScore s) {
     case EvictScore::Recency: return "window";
     case EvictScore::NegKeyNorm: return "knorm";
     case EvictScore::Random: return "random";
+    case EvictScore::Accumulated: return "h2o";
   }
   return "?";
+}
+
+// The pool's slot mass as a tensor view (upload/download go through the backend).
+Tensor slot_mass_view(const KVPoolView& pool) {
+  Tensor t;
+  t.data = pool.mass;
+  t.type = GgmlType::F32;
+  t.rows = 1;
+  t.cols = pool.n_blocks * pool.block_tokens;
+  t.row_stride = size_t(t.cols) * 4;
+  return t;
 }
 
 // Raw slot rows of a pool (K or V), as bytes.
@@ -53,8 +65,8 @@ void check_evict(Backend& b, GgmlType pool_type, std::mt19937& rng) {
   const std::vector<int> sizes = {17, 100, 600, 1040, 2100, 700, 577, 64, 1500, 333};
   int64_t n_blocks = 0;
   for (int n : sizes) n_blocks += (n + kBlockTokens - 1) / kBlockTokens;
-  n_blocks = n_blocks * 5 + 8;  // five kinds, a few spare blocks
-  KVPoolView pool = b.alloc_kv_pool(pool_type, n_blocks, kBlockTokens, kHeadDim);
+  n_blocks = n_blocks * 6 + 8;  // six kinds, a few spare blocks
+  KVPoolView pool = b.alloc_kv_pool(pool_type, n_blocks, kBlockTokens, kHeadDim, /*slot_mass=*/true);
   // Blocks handed out in a shuffled order, as a used pool does.
   std::vector<int32_t> free_blocks(n_blocks);
   for (int64_t i = 0; i < n_blocks; ++i) free_blocks[i] = int32_t(i);
@@ -64,7 +76,7 @@ void check_evict(Backend& b, GgmlType pool_type, std::mt19937& rng) {
   std::vector<EvictTask> tasks;
   std::vector<std::vector<float>> mass_rows;
   const EvictScore kinds[] = {EvictScore::Mass, EvictScore::PooledMass, EvictScore::Recency,
-                              EvictScore::NegKeyNorm, EvictScore::Random};
+                              EvictScore::NegKeyNorm, EvictScore::Random, EvictScore::Accumulated};
   for (EvictScore kind : kinds)
     for (int n : sizes) {
       Head h;
@@ -95,7 +107,8 @@ void check_evict(Backend& b, GgmlType pool_type, std::mt19937& rng) {
         const float u = std::uniform_real_distribution<float>(0, 1)(rng);
         x = style == 0 ? u : style == 1 ? std::floor(u * 4) / 4 : (u < 0.9f ? 0.0f : u);
       }
-      t.mass_row = int64_t(mass_rows.size());
+      // h2o reads the pool's slot mass (set below to the same values), not a mass row.
+      t.mass_row = kind == EvictScore::Accumulated ? -1 : int64_t(mass_rows.size());
       mass_rows.push_back(std::move(m));
       tasks.push_back(t);
     }
@@ -124,6 +137,20 @@ void check_evict(Backend& b, GgmlType pool_type, std::mt19937& rng) {
     }
   }
   b.kv_store(k, v, 1, slots, pos, pool);
+  // Every entry's slot mass: its head's mass row (kv_store zeroed them first).
+  std::vector<float> slot_mass(size_t(n_blocks * kBlockTokens), -1.0f);
+  {
+    Tensor mv = slot_mass_view(pool);
+    std::vector<float> zeroed(slot_mass.size());
+    b.download(mv, zeroed.data());
+    for (size_t i = 0; i < tasks.size(); ++i)
+      for (size_t e = 0; e < heads[i].pos.size(); ++e) {
+        const size_t sl = size_t(heads[i].blocks[e / kBlockTokens] * kBlockTokens + int32_t(e % kBlockTokens));
+        ASSERT_EQ(zeroed[sl], 0.0f) << "kv_store leaves slot mass zero";
+        slot_mass[sl] = mass_rows[i][e];
+      }
+    b.upload(slot_mass.data(), mv);
+  }
   int64_t stride = 0;
   for (const auto& m : mass_rows) stride = std::max<int64_t>(stride, int64_t(m.size()));
   Tensor mass = b.alloc(GgmlType::F32, int64_t(mass_rows.size()), stride);
@@ -153,12 +180,14 @@ void check_evict(Backend& b, GgmlType pool_type, std::mt19937& rng) {
     std::vector<float> norms(size_t(t.n_entries));
     b.key_norms(pool, t.blocks, t.n_entries, norms.data());
     std::vector<float> scores(size_t(t.n_entries));
-    policy->score(HeadEntries{heads[i].pos, mass_rows[i], norms, {}}, scores);
+    policy->score(HeadEntries{heads[i].pos, mass_rows[i], norms, mass_rows[i]}, scores);
     keep[i] = select_keep(heads[i].pos, scores, ep);
   }
 
   b.evict(tasks, &mass, pool);
   const std::vector<uint8_t> k1 = pool_bytes(b, pool, pool.k), v1 = pool_bytes(b, pool, pool.v);
+  std::vector<float> mass1(slot_mass.size());
+  b.download(slot_mass_view(pool), mass1.data());
   for (size_t i = 0; i < tasks.size(); ++i) {
     const EvictTask& t = tasks[i];
     const std::string what = std::string(policy_of(t.score)) + " n=" + std::to_string(t.n_entries) +
@@ -179,11 +208,98 @@ void check_evict(Backend& b, GgmlType pool_type, std::mt19937& rng) {
       bad += std::memcmp(&k1[to], &k0[from], rb) != 0 || std::memcmp(&v1[to], &v0[from], rb) != 0;
     }
     EXPECT_EQ(bad, 0) << what << ": kept rows differ from their sources";
+    int bad_mass = 0;
+    for (int64_t j = 0; j < kept; ++j)
+      bad_mass += mass1[size_t(t.blocks[j / kBlockTokens] * kBlockTokens + j % kBlockTokens)] !=
+                  mass_rows[i][size_t(keep[i][j])];
+    EXPECT_EQ(bad_mass, 0) << what << ": slot mass did not move with its entries";
   }
   b.free(k);
   b.free(v);
   b.free(mass);
   b.free_kv_pool(pool);
+}
+
+// accumulate_mass twice = twice attention_scores, at each entry's slot; slots of other
+// heads keep their mass.
+void check_accumulate(Backend& b, std::mt19937& rng, double bound) {
+  auto randv = [&](size_t n) {
+    std::vector<float> v(n);
+    for (float& x : v) x = bf16_round(std::uniform_real_distribution<float>(-1, 1)(rng));
+    return v;
+  };
+  const GgmlType act = b.activation_type();
+  auto make = [&](int64_t rows, int64_t cols) {
+    Tensor t = b.alloc(act, rows, cols);
+    const std::vector<float> x = randv(size_t(rows * cols));
+    if (act == GgmlType::F32) {
+      b.upload(x.data(), t);
+    } else {
+      std::vector<uint16_t> hx(x.size());
+      for (size_t i = 0; i < x.size(); ++i) hx[i] = fp32_to_bf16(x[i]);
+      b.upload(hx.data(), t);
+    }
+    return t;
+  };
+  const int nkv = 2, group = 2, n_heads = nkv * group, n_q = 5;
+  KVPoolView pool = b.alloc_kv_pool(act, 64, kBlockTokens, kHeadDim, /*slot_mass=*/true);
+  std::vector<int32_t> blocks[2][2] = {{{7, 1, 2}, {3, 4}}, {{5, 6, 0, 8}, {9}}};
+  const int32_t entries[2][2] = {{40, 20}, {60, 9}};
+  std::vector<int32_t> slots, pos;
+  for (int s = 0; s < 2; ++s)
+    for (int h = 0; h < nkv; ++h)
+      for (int e = 0; e < entries[s][h]; ++e) {
+        slots.push_back(blocks[s][h][e / kBlockTokens] * kBlockTokens + e % kBlockTokens);
+        pos.push_back(e);
+      }
+  Tensor k = make(int64_t(slots.size()), kHeadDim), v = make(int64_t(slots.size()), kHeadDim);
+  b.kv_store(k, v, 1, slots, pos, pool);
+  // A slot outside every table keeps what it holds.
+  const int64_t other = 10 * kBlockTokens + 3;
+  std::vector<float> mass0(size_t(64 * kBlockTokens), 0.0f);
+  mass0[size_t(other)] = 7.5f;
+  Tensor mass_view = slot_mass_view(pool);
+  b.upload(mass0.data(), mass_view);
+  Tensor q = make(2 * n_q, int64_t(n_heads) * kHeadDim);
+  std::vector<int32_t> qpos = {100, 101, 102, 103, 104};
+  std::vector<AttentionSeq> seqs(2);
+  for (int s = 0; s < 2; ++s) {
+    seqs[s].q_begin = s * n_q;
+    seqs[s].n_q = n_q;
+    seqs[s].q_pos = qpos.data();
+    for (int h = 0; h < nkv; ++h) {
+      seqs[s].head_blocks.push_back(blocks[s][h]);
+      seqs[s].head_entries.push_back(entries[s][h]);
+    }
+  }
+  AttentionParams ap{n_heads, nkv, kHeadDim, 1.0f / std::sqrt(float(kHeadDim))};
+  const int64_t stride = 64;
+  std::vector<std::vector<float>> host(2, std::vector<float>(size_t(nkv * stride), 0.0f));
+  std::vector<float*> ptr = {host[0].data(), host[1].data()};
+  b.attention_scores(q, seqs, ap, pool, ptr, stride);
+  b.accumulate_mass(q, seqs, ap, pool);
+  b.accumulate_mass(q, seqs, ap, pool);
+  std::vector<float> got(mass0.size());
+  b.download(slot_mass_view(pool), got.data());
+  std::vector<float> g, want;
+  for (int s = 0; s < 2; ++s)
+    for (int h = 0; h < nkv; ++h)
+      for (int e = 0; e < entries[s][h]; ++e) {
+        g.push_back(got[size_t(blocks[s][h][e / kBlockTokens] * kBlockTokens + e % kBlockTokens)]);
+        want.push_back(2 * host[size_t(s)][size_t(h * stride + e)]);
+      }
+  expect_close("accumulate_mass on " + b.name(), g, want, bound);
+  EXPECT_EQ(got[size_t(other)], 7.5f) << "a slot of no table changed";
+  b.free(k);
+  b.free(v);
+  b.free(q);
+  b.free_kv_pool(pool);
+}
+
+TEST(Evict, CpuAccumulateMassAddsScoresAtSlots) {
+  std::mt19937 rng(std::random_device{}());
+  auto cpu = make_cpu_backend();
+  check_accumulate(*cpu, rng, 0.0);
 }
 
 TEST(Evict, CpuBackendMatchesHostSelection) {
@@ -198,6 +314,8 @@ TEST_F(CudaEvict, MatchesHostSelectionBf16AndF32Pools) {
   check_evict(*gpu, GgmlType::BF16, rng);
   check_evict(*gpu, GgmlType::F32, rng);
 }
+
+TEST_F(CudaEvict, AccumulateMassAddsScoresAtSlots) { check_accumulate(*gpu, rng, 1e-5); }
 
 TEST_F(CudaEvict, ArgmaxRowsMatchesCpuWithTies) {
   for (int64_t cols : {int64_t(1), int64_t(7), int64_t(50000), int64_t(128256)}) {

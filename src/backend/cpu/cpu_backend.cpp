@@ -35,7 +35,7 @@ void* map_zeroed(size_t n) {
 int64_t kv_pool_bytes(const KVPoolView& p) {
   const int64_t slots = p.n_blocks * p.block_tokens;
   const int64_t elem = p.type == GgmlType::F32 ? 4 : 2;
-  return slots * (2 * p.head_dim * elem + int64_t(sizeof(int32_t)));
+  return slots * (2 * p.head_dim * elem + int64_t(sizeof(int32_t)) + (p.mass ? 4 : 0));
 }
 
 void require(bool ok, const char* what) {
@@ -248,7 +248,8 @@ void CpuBackend::copy_rows(const Tensor& src, Tensor& dst) {
     std::memcpy(static_cast<char*>(dst.data) + r * dst.row_stride, src.row(r), rb);
 }
 
-KVPoolView CpuBackend::alloc_kv_pool(GgmlType type, int64_t n_blocks, int block_tokens, int head_dim) {
+KVPoolView CpuBackend::alloc_kv_pool(GgmlType type, int64_t n_blocks, int block_tokens, int head_dim,
+                                     bool slot_mass) {
   require(type == GgmlType::F32 || type == GgmlType::F16, "KV pool type must be F32 or F16");
   require(n_blocks > 0 && block_tokens > 0 && head_dim > 0, "KV pool: bad shape");
   KVPoolView p;
@@ -264,6 +265,10 @@ KVPoolView CpuBackend::alloc_kv_pool(GgmlType type, int64_t n_blocks, int block_
   p.v = map_zeroed(size_t(slots) * head_dim * elem);
   p.pos = static_cast<int32_t*>(aligned_bytes(slots * sizeof(int32_t)));
   std::fill(p.pos, p.pos + slots, std::numeric_limits<int32_t>::max());
+  if (slot_mass) {
+    p.mass = static_cast<float*>(aligned_bytes(slots * sizeof(float)));
+    std::fill(p.mass, p.mass + slots, 0.0f);
+  }
   track(kv_pool_bytes(p));
   return p;
 }
@@ -276,6 +281,7 @@ void CpuBackend::free_kv_pool(KVPoolView& pool) {
   munmap(pool.k, std::max<size_t>(kv, 1));
   munmap(pool.v, std::max<size_t>(kv, 1));
   std::free(pool.pos);
+  std::free(pool.mass);
   pool = KVPoolView{};
 }
 
@@ -307,6 +313,7 @@ void CpuBackend::kv_store(const Tensor& k, const Tensor& v, int n_kv_heads, std:
         }
       }
       pool.pos[s] = pos[r];
+      if (pool.mass) pool.mass[s] = 0.0f;
     }
 }
 
@@ -323,6 +330,7 @@ void CpuBackend::kv_move(std::span<const int32_t> src, std::span<const int32_t> 
     std::memcpy(kb + dst[i] * bytes, kb + src[i] * bytes, bytes);
     std::memcpy(vb + dst[i] * bytes, vb + src[i] * bytes, bytes);
     pool.pos[dst[i]] = pool.pos[src[i]];
+    if (pool.mass) pool.mass[dst[i]] = pool.mass[src[i]];
   }
 }
 
@@ -432,13 +440,14 @@ void CpuBackend::attention_scores_to(const Tensor& q, std::span<const AttentionS
 }
 
 void CpuBackend::evict(std::span<const EvictTask> tasks, const Tensor* mass, KVPoolView& pool) {
-  static const char* const names[] = {"tova", "snapkv", "window", "knorm", "random"};
+  static const char* const names[] = {"tova", "snapkv", "window", "knorm", "random", "h2o"};
   std::vector<int32_t> pos, src, dst;
-  std::vector<float> attn, norms, scores;
+  std::vector<float> attn, norms, scores, acc;
   for (const EvictTask& t : tasks) {
     const int64_t n = t.n_entries;
     require(n <= int64_t(t.blocks.size()) * pool.block_tokens, "evict: more entries than blocks");
-    require(int(t.score) >= 0 && int(t.score) <= 4, "evict: unknown score");
+    require(int(t.score) >= 0 && int(t.score) <= 5, "evict: unknown score");
+    require(t.score != EvictScore::Accumulated || pool.mass, "evict: h2o needs a pool with slot mass");
     if (n <= t.keep) continue;
     EvictionParams ep;
     ep.budget = t.keep;
@@ -458,8 +467,13 @@ void CpuBackend::evict(std::span<const EvictTask> tasks, const Tensor* mass, KVP
     }
     norms.assign(size_t(n), 0.0f);
     if (t.score == EvictScore::NegKeyNorm) key_norms(pool, t.blocks, n, norms.data());
+    acc.assign(size_t(n), 0.0f);
+    if (t.score == EvictScore::Accumulated)
+      for (int64_t e = 0; e < n; ++e)
+        acc[size_t(e)] = pool.mass[int64_t(t.blocks[size_t(e / pool.block_tokens)]) * pool.block_tokens +
+                                   e % pool.block_tokens];
     scores.resize(size_t(n));
-    policy->score(HeadEntries{pos, attn, norms, {}}, scores);
+    policy->score(HeadEntries{pos, attn, norms, acc}, scores);
     const std::vector<int32_t> keep = select_keep(pos, scores, ep);
     src.clear();
     dst.clear();
@@ -471,6 +485,26 @@ void CpuBackend::evict(std::span<const EvictTask> tasks, const Tensor* mass, KVP
       }
     kv_move(src, dst, pool);  // in order: a destination never precedes its source
   }
+}
+
+void CpuBackend::accumulate_mass(const Tensor& q, std::span<const AttentionSeq> seqs,
+                                 const AttentionParams& p, KVPoolView& pool) {
+  require(pool.mass != nullptr, "accumulate_mass: the pool has no slot mass");
+  int64_t stride = 1;
+  for (const AttentionSeq& a : seqs)
+    for (int32_t e : a.head_entries) stride = std::max<int64_t>(stride, e);
+  std::vector<float> rows(seqs.size() * size_t(p.n_kv_heads) * size_t(stride), 0.0f);
+  std::vector<float*> out(seqs.size());
+  for (size_t i = 0; i < seqs.size(); ++i) out[i] = rows.data() + i * size_t(p.n_kv_heads) * stride;
+  attention_scores(q, seqs, p, pool, out, stride);
+  const int bt = pool.block_tokens;
+  for (size_t i = 0; i < seqs.size(); ++i)
+    for (int h = 0; h < p.n_kv_heads; ++h) {
+      const float* m = out[i] + size_t(h) * stride;
+      const auto& blocks = seqs[i].head_blocks[size_t(h)];
+      for (int32_t e = 0; e < seqs[i].head_entries[size_t(h)]; ++e)
+        pool.mass[int64_t(blocks[size_t(e / bt)]) * bt + e % bt] += m[e];
+    }
 }
 
 }  // namespace batchmax

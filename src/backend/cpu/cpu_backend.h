@@ -36,7 +36,8 @@ class CpuBackend final : public Backend {
   void argmax_rows(const Tensor& x, int32_t* out) override;
 
   // F32 or F16 storage. Unused slots hold position INT32_MAX (never visible).
-  KVPoolView alloc_kv_pool(GgmlType type, int64_t n_blocks, int block_tokens, int head_dim) override;
+  KVPoolView alloc_kv_pool(GgmlType type, int64_t n_blocks, int block_tokens, int head_dim,
+                           bool slot_mass = false) override;
   void free_kv_pool(KVPoolView& pool) override;
   // A negative slot skips that row/head (padding rows).
   void kv_store(const Tensor& k, const Tensor& v, int n_kv_heads, std::span<const int32_t> slots,
@@ -55,6 +56,8 @@ class CpuBackend final : public Backend {
                            const AttentionParams& p, const KVPoolView& pool, Tensor& out) override;
   // The host policies and select_keep() themselves: the reference for other backends.
   void evict(std::span<const EvictTask> tasks, const Tensor* mass, KVPoolView& pool) override;
+  void accumulate_mass(const Tensor& q, std::span<const AttentionSeq> seqs,
+                       const AttentionParams& p, KVPoolView& pool) override;
 
  private:
   void track(int64_t delta) {

@@ -302,7 +302,7 @@ class CudaBackend final : public Backend {
   }
 
   KVPoolView alloc_kv_pool(GgmlType type, int64_t n_blocks, int block_tokens,
-                           int head_dim) override {
+                           int head_dim, bool slot_mass) override {
     if (!is_act_type(type)) throw Error("cuda kv pool: only BF16 and F32 entries, not " + type_name(type));
     KVPoolView p;
     p.type = type;
@@ -315,6 +315,10 @@ class CudaBackend final : public Backend {
     p.pos = static_cast<int32_t*>(device_alloc(std::max<size_t>(slots * 4, 16)));
     // As on the CPU: unused slots hold INT32_MAX, a position no query sees.
     cuda::launch_fill_i32(p.pos, int64_t(slots), INT32_MAX, stream_);
+    if (slot_mass) {
+      p.mass = static_cast<float*>(device_alloc(std::max<size_t>(slots * 4, 16)));
+      BMX_CUDA(cudaMemsetAsync(p.mass, 0, slots * 4, stream_));
+    }
     // GEMM tuning flushes L2 by reading the pool's keys (no memory of its own).
     const size_t k_bytes = slots * head_dim * elem_bytes(type);
     if (k_bytes >= 2 * l2_bytes_ && !flush_pool_) {
@@ -329,7 +333,7 @@ class CudaBackend final : public Backend {
       gemm_->set_l2_flush(nullptr, 0);
       flush_pool_ = nullptr;
     }
-    for (void* p : {pool.k, pool.v, static_cast<void*>(pool.pos)}) {
+    for (void* p : {pool.k, pool.v, static_cast<void*>(pool.pos), static_cast<void*>(pool.mass)}) {
       if (!p) continue;
       owned_.erase(p);
       BMX_CUDA(cudaFree(p));
@@ -455,6 +459,37 @@ class CudaBackend final : public Backend {
 
   bool prefers_device_eviction() const override { return true; }
 
+  void accumulate_mass(const Tensor& q, std::span<const AttentionSeq> seqs,
+                       const AttentionParams& p, KVPoolView& pool) override {
+    if (!pool.mass) throw Error("cuda accumulate_mass: the pool has no slot mass");
+    int64_t stride = 1;
+    for (const AttentionSeq& a : seqs)
+      for (int32_t e : a.head_entries) stride = std::max<int64_t>(stride, e);
+    const int64_t rows = int64_t(seqs.size()) * p.n_kv_heads;
+    if (rows == 0) return;
+    if (rows > INT32_MAX) throw Error("cuda accumulate_mass: too many sequences");
+    Tensor mass;
+    mass.type = GgmlType::F32;
+    mass.rows = rows;
+    mass.cols = stride;
+    mass.row_stride = size_t(stride) * 4;
+    mass.data = scores_out_.get(size_t(rows) * mass.row_stride);
+    attention_scores_to(q, seqs, p, pool, mass);  // checks the tables; zeroes then scores
+    BMX_OP_TIME("accumulate_mass");
+    std::vector<int32_t>& m = host_ints_;
+    m.assign(size_t(2 * rows), 0);
+    for (size_t i = 0; i < seqs.size(); ++i)
+      for (int h = 0; h < p.n_kv_heads; ++h) {
+        int32_t* rec = m.data() + 2 * (i * size_t(p.n_kv_heads) + size_t(h));
+        rec[0] = int32_t(m.size());
+        rec[1] = seqs[i].head_entries[size_t(h)];
+        const auto& b = seqs[i].head_blocks[size_t(h)];
+        m.insert(m.end(), b.begin(), b.end());
+      }
+    if (m.size() > size_t(INT32_MAX)) throw Error("cuda accumulate_mass: metadata too large");
+    cuda::launch_add_mass(put_packed(), int(rows), mass.f32(), stride, pool, stream_);
+  }
+
   // Steps of more rows are long enough that launches cost nothing next to them, and
   // their row counts rarely repeat.
   static constexpr int64_t kMaxReplayRows = 256;
@@ -520,7 +555,9 @@ class CudaBackend final : public Backend {
         throw Error("cuda evict: more entries than the blocks hold");
       check_ids(t.blocks, pool.n_blocks, "evict: block");
       const bool needs_mass = t.score == EvictScore::Mass || t.score == EvictScore::PooledMass;
-      if (int(t.score) < 0 || int(t.score) > 4) throw Error("cuda evict: unknown score");
+      if (int(t.score) < 0 || int(t.score) > 5) throw Error("cuda evict: unknown score");
+      if (t.score == EvictScore::Accumulated && !pool.mass)
+        throw Error("cuda evict: h2o needs a pool with slot mass");
       if (needs_mass && (!mass || mass->type != GgmlType::F32 || t.mass_row < 0 ||
                          t.mass_row >= mass->rows || t.n_entries > mass->cols ||
                          mass->row_stride % 4))

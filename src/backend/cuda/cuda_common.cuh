@@ -122,6 +122,9 @@ void launch_dequant(GgmlType src_type, const void* d_src, int64_t rows, int64_t 
 void launch_kv_store(const Tensor& k, const Tensor& v, int n_kv_heads, const int32_t* d_slots,
                      const int32_t* d_pos, int64_t n_rows, KVPoolView& pool, cudaStream_t s);
 // Parallel assignment: every source is read (into `scratch`) before any slot is written.
+// pool.mass[slot of entry e of row r] += mass_rows[r * stride + e] (meta: see kv_kernels.cu).
+void launch_add_mass(const int32_t* d_meta, int n_rows, const float* d_mass_rows, int64_t stride,
+                     KVPoolView& pool, cudaStream_t s);
 void launch_kv_move(const int32_t* d_src, const int32_t* d_dst, int64_t n, void* scratch,
                     KVPoolView& pool, cudaStream_t s);
 size_t kv_move_scratch_bytes(const KVPoolView& pool, int64_t n);

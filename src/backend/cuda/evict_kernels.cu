@@ -53,7 +53,7 @@ constexpr int kTaskInts = 12;
 template <class TKV, class W>
 __global__ void __launch_bounds__(kThreads) evict_kernel(
     const int32_t* __restrict__ meta, const float* __restrict__ mass, int64_t mass_stride,
-    uint32_t* __restrict__ keys_all, const TKV* pk, W* kw, W* vw, int32_t* ppos,
+    uint32_t* __restrict__ keys_all, const TKV* pk, W* kw, W* vw, int32_t* ppos, float* pmass,
     int bt, int hd, int words, int chunk) {
   extern __shared__ uint4 smem_raw[];
   W* buf_k = reinterpret_cast<W*>(smem_raw);
@@ -61,6 +61,7 @@ __global__ void __launch_bounds__(kThreads) evict_kernel(
   int32_t* buf_p = reinterpret_cast<int32_t*>(buf_v + size_t(chunk) * words);
   int32_t* move_src = buf_p + chunk;
   int32_t* move_dst = move_src + chunk;
+  float* buf_m = reinterpret_cast<float*>(move_dst + chunk);
   __shared__ unsigned hist[256];
   __shared__ int warp_tot[kWarps];
   __shared__ int sh_int[4];
@@ -101,6 +102,8 @@ __global__ void __launch_bounds__(kThreads) evict_kernel(
         for (int j = lo; j <= hi; ++j) s = fmaxf(s, mrow[j]);
       } else if (kind == int(EvictScore::Recency)) {
         s = float(pos);
+      } else if (kind == int(EvictScore::Accumulated)) {
+        s = pmass[slot_of(e)];
       } else {
         s = float(mix64(seed ^ uint64_t(uint32_t(pos))) >> 40);
       }
@@ -191,14 +194,20 @@ __global__ void __launch_bounds__(kThreads) evict_kernel(
         buf_k[i] = kw[int64_t(move_src[r]) * words + w];
         buf_v[i] = vw[int64_t(move_src[r]) * words + w];
       }
-      for (int i = tid; i < n_mv; i += kThreads) buf_p[i] = ppos[move_src[i]];
+      for (int i = tid; i < n_mv; i += kThreads) {
+        buf_p[i] = ppos[move_src[i]];
+        if (pmass) buf_m[i] = pmass[move_src[i]];
+      }
       __syncthreads();
       for (int i = tid; i < n_mv * words; i += kThreads) {
         const int r = i / words, w = i % words;
         kw[int64_t(move_dst[r]) * words + w] = buf_k[i];
         vw[int64_t(move_dst[r]) * words + w] = buf_v[i];
       }
-      for (int i = tid; i < n_mv; i += kThreads) ppos[move_dst[i]] = buf_p[i];
+      for (int i = tid; i < n_mv; i += kThreads) {
+        ppos[move_dst[i]] = buf_p[i];
+        if (pmass) pmass[move_dst[i]] = buf_m[i];
+      }
       __syncthreads();
     }
     j0 += tot;
@@ -269,12 +278,12 @@ void launch_evict(const int32_t* d_meta, int n_tasks, const float* d_mass, int64
   auto go = [&](auto w) {
     using W = decltype(w);
     const int words = int(rb / sizeof(W));
-    const size_t smem = 2 * size_t(chunk) * rb + 3 * size_t(chunk) * sizeof(int32_t);
+    const size_t smem = 2 * size_t(chunk) * rb + 4 * size_t(chunk) * sizeof(int32_t);
     dispatch_act(pool.type, "kv pool", [&](auto tk) {
       using TKV = decltype(tk);
       evict_kernel<TKV, W><<<n_tasks, kThreads, smem, s>>>(
           d_meta, d_mass, mass_stride, d_keys, static_cast<const TKV*>(pool.k),
-          static_cast<W*>(pool.k), static_cast<W*>(pool.v), pool.pos, pool.block_tokens,
+          static_cast<W*>(pool.k), static_cast<W*>(pool.v), pool.pos, pool.mass, pool.block_tokens,
           pool.head_dim, words, chunk);
       BMX_LAUNCHED();
     });

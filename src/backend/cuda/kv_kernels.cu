@@ -15,7 +15,7 @@ int blocks_for(int64_t work) {
 template <class TI, class TP>
 __global__ void kv_store_kernel(View<const TI> k, View<const TI> v, int n_kv_heads,
                                 int head_dim, const int32_t* slots, const int32_t* pos,
-                                int64_t rows, TP* pk, TP* pv, int32_t* ppos) {
+                                int64_t rows, TP* pk, TP* pv, int32_t* ppos, float* pmass) {
   const int64_t per_row = int64_t(n_kv_heads) * head_dim;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < rows * per_row;
        i += int64_t(gridDim.x) * blockDim.x) {
@@ -25,7 +25,10 @@ __global__ void kv_store_kernel(View<const TI> k, View<const TI> v, int n_kv_hea
     if (slot < 0) continue;  // padding row/head: skipped, as on the CPU
     pk[slot * head_dim + d] = from_f<TP>(to_f(k.row(r)[c]));
     pv[slot * head_dim + d] = from_f<TP>(to_f(v.row(r)[c]));
-    if (d == 0) ppos[slot] = pos[r];
+    if (d == 0) {
+      ppos[slot] = pos[r];
+      if (pmass) pmass[slot] = 0.0f;
+    }
   }
 }
 
@@ -34,7 +37,7 @@ __global__ void kv_store_kernel(View<const TI> k, View<const TI> v, int n_kv_hea
 template <class T>
 __global__ void kv_store_vec_kernel(View<const T> k, View<const T> v, int n_kv_heads,
                                     int head_dim, const int32_t* slots, const int32_t* pos,
-                                    int64_t rows, T* pk, T* pv, int32_t* ppos) {
+                                    int64_t rows, T* pk, T* pv, int32_t* ppos, float* pmass) {
   constexpr int kPer = 16 / sizeof(T);
   const int pieces = head_dim / kPer;
   const int64_t per_row = int64_t(n_kv_heads) * pieces;
@@ -47,7 +50,10 @@ __global__ void kv_store_vec_kernel(View<const T> k, View<const T> v, int n_kv_h
     const int64_t col = int64_t(h) * head_dim + c;
     *reinterpret_cast<uint4*>(pk + slot * head_dim + c) = *reinterpret_cast<const uint4*>(k.row(r) + col);
     *reinterpret_cast<uint4*>(pv + slot * head_dim + c) = *reinterpret_cast<const uint4*>(v.row(r) + col);
-    if (c == 0) ppos[slot] = pos[r];
+    if (c == 0) {
+      ppos[slot] = pos[r];
+      if (pmass) pmass[slot] = 0.0f;
+    }
   }
 }
 
@@ -56,7 +62,8 @@ __global__ void kv_store_vec_kernel(View<const T> k, View<const T> v, int n_kv_h
 // of W bytes: the move never changes the type.
 template <class W>
 __global__ void kv_copy_kernel(const int32_t* from, const int32_t* to, int64_t n, int words,
-                               W* k, W* v, int32_t* pos, W* sk, W* sv, int32_t* spos) {
+                               W* k, W* v, int32_t* pos, float* mass, W* sk, W* sv,
+                               int32_t* spos, float* smass) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n * words;
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t e = i / words;
@@ -68,7 +75,10 @@ __global__ void kv_copy_kernel(const int32_t* from, const int32_t* to, int64_t n
     W* vd = to ? v : sv;
     kd[dst * words + w] = ks[src * words + w];
     vd[dst * words + w] = vs[src * words + w];
-    if (w == 0) (to ? pos : spos)[dst] = (from ? pos : spos)[src];
+    if (w == 0) {
+      (to ? pos : spos)[dst] = (from ? pos : spos)[src];
+      if (mass) (to ? mass : smass)[dst] = (from ? mass : smass)[src];
+    }
   }
 }
 
@@ -95,7 +105,7 @@ void launch_kv_store(const Tensor& k, const Tensor& v, int n_kv_heads, const int
       using T = decltype(t);
       kv_store_vec_kernel<T><<<blocks_for(work * eb / 16), kThreads, 0, s>>>(
           view<const T>(k), view<const T>(v), n_kv_heads, pool.head_dim, d_slots, d_pos, n_rows,
-          static_cast<T*>(pool.k), static_cast<T*>(pool.v), pool.pos);
+          static_cast<T*>(pool.k), static_cast<T*>(pool.v), pool.pos, pool.mass);
       BMX_LAUNCHED();
     });
     return;
@@ -106,10 +116,30 @@ void launch_kv_store(const Tensor& k, const Tensor& v, int n_kv_heads, const int
       using TP = decltype(tp);
       kv_store_kernel<TI, TP><<<blocks_for(work), kThreads, 0, s>>>(
           view<const TI>(k), view<const TI>(v), n_kv_heads, pool.head_dim, d_slots, d_pos,
-          n_rows, static_cast<TP*>(pool.k), static_cast<TP*>(pool.v), pool.pos);
+          n_rows, static_cast<TP*>(pool.k), static_cast<TP*>(pool.v), pool.pos, pool.mass);
       BMX_LAUNCHED();
     });
   });
+}
+
+// meta: per (sequence, KV head) row r: [blocks offset, entries]; the rows' mass is
+// mass_rows[r * stride + e]. One CTA per row.
+__global__ void add_mass_kernel(const int32_t* meta, const float* mass_rows, int64_t stride,
+                                int bt, float* pmass) {
+  const int32_t* rec = meta + 2 * blockIdx.x;
+  const int32_t* blocks = meta + rec[0];
+  const float* m = mass_rows + blockIdx.x * stride;
+  for (int e = threadIdx.x; e < rec[1]; e += blockDim.x)
+    pmass[int64_t(blocks[e / bt]) * bt + e % bt] += m[e];
+}
+
+void launch_add_mass(const int32_t* d_meta, int n_rows, const float* d_mass_rows, int64_t stride,
+                     KVPoolView& pool, cudaStream_t s) {
+  if (n_rows == 0) return;
+  if (!pool.mass) throw Error("cuda accumulate_mass: the pool has no slot mass");
+  add_mass_kernel<<<n_rows, kThreads, 0, s>>>(d_meta, d_mass_rows, stride, pool.block_tokens,
+                                              pool.mass);
+  BMX_LAUNCHED();
 }
 
 void launch_fill_i32(int32_t* p, int64_t n, int32_t value, cudaStream_t s) {
@@ -119,7 +149,7 @@ void launch_fill_i32(int32_t* p, int64_t n, int32_t value, cudaStream_t s) {
 }
 
 size_t kv_move_scratch_bytes(const KVPoolView& pool, int64_t n) {
-  return size_t(n) * (2 * row_bytes_of(pool) + sizeof(int32_t)) + 256;
+  return size_t(n) * (2 * row_bytes_of(pool) + sizeof(int32_t) + sizeof(float)) + 256;
 }
 
 void launch_kv_move(const int32_t* d_src, const int32_t* d_dst, int64_t n, void* scratch,
@@ -133,15 +163,16 @@ void launch_kv_move(const int32_t* d_src, const int32_t* d_dst, int64_t n, void*
     W* sk = reinterpret_cast<W*>(base);
     W* sv = reinterpret_cast<W*>(base + n * rb);
     int32_t* sp = reinterpret_cast<int32_t*>(base + 2 * n * rb);
+    float* sm = reinterpret_cast<float*>(sp + n);
     W* k = static_cast<W*>(pool.k);
     W* v = static_cast<W*>(pool.v);
     const int blocks = blocks_for(n * words);
     // Gather every source first, then scatter: overlapping moves stay correct.
     kv_copy_kernel<W><<<blocks, kThreads, 0, s>>>(d_src, nullptr, n, words, k, v, pool.pos,
-                                                  sk, sv, sp);
+                                                  pool.mass, sk, sv, sp, sm);
     BMX_LAUNCHED();
     kv_copy_kernel<W><<<blocks, kThreads, 0, s>>>(nullptr, d_dst, n, words, k, v, pool.pos,
-                                                  sk, sv, sp);
+                                                  pool.mass, sk, sv, sp, sm);
     BMX_LAUNCHED();
   };
   if (rb % 16 == 0) go(uint4{});
