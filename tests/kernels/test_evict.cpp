@@ -315,6 +315,65 @@ TEST_F(CudaEvict, MatchesHostSelectionBf16AndF32Pools) {
   check_evict(*gpu, GgmlType::F32, rng);
 }
 
+// A host compaction of many heads at once: more moves than one launch takes (the backend
+// splits them), the same pool as the CPU's afterwards (K, V, positions, slot mass).
+TEST_F(CudaEvict, KvMoveOfManyHeadsEqualsCpu) {
+  const int64_t n_blocks = 2048, heads = 30, per_head = 1000;
+  KVPoolView pc = cpu->alloc_kv_pool(GgmlType::F32, n_blocks, kBlockTokens, kHeadDim, true);
+  KVPoolView pg = gpu->alloc_kv_pool(GgmlType::F32, n_blocks, kBlockTokens, kHeadDim, true);
+  std::vector<int32_t> free_blocks(n_blocks);
+  for (int64_t i = 0; i < n_blocks; ++i) free_blocks[i] = int32_t(i);
+  std::shuffle(free_blocks.begin(), free_blocks.end(), rng);
+  std::vector<int32_t> slots, pos, src, dst;
+  for (int64_t h = 0; h < heads; ++h) {
+    std::vector<int32_t> blocks;
+    for (int64_t b = 0; b < (per_head + kBlockTokens - 1) / kBlockTokens; ++b) {
+      blocks.push_back(free_blocks.back());
+      free_blocks.pop_back();
+    }
+    auto slot = [&](int64_t e) { return blocks[e / kBlockTokens] * kBlockTokens + int32_t(e % kBlockTokens); };
+    for (int64_t e = 0; e < per_head; ++e) {
+      slots.push_back(slot(e));
+      pos.push_back(int32_t(e));
+    }
+    int64_t j = 0;
+    for (int64_t e = 0; e < per_head; ++e)
+      if (randi(0, 1)) {
+        if (e != j) {
+          src.push_back(slot(e));
+          dst.push_back(slot(j));
+        }
+        ++j;
+      }
+  }
+  ASSERT_GT(src.size(), 3 * size_t(4096));
+  const int64_t rows = int64_t(slots.size());
+  Pair k = make(rows, kHeadDim, randv(size_t(rows * kHeadDim)), GgmlType::F32);
+  Pair v = make(rows, kHeadDim, randv(size_t(rows * kHeadDim)), GgmlType::F32);
+  cpu->kv_store(k.c, v.c, 1, slots, pos, pc);
+  gpu->kv_store(k.g, v.g, 1, slots, pos, pg);
+  std::vector<float> mass = randv(size_t(n_blocks * kBlockTokens));
+  Tensor mc = slot_mass_view(pc), mg = slot_mass_view(pg);
+  cpu->upload(mass.data(), mc);
+  gpu->upload(mass.data(), mg);
+  cpu->kv_move(src, dst, pc);
+  gpu->kv_move(src, dst, pg);
+  EXPECT_EQ(pool_bytes(*gpu, pg, pg.k), pool_bytes(*cpu, pc, pc.k));
+  EXPECT_EQ(pool_bytes(*gpu, pg, pg.v), pool_bytes(*cpu, pc, pc.v));
+  std::vector<float> got(mass.size()), want(mass.size());
+  gpu->download(mg, got.data());
+  cpu->download(mc, want.data());
+  EXPECT_EQ(got, want);
+  std::vector<int32_t> all(static_cast<size_t>(n_blocks), 0);
+  for (int64_t b = 0; b < n_blocks; ++b) all[size_t(b)] = int32_t(b);
+  std::vector<int32_t> pg_pos(size_t(n_blocks * kBlockTokens)), pc_pos(pg_pos.size());
+  gpu->kv_positions(pg, all, n_blocks * kBlockTokens, pg_pos.data());
+  cpu->kv_positions(pc, all, n_blocks * kBlockTokens, pc_pos.data());
+  EXPECT_EQ(pg_pos, pc_pos);
+  cpu->free_kv_pool(pc);
+  gpu->free_kv_pool(pg);
+}
+
 TEST_F(CudaEvict, AccumulateMassAddsScoresAtSlots) { check_accumulate(*gpu, rng, 1e-5); }
 
 TEST_F(CudaEvict, ArgmaxRowsMatchesCpuWithTies) {

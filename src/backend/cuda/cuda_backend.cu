@@ -360,9 +360,18 @@ class CudaBackend final : public Backend {
     check_ids(dst, n_slots(pool), "kv_move: destination slot");
     BMX_OP_TIME("kv_move");
     if (src.empty()) return;
-    const int32_t* d = put_ints({src, dst});
-    void* scratch = move_scratch_.get(cuda::kv_move_scratch_bytes(pool, int64_t(src.size())));
-    cuda::launch_kv_move(d, d + src.size(), int64_t(src.size()), scratch, pool, stream_);
+    // In launches of at most kMovesPerLaunch moves, through a scratch reserved with the
+    // step's (reserve_step_scratch): a host compaction of every layer of a sequence can
+    // move ~100k entries, whose scratch (~70 MB) would land outside the memory plan
+    // (seen: a host-eviction run 50 MB over its budget).
+    // Compaction moves each entry towards the front at most once, so launches in order
+    // give what one launch would.
+    for (size_t i0 = 0; i0 < src.size(); i0 += kMovesPerLaunch) {
+      const size_t n = std::min(kMovesPerLaunch, src.size() - i0);
+      const int32_t* d = put_ints({src.subspan(i0, n), dst.subspan(i0, n)});
+      void* scratch = move_scratch_.get(cuda::kv_move_scratch_bytes(pool, int64_t(n)));
+      cuda::launch_kv_move(d, d + n, int64_t(n), scratch, pool, stream_);
+    }
   }
 
   void attention(const Tensor& q, std::span<const AttentionSeq> seqs, const AttentionParams& p,
@@ -458,6 +467,7 @@ class CudaBackend final : public Backend {
   }
 
   bool prefers_device_eviction() const override { return true; }
+  static constexpr size_t kMovesPerLaunch = 4096;
 
   void accumulate_mass(const Tensor& q, std::span<const AttentionSeq> seqs,
                        const AttentionParams& p, KVPoolView& pool) override {
@@ -514,6 +524,10 @@ class CudaBackend final : public Backend {
       attn_scratch_.get(cuda::flash_decode_scratch_bound(p.head_dim, max_rows * p.n_kv_heads));
     scores_part_.get(cuda::attention_scores_scratch_bytes());
     evict_keys_.get(size_t(cuda::kEvictKeysPerLaunch) * sizeof(uint32_t));
+    KVPoolView f32_pool;  // the largest entries a pool of this head size has
+    f32_pool.type = GgmlType::F32;
+    f32_pool.head_dim = p.head_dim;
+    move_scratch_.get(cuda::kv_move_scratch_bytes(f32_pool, int64_t(kMovesPerLaunch)));
     small_out_.get(size_t(1) << 20);
     rope_table_.get(size_t(std::max<int64_t>(max_rows, 1)) * std::max(p.head_dim / 2, 1) * sizeof(float2));
     lse_.get(size_t(std::max<int64_t>(max_rows, 1)) * std::max(p.n_heads, 1) * sizeof(float));
