@@ -76,10 +76,10 @@ int run_plan(const PlanArgs& a) {
     line("  workspace", format_bytes(m.workspace_bytes) + " (measured: a " +
                             std::to_string(f.step_tokens) + "-token step and its logits)");
     if (m.runtime_reserve_bytes > 0)
-      line("  driver reserve", format_bytes(m.runtime_reserve_bytes) +
-                                   " (kept free: the GPU driver allocates on first kernel use)");
+      line("  runtime reserve", format_bytes(m.runtime_reserve_bytes) +
+                                   " (kept free: the driver loads kernels on first use; CUDA graphs)");
     line("  KV pool", format_bytes(m.kv_pool_bytes) + " = budget - weights - workspace" +
-                          (m.runtime_reserve_bytes > 0 ? " - driver reserve" : ""));
+                          (m.runtime_reserve_bytes > 0 ? " - runtime reserve" : ""));
   } else {
     line("weights", format_bytes(m.weight_bytes));
     line("workspace", format_bytes(m.workspace_bytes) + " (measured)");
