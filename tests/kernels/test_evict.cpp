@@ -45,6 +45,24 @@ Tensor slot_mass_view(const KVPoolView& pool) {
   return t;
 }
 
+// Two sequences of n_q queries each (rows [s * n_q, (s + 1) * n_q)) over two KV heads'
+// block tables and entry counts.
+std::vector<AttentionSeq> two_sequences(const std::vector<int32_t> (&blocks)[2][2],
+                                        const int32_t (&entries)[2][2], int n_q,
+                                        const std::vector<int32_t>& qpos) {
+  std::vector<AttentionSeq> seqs(2);
+  for (int s = 0; s < 2; ++s) {
+    seqs[s].q_begin = s * n_q;
+    seqs[s].n_q = n_q;
+    seqs[s].q_pos = qpos.data();
+    for (int h = 0; h < 2; ++h) {
+      seqs[s].head_blocks.push_back(blocks[s][h]);
+      seqs[s].head_entries.push_back(entries[s][h]);
+    }
+  }
+  return seqs;
+}
+
 // Raw slot rows of a pool (K or V), as bytes.
 std::vector<uint8_t> pool_bytes(Backend& b, const KVPoolView& pool, void* base) {
   const size_t eb = pool.type == GgmlType::F32 ? 4 : 2;
@@ -262,16 +280,7 @@ void check_accumulate(Backend& b, std::mt19937& rng, double bound) {
   b.upload(mass0.data(), mass_view);
   Tensor q = make(2 * n_q, int64_t(n_heads) * kHeadDim);
   std::vector<int32_t> qpos = {100, 101, 102, 103, 104};
-  std::vector<AttentionSeq> seqs(2);
-  for (int s = 0; s < 2; ++s) {
-    seqs[s].q_begin = s * n_q;
-    seqs[s].n_q = n_q;
-    seqs[s].q_pos = qpos.data();
-    for (int h = 0; h < nkv; ++h) {
-      seqs[s].head_blocks.push_back(blocks[s][h]);
-      seqs[s].head_entries.push_back(entries[s][h]);
-    }
-  }
+  const std::vector<AttentionSeq> seqs = two_sequences(blocks, entries, n_q, qpos);
   AttentionParams ap{n_heads, nkv, kHeadDim, 1.0f / std::sqrt(float(kHeadDim))};
   const int64_t stride = 64;
   std::vector<std::vector<float>> host(2, std::vector<float>(size_t(nkv * stride), 0.0f));
@@ -412,16 +421,7 @@ TEST_F(CudaEvict, AttentionScoresToMatchesHostScores) {
   const int n_q = 3;
   Pair q = make(2 * n_q, int64_t(n_heads) * kHeadDim, randv(size_t(2 * n_q * n_heads * kHeadDim)));
   std::vector<int32_t> qpos = {100, 101, 102};
-  std::vector<AttentionSeq> seqs(2);
-  for (int s = 0; s < 2; ++s) {
-    seqs[s].q_begin = s * n_q;
-    seqs[s].n_q = n_q;
-    seqs[s].q_pos = qpos.data();
-    for (int h = 0; h < nkv; ++h) {
-      seqs[s].head_blocks.push_back(blocks[s][h]);
-      seqs[s].head_entries.push_back(entries[s][h]);
-    }
-  }
+  const std::vector<AttentionSeq> seqs = two_sequences(blocks, entries, n_q, qpos);
   AttentionParams ap{n_heads, nkv, kHeadDim, 1.0f / std::sqrt(float(kHeadDim))};
   const int64_t stride = 64;
   std::vector<std::vector<float>> host(2, std::vector<float>(size_t(nkv * stride), 0.0f));
