@@ -472,7 +472,7 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
     backend_.attention(q_rows, seqs, ap, kv.pool(), attn_rows);
     kv.after_attention(int(l), q_rows, seq_ids, seqs, ap, ws.scores);
     // ...what follows, up to the next layer's attention, reads only weights and the
-    // workspace: the same ops every step of T rows, which a backend may replay (CUDA
+    // workspace: the same ops every step of Tp rows, which a backend may replay (CUDA
     // graphs) instead of launching one by one.
     backend_.run_replayable(ReplayKey{this, ws.generation, l, Tp}, [&] {
       attn_out_mlp(l);
