@@ -46,6 +46,9 @@ void add_engine_flags(CLI::App& cmd, EngineFlags& f) {
   cmd.add_option("--kv-mem", f.kv_mem, "KV pool size when there is no --mem-budget")
       ->capture_default_str();
   add_kv_flags(cmd, f.kv);
+  cmd.add_flag("--kv-slot-mass", f.kv_slot_mass,
+               "keep h2o's attention mass per KV entry (4 bytes) so h2o requests evict on the "
+               "GPU; implied by --kv-policy h2o");
 }
 
 void add_kv_flags(CLI::App& cmd, KVSettings& kv) {
@@ -85,6 +88,7 @@ EngineOptions engine_options(const EngineFlags& f) {
   if (!f.mem_budget.empty()) opts.mem_budget_bytes = parse_bytes(f.mem_budget);
   opts.kv_mem_bytes = parse_bytes(f.kv_mem);
   opts.kv = f.kv;
+  opts.kv_slot_mass = f.kv_slot_mass;
   return opts;
 }
 

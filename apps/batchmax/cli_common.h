@@ -62,6 +62,7 @@ struct EngineFlags {
   std::string mem_budget;  // e.g. "24GiB"; empty: none
   std::string kv_mem = "2GiB";
   KVSettings kv;           // compression defaults (per-request fields override)
+  bool kv_slot_mass = false;  // EngineOptions::kv_slot_mass
 };
 void add_engine_flags(CLI::App& cmd, EngineFlags& flags);
 // The compression flags alone (--kv-mode, --kv-policy, --kv-budget, --chunk, ...).

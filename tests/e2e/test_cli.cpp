@@ -149,6 +149,29 @@ TEST_F(Cli, CorruptModelExitsOne) {
                  "batchmax: error:");
 }
 
+// h2o's slot mass: 4 bytes more per KV entry where eviction runs on the backend (here the
+// CPU with BATCHMAX_EVICTION=device), with --kv-slot-mass or --kv-policy h2o; none where
+// eviction selects on the host.
+TEST_F(Cli, PlanCountsSlotMassForH2o) {
+  BATCHMAX_REQUIRE_SMOLLM2();
+  auto block_bytes = [&](std::vector<std::string> extra) -> int64_t {
+    std::vector<std::string> args = {"plan", "--model", model(), "--json", "--kv-mode", "batchmax"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    const Result r = run(args);
+    EXPECT_EQ(r.code, 0) << r.err;
+    return r.code == 0 ? json::parse(r.out).value("kv_block_bytes", int64_t(0)) : -1;
+  };
+  ::setenv("BATCHMAX_EVICTION", "device", 1);
+  const int64_t plain = block_bytes({}), flag = block_bytes({"--kv-slot-mass"}),
+                h2o = block_bytes({"--kv-policy", "h2o"});
+  ::unsetenv("BATCHMAX_EVICTION");
+  const int64_t host = block_bytes({"--kv-slot-mass"});
+  EXPECT_GT(plain, 0);
+  EXPECT_EQ(flag, plain + 16 * 4) << "16 entries a block, a float each";
+  EXPECT_EQ(h2o, flag);
+  EXPECT_EQ(host, plain) << "host eviction keeps no slot mass";
+}
+
 TEST_F(Cli, InfoDescribesSmolLM2) {
   BATCHMAX_REQUIRE_SMOLLM2();
   Result r = run({"info", "--model", model()});
