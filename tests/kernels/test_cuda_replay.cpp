@@ -22,7 +22,7 @@ struct Block {
 
 class ReplayRun {
  public:
-  ReplayRun(CudaFixture& f, Backend& b, Block& k) : f_(f), b_(b), k_(k) {}
+  ReplayRun(Backend& b, Block& k) : b_(b), k_(k) {}
   void operator()() {
     ++calls;
     b_.matmul(k_.x, k_.w1, nullptr, k_.h);
@@ -39,13 +39,11 @@ class ReplayRun {
   int calls = 0;
 
  private:
-  [[maybe_unused]] CudaFixture& f_;
   Backend& b_;
   Block& k_;
 };
 
-Block make_block(CudaFixture& f, Backend& gpu, std::vector<Tensor>& owned, int64_t rows,
-                 std::mt19937& rng) {
+Block make_block(Backend& gpu, std::vector<Tensor>& owned, int64_t rows, std::mt19937& rng) {
   Block k;
   k.rows = rows;
   auto alloc = [&](int64_t r, int64_t c, GgmlType t = GgmlType::BF16) {
@@ -67,13 +65,12 @@ Block make_block(CudaFixture& f, Backend& gpu, std::vector<Tensor>& owned, int64
   for (int i = 0; i < k.head_dim / 2; ++i)
     k.rope.inv_freq.push_back(float(std::pow(10000.0, -2.0 * i / k.head_dim)));
   for (int64_t r = 0; r < rows; ++r) k.pos.push_back(int32_t(100 + 7 * r));
-  (void)f;
   return k;
 }
 
 // Runs the block through run_replayable on fresh inputs `n` times; after each, the
 // same ops one by one on the same inputs must give the same bits.
-void check_runs(CudaFixture& f, Backend& gpu, Block& k, ReplayRun& run, const ReplayKey& key, int n,
+void check_runs(Backend& gpu, Block& k, ReplayRun& run, const ReplayKey& key, int n,
                 std::mt19937& rng, const char* what) {
   std::vector<uint16_t> x0(size_t(k.rows * k.d)), got(size_t(k.rows * k.ff)),
       want(got.size()), x_got(x0.size()), x_want(x0.size());
@@ -92,19 +89,18 @@ void check_runs(CudaFixture& f, Backend& gpu, Block& k, ReplayRun& run, const Re
     EXPECT_EQ(got, want) << what << ": run " << i << " differs from the same ops one by one";
     EXPECT_EQ(x_got, x_want) << what << ": run " << i << " residual differs";
   }
-  (void)f;
 }
 
 TEST_F(CudaReplay, RecordsOnTheSecondRunThenReplaysOnNewInputs) {
-  Block k = make_block(*this, *gpu, gpu_owned, 24, rng);
-  ReplayRun run(*this, *gpu, k);
+  Block k = make_block(*gpu, gpu_owned, 24, rng);
+  ReplayRun run(*gpu, k);
   const ReplayKey key{this, 0, 3, k.rows};
   // The positions the replayed rope reads: set by an op-by-op rope first, as the model's
   // first layer does.
   { Tensor scratch = gpu->alloc(GgmlType::BF16, k.rows, int64_t(k.heads) * k.head_dim);
     gpu_owned.push_back(scratch);
     gpu->rope(scratch, k.heads, k.pos, k.rope); }
-  check_runs(*this, *gpu, k, run, key, 5, rng, "replayed");
+  check_runs(*gpu, k, run, key, 5, rng, "replayed");
   const ReplayCounts c = gpu->replay_counts();
   std::cout << "[ replay   ] calls=" << run.calls << " eager=" << c.eager << " recorded=" << c.recorded
             << " replayed=" << c.replayed << "\n";
@@ -146,16 +142,16 @@ TEST_F(CudaReplay, RecordsOnTheSecondRunThenReplaysOnNewInputs) {
 }
 
 TEST_F(CudaReplay, DropForgetsAnOwnersRecords) {
-  Block k = make_block(*this, *gpu, gpu_owned, 8, rng);
-  ReplayRun run(*this, *gpu, k);
+  Block k = make_block(*gpu, gpu_owned, 8, rng);
+  ReplayRun run(*gpu, k);
   { Tensor s = gpu->alloc(GgmlType::BF16, k.rows, int64_t(k.heads) * k.head_dim);
     gpu_owned.push_back(s);
     gpu->rope(s, k.heads, k.pos, k.rope); }
   const ReplayKey key{this, 0, 0, k.rows};
-  check_runs(*this, *gpu, k, run, key, 3, rng, "before drop");
+  check_runs(*gpu, k, run, key, 3, rng, "before drop");
   EXPECT_EQ(run.calls, 2);
   gpu->drop_replays(this);
-  check_runs(*this, *gpu, k, run, key, 3, rng, "after drop");
+  check_runs(*gpu, k, run, key, 3, rng, "after drop");
   EXPECT_EQ(run.calls, 4) << "after drop_replays the key starts over: op by op, then captured";
   EXPECT_EQ(gpu->replay_counts().recorded, 2);
 }
@@ -163,8 +159,8 @@ TEST_F(CudaReplay, DropForgetsAnOwnersRecords) {
 // A rope whose positions differ from the previous rope's would need a host copy inside
 // the graph: the capture is refused and the key always runs op by op, still correct.
 TEST_F(CudaReplay, RunReadingNewPositionsIsRefusedAndRunsOpByOp) {
-  Block k = make_block(*this, *gpu, gpu_owned, 8, rng);
-  ReplayRun run(*this, *gpu, k);
+  Block k = make_block(*gpu, gpu_owned, 8, rng);
+  ReplayRun run(*gpu, k);
   const ReplayKey key{this, 1, 0, k.rows};
   for (int i = 0; i < 4; ++i) {
     for (int32_t& p : k.pos) p += 1;  // new positions every run, no op-by-op rope between
@@ -186,17 +182,18 @@ TEST_F(CudaReplay, RunReadingNewPositionsIsRefusedAndRunsOpByOp) {
 }
 
 TEST_F(CudaReplay, LargeStepsAndTheSwitchRunOpByOp) {
-  Block big = make_block(*this, *gpu, gpu_owned, 300, rng);  // above the 256-row limit
-  ReplayRun run_big(*this, *gpu, big);
+  Block big = make_block(*gpu, gpu_owned, 300, rng);  // above the 256-row limit
+  ReplayRun run_big(*gpu, big);
   for (int i = 0; i < 3; ++i) gpu->run_replayable(ReplayKey{this, 0, 0, big.rows}, [&] { run_big(); });
   EXPECT_EQ(run_big.calls, 3);
 
   ::setenv("BATCHMAX_CUDA_GRAPHS", "0", 1);
   std::unique_ptr<Backend> off = new_gpu();
   ::unsetenv("BATCHMAX_CUDA_GRAPHS");
+  ASSERT_TRUE(off);
   std::vector<Tensor> off_owned;
-  Block k = make_block(*this, *off, off_owned, 8, rng);
-  ReplayRun run(*this, *off, k);
+  Block k = make_block(*off, off_owned, 8, rng);
+  ReplayRun run(*off, k);
   for (int i = 0; i < 3; ++i) off->run_replayable(ReplayKey{this, 0, 0, k.rows}, [&] { run(); });
   EXPECT_EQ(run.calls, 3) << "BATCHMAX_CUDA_GRAPHS=0 runs every key op by op";
   EXPECT_EQ(off->replay_counts().recorded, 0);
