@@ -28,7 +28,6 @@ class Gemm {
 
   void run(const Tensor& x, const Tensor& w, Tensor& out, cudaStream_t s);
   size_t n_plans() const { return plans_.size(); }
-  size_t n_tuned() const { return n_tuned_; }
   // A device buffer of >= 2x the L2 size that tuning may read to flush L2 (the KV
   // pool); null: no tuning (timings would be L2-resident).
   void set_l2_flush(const void* p, size_t bytes) {
@@ -59,7 +58,6 @@ class Gemm {
   const void* flush_ = nullptr;
   size_t flush_bytes_ = 0;
   float* flush_sink_ = nullptr;
-  size_t n_tuned_ = 0;
   cudaEvent_t t0_ = nullptr, t1_ = nullptr;
 };
 
