@@ -28,10 +28,12 @@ constexpr double kBf16OpBound = 1e-2;    // fp32 math, bf16 output (and bf16 wei
 constexpr double kAttnBound = 1e-2;      // bf16 q/out, fp32 online softmax
 constexpr double kScoresBound = 2e-3;    // fp32 probabilities vs double, bf16-exact inputs
 
-inline std::unique_ptr<Backend> new_gpu() {
+// small_m_max_rows: as CudaBackendOptions (-1: the default; 0: cuBLASLt for every product).
+inline std::unique_ptr<Backend> new_gpu(int small_m_max_rows = -1) {
 #ifdef BATCHMAX_HAVE_CUDA
-  return make_cuda_backend();
+  return make_cuda_backend(CudaBackendOptions{.small_m_max_rows = small_m_max_rows});
 #else
+  (void)small_m_max_rows;
   return nullptr;
 #endif
 }

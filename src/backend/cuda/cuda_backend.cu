@@ -65,7 +65,7 @@ class CudaBackend final : public Backend {
     BMX_CUDA(cudaFree(nullptr));  // creates the context, so the baseline includes it
     baseline_used_ = device_used();
     BMX_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-    gemm_ = std::make_unique<Gemm>(o.gemm_workspace_bytes);
+    gemm_ = std::make_unique<Gemm>(o.gemm_workspace_bytes, o.small_m_max_rows);
     replay_ = std::make_unique<ReplayGraphs>(graphs_enabled());
     staging_ = std::make_unique<Staging>();
     cudaDeviceProp prop{};

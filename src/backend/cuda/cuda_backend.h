@@ -12,6 +12,9 @@ namespace batchmax {
 struct CudaBackendOptions {
   int device = 0;
   size_t gemm_workspace_bytes = size_t(32) << 20;  // cuBLASLt's suggestion for Hopper
+  // Products of at most this many rows use the few-row kernel (small_m_gemm.h); 0: none,
+  // -1: BATCHMAX_CUDA_SMALL_GEMM_ROWS or the default.
+  int small_m_max_rows = -1;
 };
 
 // Throws batchmax::Error when no CUDA device can be used.

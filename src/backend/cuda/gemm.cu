@@ -43,12 +43,24 @@ __global__ void read_through(const uint4* p, size_t n, float* sink) {
 
 }  // namespace
 
-Gemm::Gemm(size_t workspace_bytes) : workspace_bytes_(workspace_bytes), tune_(tuning_enabled()) {
+// BATCHMAX_CUDA_SMALL_GEMM_ROWS=n: products of <= n rows take SmallMGemm (0: none).
+static int small_m_rows_from_env() {
+  const char* e = std::getenv("BATCHMAX_CUDA_SMALL_GEMM_ROWS");
+  return e && *e ? std::atoi(e) : 0;
+}
+
+Gemm::Gemm(size_t workspace_bytes, int small_m_max_rows)
+    : workspace_bytes_(workspace_bytes), tune_(tuning_enabled()) {
   check_lt(cublasLtCreate(&handle_), "create");
   if (workspace_bytes_) BMX_CUDA(cudaMalloc(&workspace_, workspace_bytes_));
+  const int rows = small_m_max_rows < 0 ? small_m_rows_from_env() : small_m_max_rows;
+  // Its split partials live in cuBLASLt's workspace: both run in stream order.
+  if (rows > 0 && workspace_)
+    small_ = std::make_unique<SmallMGemm>(workspace_, workspace_bytes_, rows);
 }
 
 Gemm::~Gemm() {
+  small_.reset();
   for (auto& [k, p] : plans_) {
     cublasLtMatrixLayoutDestroy(p.a);
     cublasLtMatrixLayoutDestroy(p.b);
@@ -169,6 +181,10 @@ void Gemm::run(const Tensor& x, const Tensor& w, Tensor& out, cudaStream_t s) {
   if (x.cols != w.cols || out.rows != x.rows || out.cols != w.rows)
     throw Error("cuda matmul: shapes do not match");
   if (x.rows == 0 || w.rows == 0) return;
+  if (small_ && small_->accepts(x, w, out)) {
+    small_->run(x, w, out, s);
+    return;
+  }
   const size_t eo = out.type == GgmlType::F32 ? 4 : 2;
   const Key key{w.rows, x.rows, x.cols, int64_t(x.row_stride / 2), int64_t(w.row_stride / 2),
                 int64_t(out.row_stride / eo), int(out.type), alignment(x.data),

@@ -3,6 +3,9 @@
 // bf16 or f32 output. Plans (descriptors + an algorithm) are cached per shape, strides,
 // output type and pointer alignment; the algorithm is the heuristic's first pick.
 //
+// BATCHMAX_CUDA_SMALL_GEMM_ROWS=n (an experiment, off by default): products of <= n rows
+// go to SmallMGemm (small_m_gemm.h). Measured slower than cuBLASLt on an H100 (see there).
+//
 // BATCHMAX_CUDA_GEMM_TUNE=1 (an experiment, off by default): products of few rows (decode)
 // time the heuristic's best 16 candidates once on the real operands, each run after an L2
 // flush, and keep the fastest. The small products (QKV 61%, output projection 54% of copy
@@ -13,21 +16,25 @@
 #include <cuda_runtime.h>
 
 #include <map>
+#include <memory>
 #include <tuple>
 
 #include "backend/backend.h"
+#include "backend/cuda/small_m_gemm.h"
 
 namespace batchmax::cuda {
 
 class Gemm {
  public:
-  Gemm(size_t workspace_bytes);
+  // small_m_max_rows < 0: BATCHMAX_CUDA_SMALL_GEMM_ROWS, else none; 0: none.
+  Gemm(size_t workspace_bytes, int small_m_max_rows = -1);
   ~Gemm();
   Gemm(const Gemm&) = delete;
   Gemm& operator=(const Gemm&) = delete;
 
   void run(const Tensor& x, const Tensor& w, Tensor& out, cudaStream_t s);
   size_t n_plans() const { return plans_.size(); }
+  int small_m_max_rows() const { return small_ ? small_->max_rows() : 0; }
   // A device buffer of >= 2x the L2 size that tuning may read to flush L2 (the KV
   // pool); null: no tuning (timings would be L2-resident).
   void set_l2_flush(const void* p, size_t bytes) {
@@ -54,6 +61,7 @@ class Gemm {
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
   std::map<Key, Plan> plans_;
+  std::unique_ptr<SmallMGemm> small_;
   bool tune_;
   const void* flush_ = nullptr;
   size_t flush_bytes_ = 0;
