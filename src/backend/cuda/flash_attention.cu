@@ -180,6 +180,13 @@ __global__ void __launch_bounds__(WM * WN * 32, kMinCtas) flash_kernel(const Fla
   const float sl = a.scale_log2;
   // Warps whose rows are all padding skip the math (the barriers still count them).
   const bool active = __any_sync(0xffffffffu, qpa != INT_MIN || qpb != INT_MIN);
+  // The earliest query position among the warp's rows (padding rows do not count): a
+  // tile whose keys all sit at or before it needs no mask. Over a long history that is
+  // every tile but the chunk's own, and the mask (a shared load, compares and selects per
+  // score) cost about as many instructions as the mma.sync themselves (ncu).
+  int qmin = min(qpa == INT_MIN ? INT_MAX : qpa, qpb == INT_MIN ? INT_MAX : qpb);
+#pragma unroll
+  for (int off = 4; off < 32; off <<= 1) qmin = min(qmin, __shfl_xor_sync(0xffffffffu, qmin, off));
 
   if (n_tiles > 0) {
     fetch_slots(0);
@@ -205,17 +212,30 @@ __global__ void __launch_bounds__(WM * WN * 32, kMinCtas) flash_kernel(const Fla
       float s[kN / 8][4];
       qk_tile<HD, kN>(s, qf, kt, kStride, lane);
       float mxa = -INFINITY, mxb = -INFINITY;
+      int kmax = INT_MIN;  // the latest key position of the warp's kN keys (past the end: INT_MAX)
 #pragma unroll
-      for (int nb = 0; nb < kN / 8; ++nb)
+      for (int c = lane; c < kN; c += 32) kmax = max(kmax, c < n_valid ? kp[c] : INT_MAX);
 #pragma unroll
-        for (int x = 0; x < 2; ++x) {
-          const int col = 8 * nb + 2 * (lane & 3) + x;
-          const int kpv = col < n_valid ? kp[col] : INT_MAX;
-          if (kpv > qpa) s[nb][x] = -INFINITY;
-          if (kpv > qpb) s[nb][2 + x] = -INFINITY;
-          mxa = fmaxf(mxa, s[nb][x]);
-          mxb = fmaxf(mxb, s[nb][2 + x]);
+      for (int off = 1; off < 32; off <<= 1) kmax = max(kmax, __shfl_xor_sync(0xffffffffu, kmax, off));
+      if (kmax <= qmin) {  // every key visible to every row
+#pragma unroll
+        for (int nb = 0; nb < kN / 8; ++nb) {
+          mxa = fmaxf(mxa, fmaxf(s[nb][0], s[nb][1]));
+          mxb = fmaxf(mxb, fmaxf(s[nb][2], s[nb][3]));
         }
+      } else {
+#pragma unroll
+        for (int nb = 0; nb < kN / 8; ++nb)
+#pragma unroll
+          for (int x = 0; x < 2; ++x) {
+            const int col = 8 * nb + 2 * (lane & 3) + x;
+            const int kpv = col < n_valid ? kp[col] : INT_MAX;
+            if (kpv > qpa) s[nb][x] = -INFINITY;
+            if (kpv > qpb) s[nb][2 + x] = -INFINITY;
+            mxa = fmaxf(mxa, s[nb][x]);
+            mxb = fmaxf(mxb, s[nb][2 + x]);
+          }
+      }
 #pragma unroll
       for (int off = 1; off < 4; off <<= 1) {  // the 4 lanes of a quad share the rows
         mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, off));
@@ -224,16 +244,20 @@ __global__ void __launch_bounds__(WM * WN * 32, kMinCtas) flash_kernel(const Fla
       const float mna = fmaxf(ma, mxa), mnb = fmaxf(mb, mxb);
       // A row that has seen no key keeps max -inf: subtract 0 so exp2 gives 0, not NaN.
       const float ska = mna == -INFINITY ? 0.f : mna * sl, skb = mnb == -INFINITY ? 0.f : mnb * sl;
-      const float ala = exp2f(ma * sl - ska), alb = exp2f(mb * sl - skb);
+      // Rescale only when some row's max moved (otherwise the factors are exactly 1;
+      // after the first tiles of a long history they mostly are).
+      if (__any_sync(0xffffffffu, mna != ma || mnb != mb)) {
+        const float ala = exp2f(ma * sl - ska), alb = exp2f(mb * sl - skb);
+        la *= ala;
+        lb *= alb;
+#pragma unroll
+        for (int i = 0; i < HD / 8; ++i) {
+          o[i][0] *= ala; o[i][1] *= ala;
+          o[i][2] *= alb; o[i][3] *= alb;
+        }
+      }
       ma = mna;
       mb = mnb;
-      la *= ala;
-      lb *= alb;
-#pragma unroll
-      for (int i = 0; i < HD / 8; ++i) {
-        o[i][0] *= ala; o[i][1] *= ala;
-        o[i][2] *= alb; o[i][3] *= alb;
-      }
 #pragma unroll
       for (int nb = 0; nb < kN / 8; ++nb) {
         s[nb][0] = ex2(fmaf(s[nb][0], sl, -ska));
