@@ -1,3 +1,9 @@
+"""Reference attention timings on the device: torch SDPA (FlashAttention-2, cuDNN,
+memory-efficient backends) at the shapes batchmax_cuda_bench times for its own prefill
+kernel (32 heads, head_dim 128, bf16). Needs torch with CUDA (the lent machines have it).
+
+usage: python3 bench/device/sdpa_reference.py
+"""
 import torch, time, torch.nn.functional as F
 torch.backends.cuda.matmul.allow_tf32 = False
 def bench(fn, it=50):
