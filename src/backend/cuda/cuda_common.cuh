@@ -6,6 +6,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <utility>
 #include <functional>
 #include <string>
 
@@ -58,6 +60,41 @@ __device__ __forceinline__ void store8(bf16* p, const float (&v)[8]) {
 __device__ __forceinline__ void store8(float* p, const float (&v)[8]) {
   reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
   reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+
+// Programmatic dependent launch (sm_90): a kernel launched by launch_pdl may be scheduled
+// while the previous kernel on the stream is still finishing, so its launch and CTA
+// set-up overlap that kernel's tail instead of following it. Such a kernel starts with
+// pdl_begin(): it waits until the previous kernel has finished and its writes are
+// visible (a no-op when launched without the attribute, or before sm_90), then lets
+// the next kernel launch. BATCHMAX_CUDA_PDL=0 launches them as usual.
+inline bool pdl_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("BATCHMAX_CUDA_PDL");
+    return !(e && *e == '0');
+  }();
+  return on;
+}
+__device__ __forceinline__ void pdl_begin() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+template <class... P, class... A>
+void launch_pdl(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,
+                A&&... args) {
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = s;
+  cfg.attrs = &attr;
+  cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  BMX_CUDA(cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...));
 }
 
 // Row-major 2-D view passed to kernels; stride in elements.

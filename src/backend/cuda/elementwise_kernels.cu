@@ -44,6 +44,7 @@ struct AddOp {
 template <class T, class TB, class Op, bool VEC>
 __global__ void binary_kernel(View<const T> a, View<const TB> b, View<T> o, int64_t rows,
                               int64_t cols, Op op) {
+  pdl_begin();
   const int64_t chunks = VEC ? cols / 8 : cols;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < rows * chunks;
        i += int64_t(gridDim.x) * blockDim.x) {
@@ -113,11 +114,11 @@ void binary(const Tensor& a, const Tensor& b, bool b_broadcast, Tensor& o, Op op
       View<const TB> bv = view<const TB>(b);
       if (b_broadcast) bv.stride = 0;
       if (vec)
-        binary_kernel<T, TB, Op, true><<<blocks_for(work), kThreads, 0, s>>>(
-            view<const T>(a), bv, view<T>(o), o.rows, o.cols, op);
+        launch_pdl(binary_kernel<T, TB, Op, true>, blocks_for(work), kThreads, 0, s,
+                   view<const T>(a), bv, view<T>(o), o.rows, o.cols, op);
       else
-        binary_kernel<T, TB, Op, false><<<blocks_for(work), kThreads, 0, s>>>(
-            view<const T>(a), bv, view<T>(o), o.rows, o.cols, op);
+        launch_pdl(binary_kernel<T, TB, Op, false>, blocks_for(work), kThreads, 0, s,
+                   view<const T>(a), bv, view<T>(o), o.rows, o.cols, op);
       BMX_LAUNCHED();
     });
   });

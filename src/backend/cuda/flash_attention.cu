@@ -89,6 +89,7 @@ struct Shape {
 // kMinCtas: CTAs per SM the register allocation must allow (1: unbounded).
 template <int HD, int WM, int WN, int kMinCtas>
 __global__ void __launch_bounds__(WM * WN * 32, kMinCtas) flash_kernel(const FlashArgs a) {
+  pdl_begin();
   using S = Shape<HD, WM, WN>;
   constexpr int kThreads = S::kCtaThreads;
   constexpr int kN = S::kN, kStride = S::kStride;
@@ -370,6 +371,7 @@ __global__ void __launch_bounds__(WM * WN * 32, kMinCtas) flash_kernel(const Fla
 // Merges the split-KV partial results of each decode item: weights 2^(m_s - M) / L.
 template <int HD>
 __global__ void __launch_bounds__(kThreads) flash_combine(const FlashArgs a, int n_split) {
+  pdl_begin();
   __shared__ float wgt[kMaxSplit][kDecodeM];
   const int32_t* w = a.work + 4 * blockIdx.x;
   const int seq = w[0], kvh = w[1], v0 = w[2];
@@ -445,10 +447,10 @@ void launch_hd(const FlashArgs& base, const AttentionLaunch& L, cudaStream_t s) 
       a.part_o = scratch;
       a.part_ml = scratch + n_part * HD;
     }
-    flash_kernel<HD, 1, 4, 1><<<dim3(L.n_small, n_split), kThreads, S::kSmem, s>>>(a);
+    launch_pdl(flash_kernel<HD, 1, 4, 1>, dim3(L.n_small, n_split), kThreads, S::kSmem, s, a);
     BMX_LAUNCHED();
     if (n_split > 1) {
-      flash_combine<HD><<<L.n_small, kThreads, 0, s>>>(a, n_split);
+      launch_pdl(flash_combine<HD>, L.n_small, kThreads, 0, s, a, n_split);
       BMX_LAUNCHED();
     }
   }
@@ -462,7 +464,7 @@ void launch_hd(const FlashArgs& base, const AttentionLaunch& L, cudaStream_t s) 
       using S = Shape<HD, WM, 1>;
       static const int slots = resident_ctas(flash_kernel<HD, WM, 1, 1>, S::kSmem, S::kCtaThreads);
       (void)slots;  // sets the shared-memory attribute once
-      flash_kernel<HD, WM, 1, 1><<<L.n_big, S::kCtaThreads, S::kSmem, s>>>(a);
+      launch_pdl(flash_kernel<HD, WM, 1, 1>, L.n_big, S::kCtaThreads, S::kSmem, s, a);
       BMX_LAUNCHED();
     };
     if (prefill_warps() == 8)

@@ -16,6 +16,7 @@ template <class TI, class TP>
 __global__ void kv_store_kernel(View<const TI> k, View<const TI> v, int n_kv_heads,
                                 int head_dim, const int32_t* slots, const int32_t* pos,
                                 int64_t rows, TP* pk, TP* pv, int32_t* ppos, float* pmass) {
+  pdl_begin();
   const int64_t per_row = int64_t(n_kv_heads) * head_dim;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < rows * per_row;
        i += int64_t(gridDim.x) * blockDim.x) {
@@ -38,6 +39,7 @@ template <class T>
 __global__ void kv_store_vec_kernel(View<const T> k, View<const T> v, int n_kv_heads,
                                     int head_dim, const int32_t* slots, const int32_t* pos,
                                     int64_t rows, T* pk, T* pv, int32_t* ppos, float* pmass) {
+  pdl_begin();
   constexpr int kPer = 16 / sizeof(T);
   const int pieces = head_dim / kPer;
   const int64_t per_row = int64_t(n_kv_heads) * pieces;
@@ -103,9 +105,9 @@ void launch_kv_store(const Tensor& k, const Tensor& v, int n_kv_heads, const int
   if (k.type == pool.type && (pool.head_dim * eb) % 16 == 0 && vec8_ok(k) && vec8_ok(v)) {
     dispatch_act(k.type, "kv_store input", [&](auto t) {
       using T = decltype(t);
-      kv_store_vec_kernel<T><<<blocks_for(work * eb / 16), kThreads, 0, s>>>(
-          view<const T>(k), view<const T>(v), n_kv_heads, pool.head_dim, d_slots, d_pos, n_rows,
-          static_cast<T*>(pool.k), static_cast<T*>(pool.v), pool.pos, pool.mass);
+      launch_pdl(kv_store_vec_kernel<T>, blocks_for(work * eb / 16), kThreads, 0, s,
+                 view<const T>(k), view<const T>(v), n_kv_heads, pool.head_dim, d_slots, d_pos,
+                 n_rows, static_cast<T*>(pool.k), static_cast<T*>(pool.v), pool.pos, pool.mass);
       BMX_LAUNCHED();
     });
     return;
@@ -114,9 +116,9 @@ void launch_kv_store(const Tensor& k, const Tensor& v, int n_kv_heads, const int
     using TI = decltype(ti);
     dispatch_act(pool.type, "kv pool", [&](auto tp) {
       using TP = decltype(tp);
-      kv_store_kernel<TI, TP><<<blocks_for(work), kThreads, 0, s>>>(
-          view<const TI>(k), view<const TI>(v), n_kv_heads, pool.head_dim, d_slots, d_pos,
-          n_rows, static_cast<TP*>(pool.k), static_cast<TP*>(pool.v), pool.pos, pool.mass);
+      launch_pdl(kv_store_kernel<TI, TP>, blocks_for(work), kThreads, 0, s, view<const TI>(k),
+                 view<const TI>(v), n_kv_heads, pool.head_dim, d_slots, d_pos, n_rows,
+                 static_cast<TP*>(pool.k), static_cast<TP*>(pool.v), pool.pos, pool.mass);
       BMX_LAUNCHED();
     });
   });

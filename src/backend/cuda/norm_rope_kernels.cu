@@ -42,6 +42,7 @@ template <class TX, class TW, class TO, bool VEC>
 __global__ void __launch_bounds__(kNormThreads) rms_norm_kernel(View<const TX> x, const TW* w,
                                                                 View<TO> out, int64_t cols,
                                                                 float eps) {
+  pdl_begin();
   __shared__ float red[kNormThreads / 32];
   const TX* xr = x.row(blockIdx.x);
   TO* o = out.row(blockIdx.x);
@@ -68,6 +69,7 @@ template <class T, class TW, bool VEC>
 __global__ void __launch_bounds__(kNormThreads) add_rms_norm_kernel(View<T> x, View<const T> y,
                                                                     const TW* w, View<T> out,
                                                                     int64_t cols, float eps) {
+  pdl_begin();
   __shared__ float red[kNormThreads / 32];
   T* xr = x.row(blockIdx.x);
   const T* yr = y.row(blockIdx.x);
@@ -117,6 +119,7 @@ __global__ void rope_table_kernel(const int32_t* pos, const float* inv_freq, int
 template <class T>
 __global__ void rope_kernel(View<T> x, int n_heads, int head_dim, int half, bool neox,
                             const float2* cs, int64_t rows) {
+  pdl_begin();
   const int64_t per_row = int64_t(n_heads) * half;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < rows * per_row;
        i += int64_t(gridDim.x) * blockDim.x) {
@@ -136,6 +139,7 @@ __global__ void rope_kernel(View<T> x, int n_heads, int head_dim, int half, bool
 template <class T, bool kNeox>
 __global__ void rope_vec_kernel(View<T> x, int n_heads, int head_dim, int half, const float2* cs,
                                 int64_t rows) {
+  pdl_begin();
   constexpr int kPairs = kNeox ? 8 : 4;
   const int chunks = half / kPairs;
   const int64_t per_row = int64_t(n_heads) * chunks;
@@ -189,11 +193,11 @@ void launch_rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out, c
         using TO = decltype(to);
         const TW* wp = static_cast<const TW*>(w.data);
         if (vec)
-          rms_norm_kernel<TX, TW, TO, true><<<unsigned(x.rows), kNormThreads, 0, s>>>(
-              view<const TX>(x), wp, view<TO>(out), x.cols, eps);
+          launch_pdl(rms_norm_kernel<TX, TW, TO, true>, unsigned(x.rows), kNormThreads, 0, s,
+                     view<const TX>(x), wp, view<TO>(out), x.cols, eps);
         else
-          rms_norm_kernel<TX, TW, TO, false><<<unsigned(x.rows), kNormThreads, 0, s>>>(
-              view<const TX>(x), wp, view<TO>(out), x.cols, eps);
+          launch_pdl(rms_norm_kernel<TX, TW, TO, false>, unsigned(x.rows), kNormThreads, 0, s,
+                     view<const TX>(x), wp, view<TO>(out), x.cols, eps);
         BMX_LAUNCHED();
       });
     });
@@ -215,11 +219,11 @@ void launch_add_rms_norm(Tensor& x, const Tensor& y, const Tensor& w, float eps,
       using TW = decltype(tw);
       const TW* wp = static_cast<const TW*>(w.data);
       if (vec)
-        add_rms_norm_kernel<T, TW, true><<<unsigned(x.rows), kNormThreads, 0, s>>>(
-            view<T>(x), view<const T>(y), wp, view<T>(out), x.cols, eps);
+        launch_pdl(add_rms_norm_kernel<T, TW, true>, unsigned(x.rows), kNormThreads, 0, s,
+                   view<T>(x), view<const T>(y), wp, view<T>(out), x.cols, eps);
       else
-        add_rms_norm_kernel<T, TW, false><<<unsigned(x.rows), kNormThreads, 0, s>>>(
-            view<T>(x), view<const T>(y), wp, view<T>(out), x.cols, eps);
+        launch_pdl(add_rms_norm_kernel<T, TW, false>, unsigned(x.rows), kNormThreads, 0, s,
+                   view<T>(x), view<const T>(y), wp, view<T>(out), x.cols, eps);
       BMX_LAUNCHED();
     });
   });
@@ -252,14 +256,14 @@ void launch_rope(Tensor& x, int n_heads, const float2* d_table, const RopeParams
       const int64_t vwork = x.rows * n_heads * (half / per);
       const int vblocks = int(std::min<int64_t>((vwork + threads - 1) / threads, 1 << 20));
       if (neox)
-        rope_vec_kernel<T, true><<<vblocks, threads, 0, s>>>(view<T>(x), n_heads, p.head_dim,
-                                                             half, d_table, x.rows);
+        launch_pdl(rope_vec_kernel<T, true>, vblocks, threads, 0, s, view<T>(x), n_heads,
+                   p.head_dim, half, d_table, x.rows);
       else
-        rope_vec_kernel<T, false><<<vblocks, threads, 0, s>>>(view<T>(x), n_heads, p.head_dim,
-                                                              half, d_table, x.rows);
+        launch_pdl(rope_vec_kernel<T, false>, vblocks, threads, 0, s, view<T>(x), n_heads,
+                   p.head_dim, half, d_table, x.rows);
     } else {
-      rope_kernel<T><<<blocks, threads, 0, s>>>(view<T>(x), n_heads, p.head_dim, half, neox,
-                                                d_table, x.rows);
+      launch_pdl(rope_kernel<T>, blocks, threads, 0, s, view<T>(x), n_heads, p.head_dim, half,
+                 neox, d_table, x.rows);
     }
     BMX_LAUNCHED();
   });
