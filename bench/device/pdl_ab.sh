@@ -1,3 +1,8 @@
+#!/usr/bin/env bash
+# On a GPU machine: programmatic dependent launch off/on (BATCHMAX_CUDA_PDL), after the GPU
+# tests. Llama-3.2-1B shapes twice each, alternating (launch-bound), then Llama-3.1-8B
+# W-limited n=256 batchmax 512. Expects .devwork/new/batchmax, .devwork/batchmax_tests
+# and .devwork/lib; writes to $OUT.
 set -u
 export LD_LIBRARY_PATH=$PWD/.devwork/lib
 .devwork/batchmax_tests --gtest_filter='Cuda*:Evict*' > $OUT/gpu_tests.log 2>&1; echo tests rc $?; grep -E "^\[  (PASSED|FAILED) |FAILED" $OUT/gpu_tests.log | tail -5
