@@ -13,7 +13,7 @@ struct CudaBackendOptions {
   int device = 0;
   size_t gemm_workspace_bytes = size_t(32) << 20;  // cuBLASLt's suggestion for Hopper
   // Products of at most this many rows use the few-row kernel (small_m_gemm.h); 0: none,
-  // -1: BATCHMAX_CUDA_SMALL_GEMM_ROWS or the default.
+  // -1: BATCHMAX_CUDA_SMALL_GEMM_ROWS if set, else none (an experiment, off by default).
   int small_m_max_rows = -1;
 };
 

@@ -7,9 +7,9 @@
 
 #include <cstdint>
 #include <cstdlib>
-#include <utility>
 #include <functional>
 #include <string>
+#include <utility>
 
 #include "backend/backend.h"
 #include "core/error.h"

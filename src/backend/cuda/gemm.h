@@ -34,7 +34,6 @@ class Gemm {
 
   void run(const Tensor& x, const Tensor& w, Tensor& out, cudaStream_t s);
   size_t n_plans() const { return plans_.size(); }
-  int small_m_max_rows() const { return small_ ? small_->max_rows() : 0; }
   // A device buffer of >= 2x the L2 size that tuning may read to flush L2 (the KV
   // pool); null: no tuning (timings would be L2-resident).
   void set_l2_flush(const void* p, size_t bytes) {

@@ -12,7 +12,6 @@ namespace batchmax::cuda {
 namespace {
 
 using small_m::Args;
-using small_m::kBN;
 using small_m::kThreads;
 // The pipeline the backend uses: per-thread cp.async, 64 columns a stage, 4 stages, 2
 // CTAs an SM (the variants bench times the others).

@@ -43,7 +43,6 @@ class SmallMGemm {
   // multiple of 64, 1 <= n <= max_rows.
   bool accepts(const Tensor& x, const Tensor& w, const Tensor& out) const;
   void run(const Tensor& x, const Tensor& w, Tensor& out, cudaStream_t s);
-  int max_rows() const { return max_rows_; }
 
   // How a product is split (exposed for tests and benchmarks).
   struct Split {
