@@ -113,9 +113,13 @@ int main(int argc, char** argv) {
   }
 
   // ---- attention over 4096-entry caches (Llama-3-8B heads), bf16 pool ----
-  const int H = 32, KVH = 8, HD = 128, BT = 16, E = 4096;
+  const int H = 32, KVH = 8, HD = 128, BT = 16;
   AttentionParams ap{H, KVH, HD, float(1.0 / std::sqrt(double(HD)))};
-  auto attention_case = [&](int n_seq, int n_q, const char* kind) {
+  // Each chunk's keys are its tables' last entries (as in the engine): prefill may take
+  // cuDNN's SDPA (BATCHMAX_CUDA_CUDNN=0: our kernel).
+  ap.queries_newest = true;
+  j["backend"] = b.name();
+  auto attention_case = [&](int n_seq, int n_q, const char* kind, int E = 4096) {
     const int64_t blocks_per_head = (E + BT - 1) / BT;
     const int64_t n_blocks = int64_t(n_seq) * KVH * blocks_per_head;
     KVPoolView pool = b.alloc_kv_pool(GgmlType::BF16, n_blocks, BT, HD);
@@ -178,6 +182,8 @@ int main(int argc, char** argv) {
   attention_case(1, 512, "prefill");
   attention_case(4, 512, "prefill");
   attention_case(1, 4096, "prefill");  // a whole 4096-token prompt in one causal chunk
+  attention_case(8, 512, "prefill", 1024);  // batchmax 512: kept entries + a 512 chunk
+  attention_case(8, 512, "prefill", 2048);
 
   // ---- small fused ops at a 4096-token step ----
   if (!attention_only) {

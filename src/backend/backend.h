@@ -80,6 +80,12 @@ struct AttentionParams {
   int n_kv_heads = 0;
   int head_dim = 0;
   float scale = 0;  // usually 1/sqrt(head_dim)
+  // The caller vouches that each sequence's queries have their own keys as the last n_q
+  // entries of every head's table, in query order, and that every earlier entry is older
+  // than the first query (true right after the step's kv store, before any eviction).
+  // The position mask is then the bottom-right causal mask, which lets a backend hand
+  // the call to a library kernel (CUDA: cuDNN's SDPA). Backends may ignore it.
+  bool queries_newest = false;
 };
 
 // Eviction done where the pool lives (Backend::evict): the policies whose scores need no

@@ -417,7 +417,8 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
     seqs[i].q_pos = p.data();
     row += n;
   }
-  const AttentionParams ap = attention_params();
+  AttentionParams ap = attention_params();
+  ap.queries_newest = true;  // attention runs right after kv.store appends the step's keys
 
   std::vector<int64_t> seq_ids(batch.size());
   for (size_t i = 0; i < batch.size(); ++i) seq_ids[i] = batch[i].seq_id;

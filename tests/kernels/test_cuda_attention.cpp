@@ -26,9 +26,12 @@ class CudaAttention : public CudaFixture {
  protected:
   static constexpr int kBlockTokens = 16;
 
-  void run(const Config& c);
+  // newest: the caller vouches that each step's keys are the tables' last entries
+  // (AttentionParams::queries_newest), so prefill rows may go to cuDNN's SDPA.
+  void run(const Config& c, bool newest = false);
 
   Config cfg{};
+  bool newest_ = false;
   std::vector<std::vector<HeadData>> heads;  // [seq][kv head]
   std::vector<std::vector<int32_t>> q_pos;   // [seq]
   std::vector<AttentionSeq> seqs;
@@ -53,6 +56,7 @@ class CudaAttention : public CudaFixture {
 void CudaAttention::compare_attention(const std::string& what, Pair& q, int64_t rows) {
   AttentionParams p{cfg.n_heads, cfg.n_kv_heads, cfg.head_dim,
                     float(1.0 / std::sqrt(double(cfg.head_dim)))};
+  p.queries_newest = newest_;
   Pair out = make_out(q.c.rows, q.c.cols);
   cpu->attention(q.c, seqs, p, pc, out.c);
   gpu->attention(q.g, seqs, p, pg, out.g);
@@ -164,12 +168,16 @@ void CudaAttention::compact(int s, int h) {
   d = std::move(nd);
 }
 
-void CudaAttention::run(const Config& c) {
+void CudaAttention::run(const Config& c, bool newest) {
   cfg = c;
+  newest_ = newest;
   const int nkv = c.n_kv_heads, hd = c.head_dim, bt = kBlockTokens;
   // (queries, history entries): a later prefill chunk, decode rows, first chunks, and a
-  // long decode spanning many key tiles.
-  const std::vector<std::pair<int, int>> spec = {{37, 50}, {1, 300}, {5, 0}, {1, 0}, {1, 1100}, {70, 20}};
+  // long decode spanning many key tiles. With `newest`, three chunks of >= 64 rows (the
+  // cuDNN path's default minimum) next to rows that stay on our kernel.
+  const std::vector<std::pair<int, int>> spec =
+      newest ? std::vector<std::pair<int, int>>{{37, 50}, {1, 300}, {200, 0}, {1, 0}, {64, 1100}, {130, 20}}
+             : std::vector<std::pair<int, int>>{{37, 50}, {1, 300}, {5, 0}, {1, 0}, {1, 1100}, {70, 20}};
   const int n_seq = int(spec.size());
   heads.assign(n_seq, std::vector<HeadData>(nkv));
   q_pos.assign(n_seq, {});
@@ -250,7 +258,9 @@ void CudaAttention::run(const Config& c) {
   compare_scores("attention_scores " + tag, q);
   compare_key_norms("key_norms " + tag, 1, nkv - 1);
 
-  // Eviction-style compaction in two sequences, then everything again.
+  // Eviction-style compaction in two sequences, then everything again. Compaction may
+  // move the step's own keys, so the bottom-right promise no longer holds.
+  newest_ = false;
   compact(1, 0);
   compact(0, nkv - 1);
   compact(4, nkv / 2);
@@ -268,6 +278,15 @@ TEST_F(CudaAttention, GqaMixedPrefillDecodeBf16Pool) {
 }
 TEST_F(CudaAttention, Llama3ShapesBf16Pool) {
   run({32, 8, 128, GgmlType::BF16});   // Llama-3-8B
+}
+// Prefill chunks through cuDNN's SDPA where this build and machine have it (the backend's
+// name says which path ran), and the scores' one pass over its log-sum-exps.
+TEST_F(CudaAttention, PrefillWithNewestKeysLastCudnn) {
+  std::printf("[ info ] backend: %s\n", gpu->name().c_str());
+  run({32, 8, 128, GgmlType::BF16}, true);
+  run({9, 3, 64, GgmlType::BF16}, true);
+  run({16, 1, 64, GgmlType::BF16}, true);
+  run({28, 4, 128, GgmlType::F32}, true);  // F32 pool: our kernel, whatever the promise
 }
 TEST_F(CudaAttention, OddGroupsAndF32Pool) {
   run({9, 3, 64, GgmlType::BF16});     // SmolLM2-135M: group 3

@@ -26,11 +26,14 @@ struct SeqSpec {
 class CudaFlashAttention : public CudaFixture {
  protected:
   static constexpr int kBT = 16;
-  void run(int n_heads, int n_kv, int hd, const std::vector<SeqSpec>& spec, const std::string& what);
+  // newest: promise AttentionParams::queries_newest (every spec stores its rows), so
+  // prefill rows may go to cuDNN's SDPA.
+  void run(int n_heads, int n_kv, int hd, const std::vector<SeqSpec>& spec, const std::string& what,
+           bool newest = false);
 };
 
 void CudaFlashAttention::run(int n_heads, int n_kv, int hd, const std::vector<SeqSpec>& spec,
-                             const std::string& what) {
+                             const std::string& what, bool newest) {
   const int n_seq = int(spec.size());
   int64_t n_blocks = 4, rows = 0;
   for (const SeqSpec& s : spec) {
@@ -100,6 +103,7 @@ void CudaFlashAttention::run(int n_heads, int n_kv, int hd, const std::vector<Se
   Pair q = make(rows, q_cols, randv(size_t(rows * q_cols), -2, 2));
   Pair out = make_out(rows, q_cols);
   AttentionParams p{n_heads, n_kv, hd, float(1.0 / std::sqrt(double(hd)))};
+  p.queries_newest = newest;
   cpu->attention(q.c, seqs, p, pc, out.c);
   gpu->attention(q.g, seqs, p, pg, out.g);
   const std::string tag = what + " H=" + std::to_string(n_heads) + " KV=" + std::to_string(n_kv) +
@@ -135,6 +139,22 @@ TEST_F(CudaFlashAttention, LongPrefillChunks) {
     SeqSpec shuffled{150, 800};
     shuffled.shuffled = true;
     run(8, 2, hd, {shuffled, {1, 900}}, "prefill shuffled history");
+  }
+}
+
+// Prefill chunks that cuDNN's SDPA takes (>= 64 rows) when the build and machine have it,
+// next to decode rows and short chunks on our kernel: first chunks, chunks over long and
+// shuffled histories, the Llama-3-8B shape with 512-row chunks, and GQA group 3.
+TEST_F(CudaFlashAttention, PrefillNewestKeysLast) {
+  std::printf("[ info ] backend: %s\n", gpu->name().c_str());
+  SeqSpec shuffled{150, 800};
+  shuffled.shuffled = true;
+  SeqSpec later{96, 300};
+  later.q_shift = 5;
+  for (int hd : {64, 128}) {
+    run(32, 8, hd, {{512, 0}, {512, 700}, {1, 900}, {200, 1500}, {64, 33}, {5, 40}},
+        "newest-last prefill", true);
+    run(9, 3, hd, {shuffled, later, {100, 0}, {3, 50}, {1, 20}}, "newest-last prefill", true);
   }
 }
 

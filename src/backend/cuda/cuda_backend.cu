@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "backend/cuda/cuda_common.cuh"
+#include "backend/cuda/cudnn_attention.h"
 #include "backend/cuda/gemm.h"
 #include "backend/cuda/op_timer.h"
 #include "backend/cuda/replay_graphs.h"
@@ -81,6 +82,20 @@ class CudaBackend final : public Backend {
     lse_.name = "attention lse";
     evict_keys_.name = "evict keys";
     scores_part_.name = "scores partials";
+    cudnn_scratch_.name = "cuDNN attention";
+#if defined(BATCHMAX_HAVE_CUDNN)
+    std::string why;
+    BMX_CUDA(cudaStreamCreateWithFlags(&cudnn_stream_, cudaStreamNonBlocking));
+    BMX_CUDA(cudaEventCreateWithFlags(&cudnn_fork_, cudaEventDisableTiming));
+    BMX_CUDA(cudaEventCreateWithFlags(&cudnn_join_, cudaEventDisableTiming));
+    cudnn_ = cuda::CudnnAttention::open(cudnn_stream_, why);
+    name_ += cudnn_ ? ", prefill attention: " + cudnn_->describe()
+                    : ", prefill attention: own kernel (" + why + ")";
+#else
+    name_ += ", prefill attention: own kernel (built without the cuDNN frontend)";
+#endif
+    if (const char* e = std::getenv("BATCHMAX_CUDA_CUDNN_MIN_ROWS"))
+      cudnn_min_rows_ = std::max(1, std::atoi(e));
   }
 
   ~CudaBackend() override {
@@ -88,6 +103,11 @@ class CudaBackend final : public Backend {
     for (void* p : owned_) cudaFree(p);
     for (auto& r : ropes_) cudaFree(r.dev);
     replay_.reset();
+    if (cudnn_stream_) cudaStreamSynchronize(cudnn_stream_);
+    cudnn_.reset();
+    if (cudnn_stream_) cudaStreamDestroy(cudnn_stream_);
+    if (cudnn_fork_) cudaEventDestroy(cudnn_fork_);
+    if (cudnn_join_) cudaEventDestroy(cudnn_join_);
     gemm_.reset();
     staging_.reset();
     cudaStreamDestroy(stream_);
@@ -250,6 +270,10 @@ class CudaBackend final : public Backend {
     p.k = device_alloc(std::max<size_t>(slots * head_dim * elem_bytes(type), 16));
     p.v = device_alloc(std::max<size_t>(slots * head_dim * elem_bytes(type), 16));
     p.pos = static_cast<int32_t*>(device_alloc(std::max<size_t>(slots * 4, 16)));
+    // Zeros in never-written slots: cuDNN's paged reads take whole blocks, and a masked
+    // key's P of 0 times a NaN value would still be NaN. (Once, ~3 TB/s.)
+    BMX_CUDA(cudaMemsetAsync(p.k, 0, slots * head_dim * elem_bytes(type), stream_));
+    BMX_CUDA(cudaMemsetAsync(p.v, 0, slots * head_dim * elem_bytes(type), stream_));
     // As on the CPU: unused slots hold INT32_MAX, a position no query sees.
     cuda::launch_fill_i32(p.pos, int64_t(slots), INT32_MAX, stream_);
     if (slot_mass) {
@@ -316,18 +340,93 @@ class CudaBackend final : public Backend {
     BMX_OP_TIME(attention_op_name(seqs));
     lse_seqs_.clear();
     const cuda::AttentionTiles t = cuda::attention_tiles(p, q.type, pool.type);
-    cuda::AttentionLaunch a = pack_attention(q, seqs, p, pool, t.small, t.big, t.small);
-    if (a.n_small + a.n_big == 0) return;
-    if (q.type != out.type || out.rows != q.rows || out.cols != q.cols)
-      throw Error("cuda attention: out must match q");
-    a.meta = put_packed();
-    a.scratch = [this](size_t n) { return attn_scratch_.get(n); };
-    if (cuda::flash_attention_supported(q.type, pool.type, p.head_dim)) {
-      a.lse = static_cast<float*>(lse_.get(size_t(q.rows) * p.n_heads * sizeof(float)));
-      a.lse_stride = p.n_heads;
-      remember_lse(q, seqs);
+    const bool flash = cuda::flash_attention_supported(q.type, pool.type, p.head_dim);
+    float* lse = flash ? static_cast<float*>(lse_.get(size_t(q.rows) * p.n_heads * sizeof(float)))
+                       : nullptr;
+    const std::vector<char>* to_cudnn = pick_cudnn(q, seqs, p, pool, out);
+    cuda::AttentionLaunch a = pack_attention(q, seqs, p, pool, t.small, t.big, t.small, to_cudnn);
+    const bool ours = a.n_small + a.n_big > 0;
+    if (ours) {
+      if (q.type != out.type || out.rows != q.rows || out.cols != q.cols)
+        throw Error("cuda attention: out must match q");
+      a.meta = put_packed();  // before cuDNN's put: see run_cudnn
     }
-    cuda::launch_attention(q, a, p, pool, out, stream_);
+    bool cudnn_ran = false;
+    if (to_cudnn) {
+      cudnn_ran = run_cudnn(q, seqs, p, pool, out, lse);
+      if (!cudnn_ran) {  // no plan for this shape: our kernel takes every sequence
+        a = pack_attention(q, seqs, p, pool, t.small, t.big, t.small, nullptr);
+        a.meta = put_packed();
+      }
+    }
+    if (a.n_small + a.n_big > 0) {
+      a.scratch = [this](size_t n) { return attn_scratch_.get(n); };
+      if (flash) {
+        a.lse = lse;
+        a.lse_stride = p.n_heads;
+      }
+      cuda::launch_attention(q, a, p, pool, out, stream_);
+    }
+    if (cudnn_ran) BMX_CUDA(cudaStreamWaitEvent(stream_, cudnn_join_, 0));
+    if (flash && (cudnn_ran || a.n_small + a.n_big > 0)) remember_lse(q, seqs);
+  }
+
+  // The sequences of a call that cuDNN's SDPA takes (null: none): bf16 prefill rows of
+  // at least cudnn_min_rows_ queries, when the caller vouches for the bottom-right mask.
+  const std::vector<char>* pick_cudnn(const Tensor& q, std::span<const AttentionSeq> seqs,
+                                      const AttentionParams& p, const KVPoolView& pool,
+                                      const Tensor& out) {
+    if (!cudnn_ || !p.queries_newest || q.type != GgmlType::BF16 || pool.type != GgmlType::BF16 ||
+        out.type != GgmlType::BF16 || out.rows != q.rows || out.cols != q.cols ||
+        p.head_dim % 8 != 0 || p.head_dim > 256 || p.n_kv_heads <= 0 || p.n_heads % p.n_kv_heads)
+      return nullptr;
+    to_cudnn_.assign(seqs.size(), 0);
+    bool any = false;
+    for (size_t i = 0; i < seqs.size(); ++i)
+      if (seqs[i].n_q >= cudnn_min_rows_) to_cudnn_[i] = any = true;
+    return any ? &to_cudnn_ : nullptr;
+  }
+  // Runs the picked sequences (pack_attention has checked their tables) through cuDNN.
+  bool run_cudnn(const Tensor& q, std::span<const AttentionSeq> seqs, const AttentionParams& p,
+                 const KVPoolView& pool, Tensor& out, float* lse) {
+    sdpa_entries_.clear();
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      if (!to_cudnn_[i]) continue;
+      const AttentionSeq& s = seqs[i];
+      for (int h = 0; h < p.n_kv_heads; ++h)
+        sdpa_entries_.push_back({int32_t(s.q_begin), int32_t(s.n_q), h, s.head_entries[h],
+                                 s.head_blocks[h]});
+    }
+    cuda::SdpaCall c;
+    c.q = q.data;
+    c.q_row_stride = int64_t(q.row_stride / 2);
+    c.out = out.data;
+    c.out_row_stride = int64_t(out.row_stride / 2);
+    c.k_pool = pool.k;
+    c.v_pool = pool.v;
+    c.n_blocks = pool.n_blocks;
+    c.block_tokens = pool.block_tokens;
+    c.n_heads = p.n_heads;
+    c.n_kv_heads = p.n_kv_heads;
+    c.head_dim = p.head_dim;
+    c.scale = p.scale;
+    c.lse = lse;
+    c.lse_stride = p.n_heads;
+    c.entries = sdpa_entries_;
+    // cuDNN runs on a side stream, next to our kernel's decode rows on stream_ (one after
+    // the other, each leaves most SMs idle). Its metadata goes through staging on stream_
+    // (so the fork follows the copy), and it is the call's last put: the join that
+    // attention() queues next on stream_ then precedes any later put that could recycle
+    // the staging half cuDNN reads.
+    auto put = [this](std::span<const int32_t> v) {
+      const void* d = staging_->put(v.data(), v.size() * sizeof(int32_t), stream_);
+      BMX_CUDA(cudaEventRecord(cudnn_fork_, stream_));
+      BMX_CUDA(cudaStreamWaitEvent(cudnn_stream_, cudnn_fork_, 0));
+      return static_cast<const int32_t*>(d);
+    };
+    const bool ran = cudnn_->run(c, put, [this](size_t n) { return cudnn_scratch_.get(n); });
+    if (ran) BMX_CUDA(cudaEventRecord(cudnn_join_, cudnn_stream_));
+    return ran;
   }
 
   void attention_scores(const Tensor& q, std::span<const AttentionSeq> seqs,
@@ -468,6 +567,10 @@ class CudaBackend final : public Backend {
     small_out_.get(size_t(1) << 20);
     rope_table_.get(size_t(std::max<int64_t>(max_rows, 1)) * std::max(p.head_dim / 2, 1) * sizeof(float2));
     lse_.get(size_t(std::max<int64_t>(max_rows, 1)) * std::max(p.n_heads, 1) * sizeof(float));
+    if (cudnn_ && cudnn_min_rows_ > 0) {
+      const int64_t entries = (max_rows / cudnn_min_rows_ + 1) * p.n_kv_heads;
+      cudnn_scratch_.get(cudnn_->scratch_bound(max_rows, entries, p.n_heads, p.head_dim));
+    }
   }
 
   void evict(std::span<const EvictTask> tasks, const Tensor* mass, KVPoolView& pool) override {
@@ -683,9 +786,11 @@ class CudaBackend final : public Backend {
   // Packs the per-call attention metadata into host_ints_ (layout in
   // attention_kernels.cu): (sequence, KV head) pairs with at most `small_max` query
   // vectors get work items of `small` vectors, first; the others items of `big` vectors.
+  // Sequences marked in `skip` get no work items (another path runs them).
   cuda::AttentionLaunch pack_attention(const Tensor& q, std::span<const AttentionSeq> seqs,
                                        const AttentionParams& p, const KVPoolView& pool,
-                                       int small, int big, int64_t small_max);
+                                       int small, int big, int64_t small_max,
+                                       const std::vector<char>* skip = nullptr);
 
   std::vector<int32_t> rope_pos_;
   const float* rope_inv_ = nullptr;
@@ -695,6 +800,13 @@ class CudaBackend final : public Backend {
   std::vector<LseSeq> lse_seqs_;
   const void* lse_q_ = nullptr;
   size_t lse_q_stride_ = 0;
+  std::unique_ptr<cuda::CudnnAttention> cudnn_;  // null: prefill attention on our kernel
+  cudaStream_t cudnn_stream_ = nullptr;
+  cudaEvent_t cudnn_fork_ = nullptr, cudnn_join_ = nullptr;
+  int cudnn_min_rows_ = 64;
+  std::vector<char> to_cudnn_;
+  std::vector<cuda::SdpaEntry> sdpa_entries_;
+  DeviceBuffer cudnn_scratch_;
   DeviceBuffer weight_stage_, move_scratch_, scores_out_, attn_scratch_, small_out_, evict_keys_, scores_part_;
   std::vector<int32_t> host_ints_, big_work_;
   std::vector<float> host_scores_;
@@ -712,7 +824,8 @@ cuda::AttentionLaunch CudaBackend::pack_attention(const Tensor& q,
                                                   std::span<const AttentionSeq> seqs,
                                                   const AttentionParams& p,
                                                   const KVPoolView& pool, int small, int big,
-                                                  int64_t small_max) {
+                                                  int64_t small_max,
+                                                  const std::vector<char>* skip) {
   if (p.n_kv_heads <= 0 || p.n_heads % p.n_kv_heads)
     throw Error("cuda attention: n_heads must be a multiple of n_kv_heads");
   if (q.cols != int64_t(p.n_heads) * p.head_dim)
@@ -731,6 +844,7 @@ cuda::AttentionLaunch CudaBackend::pack_attention(const Tensor& q,
       throw Error("cuda attention: sequence rows outside q");
     if (int(a.head_blocks.size()) != nkv || int(a.head_entries.size()) != nkv)
       throw Error("cuda attention: one block table per KV head expected");
+    if (skip && (*skip)[s]) continue;
     const int64_t n_vec = a.n_q * group;
     const int tile = n_vec <= small_max ? small : big;
     if (n_vec <= small_max)
