@@ -1,7 +1,8 @@
-// Prefill attention through cuDNN's fused SDPA (flash attention on Hopper's wgmma/TMA),
-// reading K and V straight from the KV pool's per-head block tables (cuDNN's paged
-// attention). Our own flash kernel stays for decode rows, other types and when cuDNN is
-// absent: libcudnn is opened at run time, so the program runs without it.
+// Prefill attention through cuDNN's fused SDPA (flash attention on Hopper's wgmma/TMA).
+// K and V are gathered from the KV pool's per-head block tables into dense rows (2x our
+// kernel); past a 32 MiB cap, or with BATCHMAX_CUDA_CUDNN_KV=paged, cuDNN reads the
+// pages itself (1.3x). Our own flash kernel stays for decode rows, other types and when
+// cuDNN is absent: libcudnn is opened at run time, so the program runs without it.
 #pragma once
 
 #include <cuda_runtime.h>
