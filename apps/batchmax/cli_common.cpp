@@ -38,8 +38,9 @@ void add_engine_flags(CLI::App& cmd, EngineFlags& f) {
   cmd.add_flag("--scalar", f.scalar, "use the scalar reference kernels (slow; for checking)");
   cmd.add_flag("--q8", f.q8, "CPU: integer-dot decode matmuls (faster, ~1e-3 error)");
   cmd.add_option("--backend", f.backend, "cpu or cuda")->capture_default_str();
-  cmd.add_option("--step-tokens", f.step_tokens, "tokens per forward step (decode + prefill)")
-      ->check(CLI::PositiveNumber)
+  cmd.add_option("--step-tokens", f.step_tokens,
+                 "tokens per forward step, decode + prefill (0: 2048 on CUDA, 512 on the CPU)")
+      ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   cmd.add_option("--mem-budget", f.mem_budget,
                  "cap on everything the engine allocates (weights, workspace, KV), e.g. 24GiB");

@@ -56,7 +56,7 @@ struct EngineFlags {
   int threads = 0;
   int max_batch = 8;
   int ctx = 0;
-  int step_tokens = 512;
+  int step_tokens = 0;  // 0: the backend's (EngineOptions::step_tokens)
   bool scalar = false;
   bool q8 = false;
   std::string mem_budget;  // e.g. "24GiB"; empty: none

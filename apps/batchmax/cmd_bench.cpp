@@ -28,7 +28,7 @@ namespace {
 
 struct BenchArgs {
   std::string model, dummy, backend = "cpu";
-  int threads = 0, step_tokens = 512, max_batch = 0, ctx = 0;
+  int threads = 0, step_tokens = 0, max_batch = 0, ctx = 0;
   std::string kv_mem = "2GiB";
   int64_t requests = 16;
   std::string input_len = "2048", output_len = "64", prompts = "random";
@@ -170,7 +170,6 @@ int run_bench(const BenchArgs& a) {
   bench::BenchOptions bo;
   bo.model = a.dummy.empty() ? a.model : "dummy:" + a.dummy;
   bo.backend = a.backend;
-  bo.step_tokens = a.step_tokens;
   bo.commit = a.commit.empty() ? git_commit() : a.commit;
   bo.command = command_line();
   bo.time_limit_s = a.time_limit;
@@ -210,9 +209,10 @@ int run_bench(const BenchArgs& a) {
       if (!engine) {
         engine = Engine::create(eo);
         const MemoryPlan& m = engine->memory_plan();
-        std::fprintf(stderr, "engine: %s, budget %s: weights %s, workspace %s, KV pool %s\n",
+        std::fprintf(stderr, "engine: %s, budget %s: weights %s, workspace %s (%lld-token steps), KV pool %s\n",
                      m.backend.c_str(), budget ? format_bytes(budget).c_str() : "none",
                      format_bytes(m.weight_bytes).c_str(), format_bytes(m.workspace_bytes).c_str(),
+                     static_cast<long long>(m.step_tokens),
                      format_bytes(m.kv_pool_bytes).c_str());
         if (!work) {
           for (const KVSettings& kv : configs) {  // a bad setting fails before any run
@@ -260,9 +260,10 @@ int run_bench(const BenchArgs& a) {
       save();
     }
   }
-  std::printf("workload: %s | model %s | backend %s (%s) | step %d tokens | commit %s\n",
+  std::printf("workload: %s | model %s | backend %s (%s) | step %lld tokens | commit %s\n",
               work->name.c_str(), bo.model.c_str(), a.backend.c_str(), ceil.gpu.c_str(),
-              a.step_tokens, bo.commit.c_str());
+              static_cast<long long>(rows.empty() ? a.step_tokens : rows.back().step_tokens),
+              bo.commit.c_str());
   if (ceil.gemm_tflops > 0)
     std::printf("measured ceilings: bf16 GEMM %.1f TFLOP/s, copy %.0f GB/s\n", ceil.gemm_tflops,
                 ceil.copy_gbps);
@@ -286,8 +287,9 @@ Command add_bench(CLI::App& root) {
                       }() + ")");
   cmd->add_option("--backend", a->backend, "cpu or cuda")->capture_default_str();
   cmd->add_option("-t,--threads", a->threads, "CPU threads (0: all)")->check(CLI::NonNegativeNumber);
-  cmd->add_option("--step-tokens", a->step_tokens, "tokens per forward step")
-      ->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--step-tokens", a->step_tokens,
+                  "tokens per forward step (0: 2048 on CUDA, 512 on the CPU)")
+      ->check(CLI::NonNegativeNumber)->capture_default_str();
   cmd->add_option("--max-batch", a->max_batch, "sequences at once (0: as many as the KV pool admits)")
       ->check(CLI::NonNegativeNumber)->capture_default_str();
   cmd->add_option("--ctx", a->ctx, "context length (0: the model's)")->check(CLI::NonNegativeNumber);

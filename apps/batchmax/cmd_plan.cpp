@@ -55,7 +55,7 @@ int run_plan(const PlanArgs& a) {
                                 {"weight_bytes", m.weight_bytes},
                                 {"workspace_bytes", m.workspace_bytes},
                                 {"runtime_reserve_bytes", m.runtime_reserve_bytes},
-                                {"step_tokens", f.step_tokens},
+                                {"step_tokens", m.step_tokens},
                                 {"kv_pool_bytes", m.kv_pool_bytes},
                                 {"kv_block_bytes", m.kv_block_bytes},
                                 {"kv_blocks", m.kv_blocks},
@@ -74,7 +74,7 @@ int run_plan(const PlanArgs& a) {
     line("memory budget", format_bytes(m.mem_budget_bytes));
     line("  weights", format_bytes(m.weight_bytes));
     line("  workspace", format_bytes(m.workspace_bytes) + " (measured: a " +
-                            std::to_string(f.step_tokens) + "-token step and its logits)");
+                            std::to_string(m.step_tokens) + "-token step and its logits)");
     if (m.runtime_reserve_bytes > 0)
       line("  runtime reserve", format_bytes(m.runtime_reserve_bytes) +
                                    " (kept free: the driver loads kernels on first use; CUDA graphs)");

@@ -12,8 +12,12 @@
 # env:   REQ_LIMITED (512), REQ_FULL (512): requests per workload; TIME_LIMIT (0): seconds
 #        per configuration before it stops and reports what it did; COMMIT; SKIP_SMOKE=1;
 #        STAGES (default "smoke limited full"); LIMITED_MODES, LIMITED_BUDGETS, FULL_MODES,
-#        FULL_BUDGETS (the defaults above); TAG (file name suffix); STEP_TOKENS (512: tokens
-#        per forward step); BATCHMAX_PROFILE=1 adds
+#        FULL_BUDGETS (the defaults above); TAG (file name suffix); tokens per forward step:
+#        LIMITED_STEP_TOKENS (512), FULL_STEP_TOKENS (2048, the engine's CUDA default),
+#        STEP_TOKENS (sets both; the profile stage takes the W-limited one). Each is the
+#        size that ran `full` fastest in its workload on an H100
+#        (bench/results/step_tokens_2026-11-27/); every mode of a workload gets the same.
+#        BATCHMAX_PROFILE=1 adds
 #        the per-step profile to the logs (and slows the run: it synchronises).
 #   profile: stage of its own: GPU time op by op (BATCHMAX_PROFILE=ops, events only, no
 #            added synchronisation), W-limited shapes, 4096 in / 256 out, REQ_PROFILE (48)
@@ -43,13 +47,15 @@ fi
 ldd "$BIN" | grep -E "not found" && echo "missing libraries" >&2
 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv,noheader  # no file: OUT brings back 8 at most
 
-common=(--backend cuda --dummy-weights llama3-8b --commit "$COMMIT" --warmup 2 --time-limit "$TIME_LIMIT"
-        --step-tokens "${STEP_TOKENS:-512}")
+common=(--backend cuda --dummy-weights llama3-8b --commit "$COMMIT" --warmup 2 --time-limit "$TIME_LIMIT")
+LIMITED_STEP_TOKENS=${STEP_TOKENS:-${LIMITED_STEP_TOKENS:-512}}
+FULL_STEP_TOKENS=${STEP_TOKENS:-${FULL_STEP_TOKENS:-2048}}
 rc=0
 for stage in $STAGES; do
   case $stage in
     profile)
       BATCHMAX_PROFILE=ops "$BIN" bench "${common[@]}" --no-ceilings -n "${REQ_PROFILE:-48}" \
+        --step-tokens "$LIMITED_STEP_TOKENS" \
         --input-len 4096 --output-len 256 --mem-budget 24GiB --modes "$LIMITED_MODES" \
         --kv-budgets 512 --chunk 512 --out "$OUT/profile$TAG.json" > "$OUT/profile$TAG.log" 2>&1 || rc=1
       grep -E "^(profile|  |    )" "$OUT/profile$TAG.log" | head -n 150 ;;
@@ -59,12 +65,14 @@ for stage in $STAGES; do
         --out "$OUT/smoke.json" 2>&1 | tee "$OUT/smoke.log" || rc=1 ;;
     limited)
       "$BIN" bench "${common[@]}" -n "$REQ_LIMITED" --input-len 4096 --output-len 512 \
+        --step-tokens "$LIMITED_STEP_TOKENS" \
         --mem-budget 24GiB --modes "$LIMITED_MODES" --kv-budgets "$LIMITED_BUDGETS" \
         --chunk 512 --workload-name "W-limited n=$REQ_LIMITED in=4096 out=512" \
         --out "$OUT/w_limited$TAG.json" --plot "$OUT/w_limited$TAG.svg" > "$OUT/w_limited$TAG.log" 2>&1 || rc=1
       tail -n 20 "$OUT/w_limited$TAG.log" ;;
     full)
       "$BIN" bench "${common[@]}" -n "$REQ_FULL" --input-len 4096 --output-len 256 \
+        --step-tokens "$FULL_STEP_TOKENS" \
         --mem-fraction 0.9 --modes "$FULL_MODES" --kv-budgets "$FULL_BUDGETS" --chunk 512 \
         --workload-name "W-full n=$REQ_FULL in=4096 out=256" \
         --out "$OUT/w_full$TAG.json" --plot "$OUT/w_full$TAG.svg" > "$OUT/w_full$TAG.log" 2>&1 || rc=1

@@ -97,7 +97,9 @@ struct EngineOptions {
   int n_threads = 0;          // 0: all hardware threads
   std::string backend = "cpu";  // "cpu" or "cuda" (builds with -DBATCHMAX_CUDA=ON)
   int max_batch = 8;          // sequences running at once (0: as many as the KV pool admits)
-  int step_tokens = 512;      // tokens per forward step (decode tokens + prefill chunks)
+  // Tokens per forward step (decode tokens + prefill chunks); 0: the backend's preferred
+  // size (512 on the CPU, 2048 on CUDA; see Backend::preferred_step_tokens).
+  int step_tokens = 0;
   int prefill_chunk = 0;      // largest prefill chunk of one sequence (0: step_tokens)
   int64_t kv_mem_bytes = int64_t(2) << 30;  // KV pool size (capped at what max_batch can use)
   // When > 0: everything the engine allocates (weights, workspace, KV pool) stays within
@@ -148,6 +150,7 @@ struct MemoryPlan {
   int64_t mem_budget_bytes = 0;   // 0: no overall budget (KV pool from kv_mem_bytes)
   int64_t weight_bytes = 0;       // weights as the backend holds them
   int64_t workspace_bytes = 0;    // activations and logits of the largest step, measured
+  int64_t step_tokens = 0;        // tokens per forward step (EngineOptions', resolved)
   int64_t runtime_reserve_bytes = 0;  // left for what the GPU driver takes by itself later
   int64_t kv_pool_bytes = 0;
   int64_t kv_block_bytes = 0;

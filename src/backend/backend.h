@@ -245,6 +245,10 @@ class Backend {
   // Rows a step of `rows` rows should run its dense ops on (>= rows; the model fills the
   // rest with leftovers no real row reads): steps of nearby sizes then share a record.
   virtual int64_t padded_rows(int64_t rows) const { return rows; }
+  // Tokens a forward step computes when the user does not say (EngineOptions::step_tokens
+  // 0): large enough that the step's products run near the backend's peak and its fixed
+  // costs (launches, small kernels, decode attention) are shared by many tokens.
+  virtual int64_t preferred_step_tokens() const { return 512; }
   // Runs `ops`, which must only issue ops on backend tensors (no host spans read: the
   // positions of a rope() must be those of the step's previous rope()), and must issue
   // the same ops on the same tensors every time it runs under the same key. A backend

@@ -60,7 +60,7 @@ BenchRow run_config(Engine& engine, const Workload& w, const KVSettings& kv,
   r.kv_budget = evicts ? kv.budget : 0;
   r.chunk = kv.mode == "batchmax" ? kv.chunk : 0;
   r.mem_budget_bytes = opts.mem_budget_bytes;
-  r.step_tokens = opts.step_tokens;
+  r.step_tokens = engine.memory_plan().step_tokens;  // resolved when opts leave it 0
   r.commit = opts.commit;
   r.command = opts.command;
   r.requests = int64_t(w.prompts.size());
@@ -153,7 +153,7 @@ BenchRow run_config(Engine& engine, const Workload& w, const KVSettings& kv,
   if (r.prefill_s > 0) {
     r.prefill_tok_s = double(r.input_tokens) / r.prefill_s;
     double flops = 2.0 * double(cost.matmul_params()) * double(r.input_tokens);
-    const int64_t chunk = kv.mode == "batchmax" && evicts ? kv.chunk : opts.step_tokens;
+    const int64_t chunk = kv.mode == "batchmax" && evicts ? kv.chunk : r.step_tokens;
     const bool per_chunk = kv.mode == "batchmax" && evicts;
     for (size_t i = 0; i < outs.size(); ++i)
       if (outs[i].finish_reason != "error")

@@ -47,7 +47,6 @@ struct BenchOptions {
   std::string model;          // path or "dummy:<preset>"
   std::string backend;
   int64_t mem_budget_bytes = 0;
-  int step_tokens = 512;
   std::string commit, command;
   // When > 0: stop the configuration after this many seconds and report what was done
   // by then (truncated). The engine is then mid-run and must not be used again.

@@ -42,7 +42,7 @@ KVCompression to_compression(const KVSettings& k) {
 
 LlmEngine::LlmEngine(const EngineOptions& opts) : opts_(opts) {
   if (opts.max_batch < 0) throw Error("max_batch must be >= 0");
-  if (opts.step_tokens <= 0) throw Error("step_tokens must be positive");
+  if (opts.step_tokens < 0) throw Error("step_tokens must be positive (0: the backend's choice)");
   if (opts.mem_budget_bytes < 0) throw Error("memory budget must be positive");
   BackendOptions bo;
   bo.n_threads = opts.n_threads;
@@ -68,6 +68,7 @@ LlmEngine::LlmEngine(const EngineOptions& opts) : opts_(opts) {
   if (tokenizer_ && tokenizer_->n_vocab() > hp.n_vocab)
     throw Error(opts.model_path + ": tokenizer has " + std::to_string(tokenizer_->n_vocab()) +
                 " tokens but the embedding only " + std::to_string(hp.n_vocab));
+  if (opts_.step_tokens == 0) opts_.step_tokens = int(backend_->preferred_step_tokens());
   context_ = opts.max_context > 0 ? std::min<int64_t>(opts.max_context, hp.n_ctx_train)
                                   : hp.n_ctx_train;
   plan_memory();
@@ -82,6 +83,7 @@ void LlmEngine::plan_memory() {
   MemoryPlan& m = plan_;
   m.backend = backend_->name();
   m.mem_budget_bytes = opts_.mem_budget_bytes;
+  m.step_tokens = opts_.step_tokens;
   const int64_t held_before = backend_->allocated_bytes();
   // Weights used in place from the mapped file are not in the backend's count.
   const bool mapped = backend_->maps_weights() && model_->has_file();

@@ -92,5 +92,21 @@ TEST(DummyWeights, MemoryBudgetCountsGeneratedWeights) {
   EXPECT_LE(e->peak_backend_bytes(), o.mem_budget_bytes);
 }
 
+// step_tokens 0 takes the backend's size (the CPU's 512), and the plan's workspace is
+// measured for that size; a size the user gives is kept; a negative one is an error.
+TEST(DummyWeights, StepTokensDefaultToTheBackendsChoice) {
+  EngineOptions o = tiny_options();
+  ASSERT_EQ(o.step_tokens, 0);
+  auto e = Engine::create(o);
+  EXPECT_EQ(e->memory_plan().step_tokens, 512);
+  o.step_tokens = 64;
+  auto small = Engine::create(o);
+  EXPECT_EQ(small->memory_plan().step_tokens, 64);
+  EXPECT_LT(small->memory_plan().workspace_bytes, e->memory_plan().workspace_bytes);
+  EXPECT_EQ(small->generate(requests()).size(), 3u);
+  o.step_tokens = -1;
+  EXPECT_THROW(Engine::create(o), Error);
+}
+
 }  // namespace
 }  // namespace batchmax

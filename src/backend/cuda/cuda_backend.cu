@@ -552,6 +552,10 @@ class CudaBackend final : public Backend {
   int64_t padded_rows(int64_t rows) const override {
     return rows <= kMaxReplayRows ? (rows + 7) / 8 * 8 : rows;
   }
+  // 2048: at 512 a step's products (M ~ 512) and its fixed costs held prefill at 54-59% of
+  // the GEMM peak; at 2048 Llama-3.1-8B W-full ran 9% (full) to 14% (batchmax) faster on
+  // an H100, W-limited (24 GiB) 3-6% slower (bench/results/step_tokens_2026-11-27/).
+  int64_t preferred_step_tokens() const override { return 2048; }
   void drop_replays(const void* owner) override { replay_->drop(owner); }
   ReplayCounts replay_counts() const override { return replay_->counts(); }
 
