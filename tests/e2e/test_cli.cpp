@@ -172,6 +172,28 @@ TEST_F(Cli, PlanCountsSlotMassForH2o) {
   EXPECT_EQ(host, plain) << "host eviction keeps no slot mass";
 }
 
+// The plan reports the step size it measured its workspace for: the CPU backend's 512
+// when --step-tokens is left out or 0, the user's otherwise; a smaller step needs a
+// smaller workspace.
+TEST_F(Cli, PlanReportsTheResolvedStepSize) {
+  BATCHMAX_REQUIRE_SMOLLM2();
+  auto plan = [&](std::vector<std::string> extra) -> json {
+    std::vector<std::string> args = {"plan", "--model", model(), "--json"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    const Result r = run(args);
+    EXPECT_EQ(r.code, 0) << r.err;
+    return r.code == 0 ? json::parse(r.out) : json::object();
+  };
+  const json by_default = plan({}), zero = plan({"--step-tokens", "0"}),
+             small = plan({"--step-tokens", "128"});
+  EXPECT_EQ(by_default.value("step_tokens", -1), 512);
+  EXPECT_EQ(zero.value("step_tokens", -1), 512);
+  EXPECT_EQ(small.value("step_tokens", -1), 128);
+  EXPECT_LT(small.value("workspace_bytes", int64_t(0)), by_default.value("workspace_bytes", int64_t(0)));
+  const Result bad = run({"plan", "--model", model(), "--step-tokens", "-5"});
+  EXPECT_EQ(bad.code, 2) << "a negative step size is a usage error";
+}
+
 TEST_F(Cli, InfoDescribesSmolLM2) {
   BATCHMAX_REQUIRE_SMOLLM2();
   Result r = run({"info", "--model", model()});
