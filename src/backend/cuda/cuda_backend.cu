@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "backend/cuda/cuda_common.cuh"
+#include "backend/attention_work.h"
 #include "backend/cuda/cudnn_attention.h"
 #include "backend/cuda/gemm.h"
 #include "backend/cuda/op_timer.h"
@@ -349,14 +350,14 @@ class CudaBackend final : public Backend {
     if (ours) {
       if (q.type != out.type || out.rows != q.rows || out.cols != q.cols)
         throw Error("cuda attention: out must match q");
-      a.meta = put_packed();  // before cuDNN's put: see run_cudnn
+      a.meta = put_attention_work();  // before cuDNN's put: see run_cudnn
     }
     bool cudnn_ran = false;
     if (to_cudnn) {
       cudnn_ran = run_cudnn(q, seqs, p, pool, out, lse);
       if (!cudnn_ran) {  // no plan for this shape: our kernel takes every sequence
         a = pack_attention(q, seqs, p, pool, t.small, t.big, t.small, nullptr);
-        a.meta = put_packed();
+        a.meta = put_attention_work();
       }
     }
     if (a.n_small + a.n_big > 0) {
@@ -444,7 +445,7 @@ class CudaBackend final : public Backend {
     const size_t per_seq = size_t(p.n_kv_heads) * out_stride;
     float* d_out = static_cast<float*>(scores_out_.get(std::max<size_t>(seqs.size() * per_seq, 1) * 4));
     BMX_CUDA(cudaMemsetAsync(d_out, 0, seqs.size() * per_seq * 4, stream_));
-    a.meta = put_packed();
+    a.meta = put_attention_work();
     use_lse(q, seqs, p, a);
     cuda::launch_attention_scores(q, a, p, pool, d_out, out_stride, stream_);
     host_scores_.resize(seqs.size() * per_seq);
@@ -497,7 +498,7 @@ class CudaBackend final : public Backend {
     cuda::AttentionLaunch a = pack_attention(q, seqs, p, pool, tile, tile, INT64_MAX);
     if (a.n_small == 0) return;
     a.scratch = [this](size_t n) { return scores_part_.get(n); };
-    a.meta = put_packed();
+    a.meta = put_attention_work();
     use_lse(q, seqs, p, a);
     cuda::launch_attention_scores(q, a, p, pool, out.f32(), out.cols, stream_);
   }
@@ -691,9 +692,15 @@ class CudaBackend final : public Backend {
     return static_cast<const int32_t*>(
         staging_->put(host_ints_.data(), host_ints_.size() * sizeof(int32_t), stream_));
   }
+  // host_ints_ as filled by the caller.
   const int32_t* put_packed() {
     return static_cast<const int32_t*>(
         staging_->put(host_ints_.data(), host_ints_.size() * sizeof(int32_t), stream_));
+  }
+  // The metadata of the last pack_attention().
+  const int32_t* put_attention_work() {
+    const std::span<const int32_t> m = packer_.meta();
+    return static_cast<const int32_t*>(staging_->put(m.data(), m.size() * sizeof(int32_t), stream_));
   }
   // BATCHMAX_CUDA_SCORES_TWO_PASS=1: scoring ignores the attention pass's sums (A/B, tests).
   static bool scores_two_pass() {
@@ -787,14 +794,18 @@ class CudaBackend final : public Backend {
   std::unique_ptr<ReplayGraphs> replay_;
   std::unordered_set<void*> owned_;
   std::vector<RopeEntry> ropes_;
-  // Packs the per-call attention metadata into host_ints_ (layout in
-  // attention_kernels.cu): (sequence, KV head) pairs with at most `small_max` query
-  // vectors get work items of `small` vectors, first; the others items of `big` vectors.
-  // Sequences marked in `skip` get no work items (another path runs them).
+  // Packs the call's metadata (AttentionWorkPacker) for put_attention_work(); the launch gets
+  // its counts.
   cuda::AttentionLaunch pack_attention(const Tensor& q, std::span<const AttentionSeq> seqs,
                                        const AttentionParams& p, const KVPoolView& pool,
                                        int small, int big, int64_t small_max,
-                                       const std::vector<char>* skip = nullptr);
+                                       const std::vector<char>* skip = nullptr) {
+    const AttentionWorkCounts c =
+        packer_.pack({q.rows, q.cols, pool.n_blocks, pool.block_tokens, pool.head_dim}, seqs, p,
+                     small, big, small_max, skip);
+    return {nullptr, c.n_small, c.n_big, c.n_seqs, c.seq_at, c.max_small_entries, {}};
+  }
+  AttentionWorkPacker packer_;
 
   std::vector<int32_t> rope_pos_;
   const float* rope_inv_ = nullptr;
@@ -812,7 +823,7 @@ class CudaBackend final : public Backend {
   std::vector<cuda::SdpaEntry> sdpa_entries_;
   DeviceBuffer cudnn_scratch_;
   DeviceBuffer weight_stage_, move_scratch_, scores_out_, attn_scratch_, small_out_, evict_keys_, scores_part_;
-  std::vector<int32_t> host_ints_, big_work_;
+  std::vector<int32_t> host_ints_;
   std::vector<float> host_scores_;
   OpTimer op_timer_;  // its events outlive the stream (destroyed after the body): harmless
 
@@ -823,74 +834,6 @@ class CudaBackend final : public Backend {
     return dec && pre ? "attention mixed" : (pre ? "attention prefill" : "attention decode");
   }
 };
-
-cuda::AttentionLaunch CudaBackend::pack_attention(const Tensor& q,
-                                                  std::span<const AttentionSeq> seqs,
-                                                  const AttentionParams& p,
-                                                  const KVPoolView& pool, int small, int big,
-                                                  int64_t small_max,
-                                                  const std::vector<char>* skip) {
-  if (p.n_kv_heads <= 0 || p.n_heads % p.n_kv_heads)
-    throw Error("cuda attention: n_heads must be a multiple of n_kv_heads");
-  if (q.cols != int64_t(p.n_heads) * p.head_dim)
-    throw Error("cuda attention: q columns do not match the heads");
-  if (pool.head_dim != p.head_dim) throw Error("cuda attention: pool head_dim differs");
-  const int group = p.n_heads / p.n_kv_heads;
-  const int n_seqs = int(seqs.size()), nkv = p.n_kv_heads;
-  // Work items first: their count fixes where the per-sequence records start.
-  std::vector<int32_t>& m = host_ints_;
-  m.clear();
-  big_work_.clear();
-  int32_t max_small = 0;
-  for (int s = 0; s < n_seqs; ++s) {
-    const AttentionSeq& a = seqs[s];
-    if (a.q_begin < 0 || a.n_q < 0 || a.q_begin + a.n_q > q.rows)
-      throw Error("cuda attention: sequence rows outside q");
-    if (int(a.head_blocks.size()) != nkv || int(a.head_entries.size()) != nkv)
-      throw Error("cuda attention: one block table per KV head expected");
-    if (skip && (*skip)[s]) continue;
-    const int64_t n_vec = a.n_q * group;
-    const int tile = n_vec <= small_max ? small : big;
-    if (n_vec <= small_max)
-      for (int32_t e : a.head_entries) max_small = std::max(max_small, e);
-    std::vector<int32_t>& list = n_vec <= small_max ? m : big_work_;
-    // Later query tiles first: in a causal chunk they see the most keys, and the
-    // longest CTAs should start first, not form the tail.
-    const int64_t last = n_vec > 0 ? (n_vec - 1) / tile * tile : -1;
-    for (int h = 0; h < nkv; ++h)
-      for (int64_t v0 = last; v0 >= 0; v0 -= tile) list.insert(list.end(), {s, h, int32_t(v0), 0});
-  }
-  cuda::AttentionLaunch L{nullptr, int(m.size() / 4), int(big_work_.size() / 4), n_seqs, 0,
-                          max_small, {}};
-  m.insert(m.end(), big_work_.begin(), big_work_.end());
-  if (m.empty()) return L;
-  const size_t seq_at = m.size(), head_at = seq_at + 4 * size_t(n_seqs);
-  L.seq_at = int(seq_at);
-  m.resize(head_at + 2 * size_t(n_seqs) * nkv);
-  for (int s = 0; s < n_seqs; ++s) {
-    const AttentionSeq& a = seqs[s];
-    int32_t* rec = m.data() + seq_at + 4 * s;
-    rec[0] = int32_t(a.q_begin);
-    rec[1] = int32_t(a.n_q);
-    rec[2] = int32_t(m.size());
-    rec[3] = s * nkv;
-    m.insert(m.end(), a.q_pos, a.q_pos + a.n_q);
-    for (int h = 0; h < nkv; ++h) {
-      const auto& blocks = a.head_blocks[h];
-      if (a.head_entries[h] < 0 ||
-          int64_t(a.head_entries[h]) > int64_t(blocks.size()) * pool.block_tokens)
-        throw Error("cuda attention: more entries than the block table holds");
-      for (int32_t b : blocks)
-        if (b < 0 || b >= pool.n_blocks) throw Error("cuda attention: block id out of range");
-      int32_t* hr = m.data() + head_at + 2 * (size_t(s) * nkv + h);
-      hr[0] = int32_t(m.size());
-      hr[1] = a.head_entries[h];
-      m.insert(m.end(), blocks.begin(), blocks.end());
-    }
-  }
-  if (m.size() > size_t(INT32_MAX)) throw Error("cuda attention: metadata too large");
-  return L;
-}
 
 }  // namespace
 }  // namespace cuda
