@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "backend/cuda/cuda_common.cuh"
+#include "backend/attention_sums_memo.h"
 #include "backend/attention_work.h"
 #include "backend/cuda/cudnn_attention.h"
 #include "backend/cuda/gemm.h"
@@ -339,7 +340,7 @@ class CudaBackend final : public Backend {
   void attention(const Tensor& q, std::span<const AttentionSeq> seqs, const AttentionParams& p,
                  const KVPoolView& pool, Tensor& out) override {
     BMX_OP_TIME(attention_op_name(seqs));
-    lse_seqs_.clear();
+    lse_memo_.clear();
     const cuda::AttentionTiles t = cuda::attention_tiles(p, q.type, pool.type);
     const bool flash = cuda::flash_attention_supported(q.type, pool.type, p.head_dim);
     float* lse = flash ? static_cast<float*>(lse_.get(size_t(q.rows) * p.n_heads * sizeof(float)))
@@ -369,7 +370,8 @@ class CudaBackend final : public Backend {
       cuda::launch_attention(q, a, p, pool, out, stream_);
     }
     if (cudnn_ran) BMX_CUDA(cudaStreamWaitEvent(stream_, cudnn_join_, 0));
-    if (flash && (cudnn_ran || a.n_small + a.n_big > 0)) remember_lse(q, seqs);
+    if (flash && (cudnn_ran || a.n_small + a.n_big > 0))
+      lse_memo_.remember(q.data, q.row_stride, seqs);
   }
 
   // The sequences of a call that cuDNN's SDPA takes (null: none): bf16 prefill rows of
@@ -710,38 +712,13 @@ class CudaBackend final : public Backend {
     }();
     return on;
   }
-  // The last attention() call left each query vector's log2-sum-exp in lse_ (flash path).
-  // A scoring call right after it over rows of the same sequences and the same cache
-  // entries (what the policies ask after each layer) reads them and runs one pass, not two.
-  struct LseSeq {
-    int64_t q_begin, n_q;
-    std::vector<int32_t> entries, first_block;
-  };
-  void remember_lse(const Tensor& q, std::span<const AttentionSeq> seqs) {
-    lse_q_ = q.data;
-    lse_q_stride_ = q.row_stride;
-    for (const AttentionSeq& a : seqs) {
-      LseSeq r{a.q_begin, a.n_q, a.head_entries, {}};
-      for (const auto& b : a.head_blocks) r.first_block.push_back(b.empty() ? -1 : b[0]);
-      lse_seqs_.push_back(std::move(r));
-    }
-  }
+  // The last attention() call left each query vector's log2-sum-exp in lse_ (flash path);
+  // a scoring call that lse_memo_ says covers the same rows and entries reads them.
   void use_lse(const Tensor& q, std::span<const AttentionSeq> seqs, const AttentionParams& p,
                cuda::AttentionLaunch& a) {
-    if (lse_seqs_.empty() || q.data != lse_q_ || q.row_stride != lse_q_stride_ ||
-        !cuda::flash_attention_supported(q.type, GgmlType::BF16, p.head_dim) ||
-        scores_two_pass())
+    if (!cuda::flash_attention_supported(q.type, GgmlType::BF16, p.head_dim) || scores_two_pass() ||
+        !lse_memo_.covers(q.data, q.row_stride, seqs))
       return;
-    for (const AttentionSeq& s : seqs) {
-      const bool seen = std::any_of(lse_seqs_.begin(), lse_seqs_.end(), [&](const LseSeq& r) {
-        if (s.q_begin < r.q_begin || s.q_begin + s.n_q > r.q_begin + r.n_q) return false;
-        if (s.head_entries != r.entries) return false;
-        for (size_t h = 0; h < s.head_blocks.size(); ++h)
-          if ((s.head_blocks[h].empty() ? -1 : s.head_blocks[h][0]) != r.first_block[h]) return false;
-        return true;
-      });
-      if (!seen) return;
-    }
     a.lse = static_cast<float*>(lse_.get(0));
     a.lse_stride = p.n_heads;
   }
@@ -812,9 +789,7 @@ class CudaBackend final : public Backend {
   int rope_half_ = 0;
   const float2* rope_table_at_ = nullptr;
   DeviceBuffer rope_table_, lse_;
-  std::vector<LseSeq> lse_seqs_;
-  const void* lse_q_ = nullptr;
-  size_t lse_q_stride_ = 0;
+  AttentionSumsMemo lse_memo_;
   std::unique_ptr<cuda::CudnnAttention> cudnn_;  // null: prefill attention on our kernel
   cudaStream_t cudnn_stream_ = nullptr;
   cudaEvent_t cudnn_fork_ = nullptr, cudnn_join_ = nullptr;

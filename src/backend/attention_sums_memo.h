@@ -1,0 +1,38 @@
+// Which query rows the last attention call left log-sum-exp values for. The GPU's
+// attention pass writes each query vector's sum; a scoring call right after it (what the
+// eviction policies ask after each layer) over rows of the same sequences and the same
+// cache entries can read those sums and run one pass over the keys instead of two.
+// Plain C++, so the CPU build tests it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "backend/backend.h"
+
+namespace batchmax {
+
+class AttentionSumsMemo {
+ public:
+  void clear();
+  // The attention call over `seqs` (rows of the Q tensor at `q`) wrote its sums;
+  // replaces what was remembered.
+  void remember(const void* q, size_t q_row_stride, std::span<const AttentionSeq> seqs);
+  // True when something is remembered for this Q tensor and every sequence of `seqs`
+  // lies inside the rows of a remembered one that read the same number of entries from
+  // the same first block in every KV head.
+  bool covers(const void* q, size_t q_row_stride, std::span<const AttentionSeq> seqs) const;
+
+ private:
+  struct Seq {
+    int64_t q_begin, n_q;
+    std::vector<int32_t> entries, first_block;  // per KV head (-1: no block)
+  };
+  const void* q_ = nullptr;
+  size_t q_row_stride_ = 0;
+  std::vector<Seq> seqs_;
+};
+
+}  // namespace batchmax
