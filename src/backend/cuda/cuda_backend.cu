@@ -14,6 +14,7 @@
 #include "backend/cuda/cuda_common.cuh"
 #include "backend/attention_sums_memo.h"
 #include "backend/attention_work.h"
+#include "backend/evict_work.h"
 #include "backend/cuda/cudnn_attention.h"
 #include "backend/cuda/gemm.h"
 #include "backend/cuda/op_timer.h"
@@ -582,71 +583,18 @@ class CudaBackend final : public Backend {
 
   void evict(std::span<const EvictTask> tasks, const Tensor* mass, KVPoolView& pool) override {
     // Launches of at most kEvictKeysPerLaunch entries (the reserved key scratch).
-    size_t next = 0;
-    while (next < tasks.size()) {
-      int64_t keys_n = 0;
-      size_t end = next;
-      int count = 0;
-      for (; end < tasks.size(); ++end) {
-        const EvictTask& t = tasks[end];
-        if (t.n_entries <= t.keep) continue;
-        if (count > 0 && keys_n + t.n_entries > cuda::kEvictKeysPerLaunch) break;
-        keys_n += t.n_entries;
-        ++count;
-      }
-      evict_launch(tasks.subspan(next, end - next), count, mass, pool);
-      next = end;
+    size_t begin = 0;
+    for (size_t end : evict_launch_ends(tasks, cuda::kEvictKeysPerLaunch)) {
+      const EvictWork w = evict_packer_.pack(tasks.subspan(begin, end - begin), pool, mass);
+      begin = end;
+      uint32_t* keys = static_cast<uint32_t*>(evict_keys_.get(size_t(w.keys) * 4));
+      const std::span<const int32_t> m = evict_packer_.meta();
+      const int32_t* d = static_cast<const int32_t*>(
+          staging_->put(m.data(), m.size() * sizeof(int32_t), stream_));
+      BMX_OP_TIME("evict");
+      cuda::launch_evict(d, w.n_tasks, mass ? mass->f32() : nullptr,
+                         mass ? int64_t(mass->row_stride / 4) : 0, keys, pool, stream_);
     }
-  }
-
-  void evict_launch(std::span<const EvictTask> tasks, int n_tasks, const Tensor* mass,
-                    KVPoolView& pool) {
-    if (n_tasks == 0) return;
-    const int ti = cuda::evict_task_ints();
-    std::vector<int32_t>& m = host_ints_;
-    m.clear();
-    m.resize(size_t(n_tasks) * ti);
-    int64_t key_off = 0;
-    int i = 0;
-    for (const EvictTask& t : tasks) {
-      if (t.n_entries <= t.keep) continue;
-      if (t.keep < 0 || int64_t(t.sinks) + t.window > t.keep || t.sinks < 0 || t.window < 0)
-        throw Error("cuda evict: keep must cover sinks + window");
-      if (int64_t(t.n_entries) > int64_t(t.blocks.size()) * pool.block_tokens)
-        throw Error("cuda evict: more entries than the blocks hold");
-      check_ids(t.blocks, pool.n_blocks, "evict: block");
-      const bool needs_mass = t.score == EvictScore::Mass || t.score == EvictScore::PooledMass;
-      if (int(t.score) < 0 || int(t.score) > 5) throw Error("cuda evict: unknown score");
-      if (t.score == EvictScore::Accumulated && !pool.mass)
-        throw Error("cuda evict: h2o needs a pool with slot mass");
-      if (needs_mass && (!mass || mass->type != GgmlType::F32 || t.mass_row < 0 ||
-                         t.mass_row >= mass->rows || t.n_entries > mass->cols ||
-                         mass->row_stride % 4))
-        throw Error("cuda evict: the policy needs a mass row of the entries");
-      if (needs_mass && (t.pool_kernel <= 0 || t.pool_kernel % 2 == 0))
-        throw Error("cuda evict: pool kernel must be odd");
-      int32_t* r = m.data() + size_t(i++) * ti;
-      r[0] = int32_t(m.size());
-      r[1] = t.n_entries;
-      r[2] = t.keep;
-      r[3] = needs_mass ? int32_t(t.mass_row) : -1;
-      r[4] = int32_t(t.score);
-      r[5] = t.pool_kernel / 2;
-      r[6] = t.sinks;
-      r[7] = t.window;
-      r[8] = int32_t(uint32_t(t.seed));
-      r[9] = int32_t(uint32_t(t.seed >> 32));
-      r[10] = int32_t(key_off);
-      r[11] = 0;
-      key_off += t.n_entries;
-      m.insert(m.end(), t.blocks.begin(), t.blocks.end());
-    }
-    if (m.size() > size_t(INT32_MAX) || key_off > INT32_MAX) throw Error("cuda evict: too many entries");
-    uint32_t* keys = static_cast<uint32_t*>(evict_keys_.get(size_t(key_off) * 4));
-    const int32_t* d = put_packed();
-    BMX_OP_TIME("evict");
-    cuda::launch_evict(d, n_tasks, mass ? mass->f32() : nullptr,
-                       mass ? int64_t(mass->row_stride / 4) : 0, keys, pool, stream_);
   }
 
   void key_norms(const KVPoolView& pool, std::span<const int32_t> blocks, int64_t n_entries,
@@ -783,6 +731,7 @@ class CudaBackend final : public Backend {
     return {nullptr, c.n_small, c.n_big, c.n_seqs, c.seq_at, c.max_small_entries, {}};
   }
   AttentionWorkPacker packer_;
+  EvictWorkPacker evict_packer_;
 
   std::vector<int32_t> rope_pos_;
   const float* rope_inv_ = nullptr;

@@ -208,9 +208,8 @@ void launch_attention_scores(const Tensor& q, const AttentionLaunch& a, const At
 void launch_key_norms(const KVPoolView& pool, const int32_t* d_blocks, int64_t n, float* d_out,
                       cudaStream_t s);
 
-// evict_kernels.cu. d_meta: evict_task_ints() ints per task (layout in the file), then
-// the block tables; d_keys: one uint32 per entry of every task (keys offsets in meta).
-int evict_task_ints();
+// evict_kernels.cu. d_meta: as EvictWorkPacker packs it (backend/evict_work.h); d_keys:
+// one uint32 per entry of every task (keys offsets in meta).
 constexpr int64_t kEvictKeysPerLaunch = int64_t(1) << 20;  // entries of all tasks of a launch
 void launch_evict(const int32_t* d_meta, int n_tasks, const float* d_mass, int64_t mass_stride,
                   uint32_t* d_keys, KVPoolView& pool, cudaStream_t s);

@@ -6,6 +6,7 @@
 #include <climits>
 
 #include "backend/cuda/cuda_common.cuh"
+#include "backend/evict_work.h"
 
 namespace batchmax::cuda {
 namespace {
@@ -46,9 +47,10 @@ __device__ __forceinline__ int block_scan(bool f, int* warp_tot, int& total) {
   return base + __popc(ballot & ((1u << lane) - 1u));
 }
 
-// Task record (int32 x 12): blocks offset in meta, n, keep, mass row, score kind, pool
-// half-width, sinks, window, seed low, seed high, keys offset, unused.
-constexpr int kTaskInts = 12;
+// Task records as backend/evict_work.h packs them (int32 x kEvictTaskInts): blocks offset
+// in meta, n, keep, mass row, score kind, pool half-width, sinks, window, seed low, seed
+// high, keys offset, unused.
+constexpr int kTaskInts = kEvictTaskInts;
 
 template <class TKV, class W>
 __global__ void __launch_bounds__(kThreads) evict_kernel(
@@ -266,8 +268,6 @@ __global__ void positions_kernel(const int32_t* ppos, const int32_t* blocks, int
 }
 
 }  // namespace
-
-int evict_task_ints() { return kTaskInts; }
 
 void launch_evict(const int32_t* d_meta, int n_tasks, const float* d_mass, int64_t mass_stride,
                   uint32_t* d_keys, KVPoolView& pool, cudaStream_t s) {
