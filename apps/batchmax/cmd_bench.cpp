@@ -209,7 +209,9 @@ int run_bench(const BenchArgs& a) {
       if (!engine) {
         engine = Engine::create(eo);
         const MemoryPlan& m = engine->memory_plan();
-        std::fprintf(stderr, "engine: %s, budget %s: weights %s, workspace %s (%lld-token steps), KV pool %s\n",
+        std::fprintf(stderr,
+                     "engine: %s, budget %s: weights %s, workspace %s (%lld-token steps), "
+                     "KV pool %s\n",
                      m.backend.c_str(), budget ? format_bytes(budget).c_str() : "none",
                      format_bytes(m.weight_bytes).c_str(), format_bytes(m.workspace_bytes).c_str(),
                      static_cast<long long>(m.step_tokens),
