@@ -39,21 +39,24 @@ struct ModelWeights {
 struct Model::Workspace {
   int64_t capacity = 0;  // rows
   int64_t generation = 0;  // bumped when the tensors move (keys of replayable runs)
-  Tensor x, h, q, k, v, attn, gate, up, act;
+  Tensor x;  // the residual stream
+  // Views of `arena`: the per-layer buffers, dead once the last layer has run. The
+  // logits (F32, a vocabulary wide) then reuse that memory, logit_rows rows at a time:
+  // a step's logits all at once would not fit (128k x thousands of rows), but a decode
+  // step of a few hundred sequences should read the LM head once, not once per 64 rows.
+  Tensor arena;
+  Tensor h, q, k, v, attn, gate, up, act;
   Tensor qkv, gate_up;  // stacked products' outputs (q..up are then views of them)
-  // Logits are computed kLogitRows rows at a time: a vocabulary of 128k times a step of
-  // thousands of rows would not fit anywhere.
-  static constexpr int64_t kLogitRows = 64;
-  Tensor last, normed, logits;
+  int64_t logit_rows = 0;
+  Tensor last, normed, logits;  // logits: a view of the arena
   Tensor scores;  // eviction scratch: attention mass of the observed queries (KVCache)
+  // Fewest logit rows at a time, even where the arena is smaller (the CPU's F32 steps).
+  static constexpr int64_t kMinLogitRows = 64;
   void release(Backend& b) {
-    const bool views = qkv.data != nullptr;  // q..up are views of qkv and gate_up then
-    for (Tensor* t : {&x, &h, &attn, &act, &qkv, &gate_up, &last, &normed, &logits, &scores})
+    for (Tensor* t : {&x, &arena, &last, &normed, &scores})
       if (t->data) b.free(*t);
-    if (!views)
-      for (Tensor* t : {&q, &k, &v, &gate, &up})
-        if (t->data) b.free(*t);
-    q = k = v = gate = up = Tensor{};
+    h = q = k = v = attn = gate = up = act = qkv = gate_up = logits = Tensor{};
+    logit_rows = 0;
     capacity = 0;
   }
 };
@@ -311,27 +314,52 @@ void Model::reserve_workspace(int64_t T) {
                 nkv = hp_.n_head_kv * hp_.head_dim, ff = hp_.n_ff;
   const GgmlType at = backend_.activation_type();
   ws.x = backend_.alloc(at, T, d);
-  ws.h = backend_.alloc(at, T, d);
+  // Lay the per-layer buffers out in one arena (offsets 256-byte aligned).
+  struct Part {
+    Tensor* t;
+    int64_t cols;
+    size_t offset = 0;
+  };
+  std::vector<Part> parts = {{&ws.h, d}, {&ws.attn, nq}, {&ws.act, ff}};
   if (stacked()) {
-    ws.qkv = backend_.alloc(at, T, nq + 2 * nkv);
+    parts.push_back({&ws.qkv, nq + 2 * nkv});
+    parts.push_back({&ws.gate_up, 2 * ff});
+  } else {
+    for (auto [t, c] : {std::pair{&ws.q, nq}, {&ws.k, nkv}, {&ws.v, nkv}, {&ws.gate, ff}, {&ws.up, ff}})
+      parts.push_back({t, c});
+  }
+  auto align = [](size_t n) { return (n + 255) / 256 * 256; };
+  size_t layer_bytes = 0;
+  for (Part& p : parts) {
+    p.offset = layer_bytes;
+    layer_bytes += align(size_t(T) * row_bytes(at, p.cols));
+  }
+  const size_t logit_row_bytes = row_bytes(GgmlType::F32, hp_.n_vocab);
+  // Every sequence of a step has at least one row, so no step wants more than T.
+  ws.logit_rows = std::min<int64_t>(
+      T, std::max<int64_t>(Workspace::kMinLogitRows, int64_t(layer_bytes / logit_row_bytes)));
+  const size_t arena_bytes = align(std::max(layer_bytes, size_t(ws.logit_rows) * logit_row_bytes));
+  ws.arena = backend_.alloc(GgmlType::F32, 1, int64_t(arena_bytes / sizeof(float)));
+  auto view = [&](size_t offset, GgmlType type, int64_t rows, int64_t cols) {
+    Tensor t;
+    t.data = static_cast<char*>(ws.arena.data) + offset;
+    t.type = type;
+    t.rows = rows;
+    t.cols = cols;
+    t.row_stride = row_bytes(type, cols);
+    return t;
+  };
+  for (Part& p : parts) *p.t = view(p.offset, at, T, p.cols);
+  if (stacked()) {
     ws.q = col_view(ws.qkv, 0, nq);
     ws.k = col_view(ws.qkv, nq, nkv);
     ws.v = col_view(ws.qkv, nq + nkv, nkv);
-    ws.gate_up = backend_.alloc(at, T, 2 * ff);
     ws.gate = col_view(ws.gate_up, 0, ff);
     ws.up = col_view(ws.gate_up, ff, ff);
-  } else {
-    ws.q = backend_.alloc(at, T, nq);
-    ws.k = backend_.alloc(at, T, nkv);
-    ws.v = backend_.alloc(at, T, nkv);
-    ws.gate = backend_.alloc(at, T, ff);
-    ws.up = backend_.alloc(at, T, ff);
   }
-  ws.attn = backend_.alloc(at, T, nq);
-  ws.act = backend_.alloc(at, T, ff);
-  ws.last = backend_.alloc(at, Workspace::kLogitRows, d);
-  ws.normed = backend_.alloc(at, Workspace::kLogitRows, d);
-  ws.logits = backend_.alloc(GgmlType::F32, Workspace::kLogitRows, hp_.n_vocab);
+  ws.logits = view(0, GgmlType::F32, ws.logit_rows, hp_.n_vocab);
+  ws.last = backend_.alloc(at, ws.logit_rows, d);
+  ws.normed = backend_.alloc(at, ws.logit_rows, d);
   // 16 MiB: every layer's mass of a few sequences of budget + chunk entries (evicted in
   // one launch), and at least one layer of one sequence at full context (more are scored
   // in groups). Backends that select on the host need none.
@@ -489,8 +517,8 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
   prof::Scope logit_scope(prof::kLogits, backend_);
   const int64_t nw = int64_t(want_rows.size()), V = hp_.n_vocab;
   std::vector<float> out(size_t(nw * V));
-  for (int64_t r0 = 0; r0 < nw; r0 += Workspace::kLogitRows) {
-    const int64_t n = std::min(Workspace::kLogitRows, nw - r0);
+  for (int64_t r0 = 0; r0 < nw; r0 += ws.logit_rows) {
+    const int64_t n = std::min(ws.logit_rows, nw - r0);
     Tensor last = ws.last.slice_rows(0, n), normed = ws.normed.slice_rows(0, n),
            logits = ws.logits.slice_rows(0, n);
     backend_.gather_rows(x, std::span<const int32_t>(want_rows.data() + r0, size_t(n)), last);
@@ -499,8 +527,8 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
     backend_.download(logits, out.data() + r0 * V);
   }
   // Greedy rows: only the winning id leaves the backend.
-  for (int64_t r0 = 0; r0 < int64_t(argmax_rows.size()); r0 += Workspace::kLogitRows) {
-    const int64_t n = std::min(Workspace::kLogitRows, int64_t(argmax_rows.size()) - r0);
+  for (int64_t r0 = 0; r0 < int64_t(argmax_rows.size()); r0 += ws.logit_rows) {
+    const int64_t n = std::min(ws.logit_rows, int64_t(argmax_rows.size()) - r0);
     Tensor last = ws.last.slice_rows(0, n), normed = ws.normed.slice_rows(0, n),
            logits = ws.logits.slice_rows(0, n);
     backend_.gather_rows(x, std::span<const int32_t>(argmax_rows.data() + r0, size_t(n)), last);
