@@ -40,6 +40,7 @@ struct BenchArgs {
   KVSettings kv;  // slack, sinks, window, obs_window
   int warmup = 0;
   double time_limit = 0;
+  float temperature = 0;
   bool no_ceilings = false;
   std::string out, plot, commit;
 };
@@ -173,6 +174,7 @@ int run_bench(const BenchArgs& a) {
   bo.commit = a.commit.empty() ? git_commit() : a.commit;
   bo.command = command_line();
   bo.time_limit_s = a.time_limit;
+  bo.temperature = a.temperature;
 
   EngineOptions eo;
   eo.model_path = a.model;
@@ -262,10 +264,12 @@ int run_bench(const BenchArgs& a) {
       save();
     }
   }
-  std::printf("workload: %s | model %s | backend %s (%s) | step %lld tokens | commit %s\n",
+  const std::string sampling =
+      a.temperature > 0 ? " | temperature " + std::to_string(a.temperature).substr(0, 4) : "";
+  std::printf("workload: %s | model %s | backend %s (%s) | step %lld tokens%s | commit %s\n",
               work->name.c_str(), bo.model.c_str(), a.backend.c_str(), ceil.gpu.c_str(),
               static_cast<long long>(rows.empty() ? a.step_tokens : rows.back().step_tokens),
-              bo.commit.c_str());
+              sampling.c_str(), bo.commit.c_str());
   if (ceil.gemm_tflops > 0)
     std::printf("measured ceilings: bf16 GEMM %.1f TFLOP/s, copy %.0f GB/s\n", ceil.gemm_tflops,
                 ceil.copy_gbps);
@@ -324,6 +328,9 @@ Command add_bench(CLI::App& root) {
   cmd->add_option("--obs-window", a->kv.obs_window, "snapkv observation window")->capture_default_str();
   cmd->add_option("--warmup", a->warmup, "short warm-up requests before each engine's first run")
       ->check(CLI::NonNegativeNumber)->capture_default_str();
+  cmd->add_option("--temperature", a->temperature,
+                  "sampling temperature of every request (0: greedy; request i is seeded with i)")
+      ->check(CLI::Range(0.0, 100.0))->capture_default_str();
   cmd->add_option("--time-limit", a->time_limit,
                   "seconds per configuration; a longer one stops and reports what it did (0: none)")
       ->check(CLI::NonNegativeNumber);

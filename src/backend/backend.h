@@ -182,6 +182,12 @@ class Backend {
   // out[r] (host memory) = index of the largest value of F32 row r, the first on ties
   // (greedy sampling without taking the logits to the host).
   virtual void argmax_rows(const Tensor& x, int32_t* out) = 0;
+  // out[r] (host memory) = pick_row(row r, inv_temperature[r], uniform[r]) of
+  // backend/row_sampling.h: the argmax where inv_temperature[r] <= 0, else a draw at that
+  // temperature with the uniform the host drew. Sampled requests' logits stay where they
+  // are; the token is the one the host's Sampler would pick from the same row.
+  virtual void sample_rows(const Tensor& x, std::span<const float> inv_temperature,
+                           std::span<const double> uniform, int32_t* out) = 0;
 
   // KV pool
   // slot_mass: also a float per slot (KVPoolView::mass) for policies that accumulate.

@@ -61,6 +61,7 @@ BenchRow run_config(Engine& engine, const Workload& w, const KVSettings& kv,
   r.chunk = kv.mode == "batchmax" ? kv.chunk : 0;
   r.mem_budget_bytes = opts.mem_budget_bytes;
   r.step_tokens = engine.memory_plan().step_tokens;  // resolved when opts leave it 0
+  r.temperature = opts.temperature;
   r.commit = opts.commit;
   r.command = opts.command;
   r.requests = int64_t(w.prompts.size());
@@ -85,13 +86,15 @@ BenchRow run_config(Engine& engine, const Workload& w, const KVSettings& kv,
     reqs[i].prompt = w.prompts[i];
     reqs[i].sampling.max_tokens = int(w.max_tokens[i]);
     reqs[i].sampling.ignore_eos = true;  // every request generates its full length
+    reqs[i].sampling.temperature = opts.temperature;
+    reqs[i].sampling.seed = uint64_t(i);
     reqs[i].kv = kv;
   }
 
   // Per-step split of time between prefill and decode: a mixed step's time is shared
   // by token count. Pure decode steps give the bandwidth figure: each reads the
   // weights once and every running sequence's KV blocks.
-  double decode_bytes = 0, decode_only_s = 0, large_bytes = 0, large_s = 0;
+  double decode_bytes = 0, decode_only_s = 0, large_bytes = 0, large_s = 0, large_floor_s = 0;
   const double weight_read = double(plan.weight_bytes) * cost.decode_weight_fraction();
   Progress last;
   auto on_progress = [&](const Progress& p) {
@@ -108,6 +111,13 @@ BenchRow run_config(Engine& engine, const Workload& w, const KVSettings& kv,
       if (dt >= BenchRow::kLargeDecodeBatch) {
         large_s += p.step_s;
         large_bytes += weight_read + double(p.kv_bytes);
+        // The step's floor: the products at the slower of reading the weights and
+        // computing (hundreds of rows are compute-bound), then the KV reads.
+        if (ceil.copy_gbps > 0 && ceil.gemm_tflops > 0) {
+          const double flops = 2.0 * double(cost.matmul_params() + cost.lm_head_params) * double(dt);
+          large_floor_s += std::max(weight_read / (ceil.copy_gbps * 1e9), flops / (ceil.gemm_tflops * 1e12)) +
+                           double(p.kv_bytes) / (ceil.copy_gbps * 1e9);
+        }
       }
     }
   };
@@ -177,6 +187,7 @@ BenchRow run_config(Engine& engine, const Workload& w, const KVSettings& kv,
   if (large_s > 0) {
     r.decode_gbps_batch32 = large_bytes / large_s / 1e9;
     if (ceil.copy_gbps > 0) r.decode_bw_frac_batch32 = r.decode_gbps_batch32 / ceil.copy_gbps;
+    r.decode_roofline_frac_batch32 = large_floor_s / large_s;
   }
   return r;
 }
@@ -193,6 +204,7 @@ nlohmann::ordered_json to_json(const BenchRow& r) {
       {"chunk", r.chunk},
       {"mem_budget_bytes", r.mem_budget_bytes},
       {"step_tokens", r.step_tokens},
+      {"temperature", r.temperature},
       {"input_len", r.input_len},
       {"output_len", r.output_len},
       {"requests", r.requests},
@@ -227,6 +239,7 @@ nlohmann::ordered_json to_json(const BenchRow& r) {
   j["decode_bw_frac"] = r.decode_bw_frac;
   j["decode_gbps_batch32"] = r.decode_gbps_batch32;
   j["decode_bw_frac_batch32"] = r.decode_bw_frac_batch32;
+  j["decode_roofline_frac_batch32"] = r.decode_roofline_frac_batch32;
   j["commit"] = r.commit;
   j["command"] = r.command;
   if (r.truncated) j["truncated"] = true;

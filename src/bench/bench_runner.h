@@ -51,12 +51,14 @@ struct BenchOptions {
   // When > 0: stop the configuration after this many seconds and report what was done
   // by then (truncated). The engine is then mid-run and must not be used again.
   double time_limit_s = 0;
+  float temperature = 0;  // every request's, over the whole vocabulary; 0: greedy
 };
 
 struct BenchRow {
   std::string workload, model, backend, gpu, mode, policy, commit, command, error;
   std::string input_len, output_len;
   int64_t kv_budget = 0, chunk = 0, mem_budget_bytes = 0, step_tokens = 0;
+  double temperature = 0;
   int64_t requests = 0, completed = 0, failed = 0, input_tokens = 0, output_tokens = 0;
   int64_t max_batch = 0, planned_max_batch = 0;
   double wall_s = 0, requests_per_s = 0, output_tok_s = 0, total_tok_s = 0;
@@ -69,6 +71,10 @@ struct BenchRow {
   // issue states its decode target at batch >= 32; 0 when there was no such step).
   static constexpr int64_t kLargeDecodeBatch = 32;
   double decode_gbps_batch32 = 0, decode_bw_frac_batch32 = 0;
+  // Those steps' floor over their time: per step, the products at the slower of the
+  // weight reads (copy rate) and their FLOPs (GEMM peak), plus the KV reads. Unlike the
+  // bandwidth share, it can reach 1 at batches large enough to be compute-bound.
+  double decode_roofline_frac_batch32 = 0;
   int64_t decode_steps = 0, steps = 0;
   int64_t replayed_runs = 0, recorded_runs = 0;  // Progress: CUDA graph launches, graphs made
   bool truncated = false;  // stopped at BenchOptions::time_limit_s

@@ -2,6 +2,7 @@
 // worst case, advance together one forward step at a time (decode tokens + prefill
 // chunks) and leave as they finish, returning their blocks for the next admits.
 #include <algorithm>
+#include <cstdlib>
 #include <chrono>
 #include <cmath>
 #include <deque>
@@ -20,6 +21,16 @@
 
 namespace batchmax {
 namespace {
+
+// BATCHMAX_HOST_SAMPLING=1: sampled rows send their logits to the host's Sampler, as
+// before Backend::sample_rows (A/B timing; the tokens are the same).
+bool host_sampling() {
+  static const bool on = [] {
+    const char* e = std::getenv("BATCHMAX_HOST_SAMPLING");
+    return e && *e && *e != '0';
+  }();
+  return on;
+}
 
 using Clock = std::chrono::steady_clock;
 
@@ -232,9 +243,17 @@ class EngineBatch final : public Engine::Batch {
         b.tokens = std::span<const int32_t>(&decode_tokens[it.seq], 1);
         b.want_logits = true;
       }
-      // Greedy without logprobs: the backend returns the argmax instead of the logits row.
-      b.argmax_only = s.request.sampling.temperature <= 0 && s.request.logprobs < 0 &&
-                      !opts.keep_last_logits && !opts.keep_step_logits;
+      // Greedy, or temperature over the whole vocabulary, without logprobs: the backend
+      // picks the token where the logits are, with the uniform this request's sampler
+      // draws now (as sample() would have), instead of sending the logits row here.
+      b.token_only = (s.request.sampling.temperature <= 0 ||
+                      (s.sampler->samples_in_order() && !host_sampling())) &&
+                     s.request.logprobs < 0 && !b.all_logits && !opts.keep_last_logits &&
+                     !opts.keep_step_logits;
+      if (b.token_only && b.want_logits && s.sampler->samples_in_order()) {
+        b.inv_temperature = s.sampler->inv_temperature();
+        b.uniform = s.sampler->draw_uniform();
+      }
       kv_.prepare(s.seq_id, it.n_tokens,
                   !it.prefill ? StepPhase::Decode
                               : (it.last_chunk ? StepPhase::LastPrefill : StepPhase::Prefill));
@@ -265,7 +284,7 @@ class EngineBatch final : public Engine::Batch {
     }
 
     const int64_t V = e_.model().hparams().n_vocab;
-    size_t li = 0, ai = 0;  // logits row, argmax entry
+    size_t li = 0, ai = 0;  // logits row, picked token
     for (size_t k = 0; k < items.size(); ++k) {
       const StepItem& it = items[k];
       const SeqBatch& b = batch[k];
@@ -288,8 +307,8 @@ class EngineBatch final : public Engine::Batch {
         continue;
       }
       s.progress.decoding = true;
-      if (b.argmax_only && !b.all_logits) {
-        accept_token(s, e_.model().argmax()[ai++], {});
+      if (b.token_only) {
+        accept_token(s, e_.model().picked_tokens()[ai++], {});
       } else {
         std::span<const float> row(logits.data() + li * V, size_t(V));
         ++li;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
 
 #include "core/error.h"
@@ -17,33 +18,29 @@ void validate_sampling(const SamplingParams& p) {
   if (p.max_tokens < 0) throw Error("max_tokens must be >= 0, got " + std::to_string(p.max_tokens));
 }
 
-int32_t argmax(std::span<const float> logits) {
-  int32_t best = 0;
-  for (size_t i = 1; i < logits.size(); ++i)
-    if (logits[i] > logits[best]) best = int32_t(i);
-  return best;
-}
+int32_t argmax(std::span<const float> logits) { return argmax_row(logits); }
 
 Sampler::Sampler(const SamplingParams& p) : p_(p), rng_(p.seed) {}
 
+bool Sampler::samples_in_order() const {
+  return p_.temperature > 0 && p_.top_k <= 0 && p_.top_p >= 1.0f;
+}
+
+float Sampler::inv_temperature() const { return p_.temperature > 0 ? 1.0f / p_.temperature : 0.0f; }
+
+double Sampler::draw_uniform() {
+  // What std::uniform_real_distribution<double>(0, total) scales by total (libstdc++), so
+  // the draws of a seed are the same as before this was split out.
+  return std::generate_canonical<double, std::numeric_limits<double>::digits>(rng_);
+}
+
 int32_t Sampler::sample(std::span<const float> logits) {
   if (p_.temperature <= 0) return argmax(logits);
-  const float inv_t = 1.0f / p_.temperature;
+  const float inv_t = inv_temperature();
+  // The whole vocabulary: no order needed (a sort of a 128k vocabulary per token cost
+  // more than the GPU's decode step). Backend::sample_rows does the same on the device.
+  if (samples_in_order()) return sample_row_in_order(logits, inv_t, draw_uniform());
   const float top = *std::max_element(logits.begin(), logits.end());
-  if (p_.top_k <= 0 && p_.top_p >= 1.0f) {
-    // The whole vocabulary: no order needed, one pass (a sort of a 128k vocabulary per
-    // token cost more than the GPU's decode step).
-    weights_.resize(logits.size());
-    double total = 0;
-    for (size_t i = 0; i < logits.size(); ++i)
-      total += weights_[i] = std::exp(double((logits[i] - top) * inv_t));
-    double r = std::uniform_real_distribution<double>(0.0, total)(rng_);
-    for (size_t i = 0; i < logits.size(); ++i) {
-      r -= weights_[i];
-      if (r < 0) return int32_t(i);
-    }
-    return argmax(logits);  // rounding left r >= 0: the most likely token
-  }
   cand_.clear();
   cand_.reserve(logits.size());
   for (size_t i = 0; i < logits.size(); ++i) cand_.push_back({logits[i], int32_t(i)});
@@ -85,7 +82,7 @@ int32_t Sampler::sample(std::span<const float> logits) {
   }
   double total = 0;
   for (size_t i = 0; i < keep; ++i) total += prob[i];
-  double r = std::uniform_real_distribution<double>(0.0, total)(rng_);
+  double r = draw_uniform() * total;
   for (size_t i = 0; i < keep; ++i) {
     r -= prob[i];
     if (r < 0) return cand_[i].second;

@@ -6,6 +6,7 @@
 #include <span>
 #include <vector>
 
+#include "backend/row_sampling.h"
 #include "batchmax/engine.h"
 
 namespace batchmax {
@@ -18,11 +19,19 @@ class Sampler {
   explicit Sampler(const SamplingParams& p);
   int32_t sample(std::span<const float> logits);
 
+  // Temperature over the whole vocabulary (no top-k, no top-p): then a token is
+  // sample_row_in_order(logits, inv_temperature(), draw_uniform()), which a backend can
+  // compute where the logits are (Backend::sample_rows).
+  bool samples_in_order() const;
+  float inv_temperature() const;  // 0 when greedy
+  // The next uniform in [0, 1) of this request's generator; sample() takes one per
+  // token when the temperature is above 0.
+  double draw_uniform();
+
  private:
   SamplingParams p_;
   std::mt19937_64 rng_;
   std::vector<std::pair<float, int32_t>> cand_;
-  std::vector<double> weights_;
 };
 
 int32_t argmax(std::span<const float> logits);

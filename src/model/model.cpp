@@ -383,7 +383,9 @@ AttentionParams Model::attention_params() const {
 
 std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) {
   // Flatten the step: token ids and positions of every row, in batch order.
-  std::vector<int32_t> ids, pos, want_rows, argmax_rows;
+  std::vector<int32_t> ids, pos, want_rows, pick_rows;
+  std::vector<float> pick_inv_t;
+  std::vector<double> pick_u;
   for (const SeqBatch& s : batch) {
     if (s.tokens.empty()) throw Error("forward: empty sequence chunk");
     for (size_t i = 0; i < s.tokens.size(); ++i) {
@@ -397,8 +399,10 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
     if (s.all_logits) {
       for (size_t i = 0; i < s.tokens.size(); ++i)
         want_rows.push_back(int32_t(ids.size() - s.tokens.size() + i));
-    } else if (s.want_logits && s.argmax_only) {
-      argmax_rows.push_back(int32_t(ids.size() - 1));
+    } else if (s.want_logits && s.token_only) {
+      pick_rows.push_back(int32_t(ids.size() - 1));
+      pick_inv_t.push_back(s.inv_temperature);
+      pick_u.push_back(s.uniform);
     } else if (s.want_logits) {
       want_rows.push_back(int32_t(ids.size() - 1));
     }
@@ -509,8 +513,8 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
     });
   }
   fwd_scope.reset();
-  argmax_.resize(argmax_rows.size());
-  if (want_rows.empty() && argmax_rows.empty()) {
+  picked_.resize(pick_rows.size());
+  if (want_rows.empty() && pick_rows.empty()) {
     backend_.synchronize();  // the step's time is spent here, not in the next step's
     return {};
   }
@@ -526,15 +530,16 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
     backend_.matmul(normed, w_->lm_head, nullptr, logits);
     backend_.download(logits, out.data() + r0 * V);
   }
-  // Greedy rows: only the winning id leaves the backend.
-  for (int64_t r0 = 0; r0 < int64_t(argmax_rows.size()); r0 += ws.logit_rows) {
-    const int64_t n = std::min(ws.logit_rows, int64_t(argmax_rows.size()) - r0);
+  // Token-only rows: only the picked id leaves the backend.
+  for (int64_t r0 = 0; r0 < int64_t(pick_rows.size()); r0 += ws.logit_rows) {
+    const int64_t n = std::min(ws.logit_rows, int64_t(pick_rows.size()) - r0);
     Tensor last = ws.last.slice_rows(0, n), normed = ws.normed.slice_rows(0, n),
            logits = ws.logits.slice_rows(0, n);
-    backend_.gather_rows(x, std::span<const int32_t>(argmax_rows.data() + r0, size_t(n)), last);
+    backend_.gather_rows(x, std::span<const int32_t>(pick_rows.data() + r0, size_t(n)), last);
     backend_.rms_norm(last, w_->output_norm, hp_.rms_eps, normed);
     backend_.matmul(normed, w_->lm_head, nullptr, logits);
-    backend_.argmax_rows(logits, argmax_.data() + r0);
+    backend_.sample_rows(logits, std::span<const float>(pick_inv_t.data() + r0, size_t(n)),
+                         std::span<const double>(pick_u.data() + r0, size_t(n)), picked_.data() + r0);
   }
   return out;
 }

@@ -20,9 +20,13 @@ struct SeqBatch {
   int64_t first_pos = 0;       // position of tokens[0]
   bool want_logits = false;    // logits of the last token of this chunk
   bool all_logits = false;     // logits of every token of this chunk (perplexity)
-  // With want_logits (and not all_logits): only the argmax of that row is wanted (greedy
-  // sampling); it is computed where the logits are and read from Model::argmax().
-  bool argmax_only = false;
+  // With want_logits (and not all_logits): only a token is wanted from that row, picked
+  // where the logits are (Backend::sample_rows) and read from Model::picked_tokens(): the
+  // argmax when inv_temperature <= 0 (greedy), else a draw at that temperature over the
+  // whole vocabulary with the uniform the request's sampler drew (backend/row_sampling.h).
+  bool token_only = false;
+  float inv_temperature = 0;
+  double uniform = 0;
 };
 
 struct ModelWeights;
@@ -42,10 +46,10 @@ class Model {
 
   // Runs one step over all sequences' tokens; returns logits on the host, n_vocab per
   // row, in batch order: every row of a sequence with all_logits, else its last row
-  // when want_logits and not argmax_only.
+  // when want_logits and not token_only.
   std::vector<float> forward(std::span<const SeqBatch> batch, KVCache& kv);
-  // After forward(): the argmax (first on ties) of each argmax_only row, in batch order.
-  std::span<const int32_t> argmax() const { return argmax_; }
+  // After forward(): the token picked from each token_only row, in batch order.
+  std::span<const int32_t> picked_tokens() const { return picked_; }
 
   // Allocates the activations of a step of `max_rows` tokens and the logits buffer, so
   // the memory planner can measure them before sizing the KV pool.
@@ -62,7 +66,7 @@ class Model {
   std::unique_ptr<ModelWeights> w_;
   struct Workspace;
   std::unique_ptr<Workspace> ws_;
-  std::vector<int32_t> argmax_;
+  std::vector<int32_t> picked_;
   AttentionParams attention_params() const;
   bool stacked() const;  // projections stacked (Backend::prefers_stacked_projections)
 };

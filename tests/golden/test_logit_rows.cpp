@@ -60,7 +60,7 @@ StepResult run_step(Model& model, Backend& be, const std::vector<std::vector<int
     b.seq_id = int64_t(i);
     b.tokens = ps[i];
     b.want_logits = true;
-    b.argmax_only = mixed && i % 2 == 1;
+    b.token_only = mixed && i % 2 == 1;
     kv.prepare(b.seq_id, int64_t(b.tokens.size()));
     batch.push_back(b);
   }
@@ -69,9 +69,9 @@ StepResult run_step(Model& model, Backend& be, const std::vector<std::vector<int
   StepResult r;
   size_t logit_row = 0, argmax_row = 0;
   for (const SeqBatch& b : batch) {
-    if (b.argmax_only) {
+    if (b.token_only) {
       r.logits.emplace_back();
-      r.argmax.push_back(model.argmax()[argmax_row++]);
+      r.argmax.push_back(model.picked_tokens()[argmax_row++]);
     } else {
       r.logits.emplace_back(lg.begin() + int64_t(logit_row) * V, lg.begin() + int64_t(logit_row + 1) * V);
       r.argmax.push_back(-1);
@@ -79,7 +79,7 @@ StepResult run_step(Model& model, Backend& be, const std::vector<std::vector<int
     }
   }
   EXPECT_EQ(logit_row * size_t(V), lg.size());
-  EXPECT_EQ(argmax_row, model.argmax().size());
+  EXPECT_EQ(argmax_row, model.picked_tokens().size());
   return r;
 }
 

@@ -108,5 +108,40 @@ TEST(DummyWeights, StepTokensDefaultToTheBackendsChoice) {
   EXPECT_THROW(Engine::create(o), Error);
 }
 
+// A sampled request's tokens do not depend on where the token is picked: with its logits
+// sent to the host (keep_step_logits) or picked by the backend (Backend::sample_rows).
+// Greedy, temperature alone and top-k requests in one batch, a batchmax one among them.
+TEST(DummyWeights, SampledTokensAreTheSameWhereverPicked) {
+  EngineOptions host_side = tiny_options(), backend_side = tiny_options();
+  host_side.keep_last_logits = backend_side.keep_last_logits = false;
+  host_side.keep_step_logits = true;
+  auto reqs = [] {
+    std::vector<Request> r = requests();
+    for (size_t i = 0; i < r.size(); ++i) {
+      r[i].sampling.max_tokens = 24;
+      r[i].sampling.seed = 100 + i;
+      r[i].sampling.temperature = i == 0 ? 0.0f : 1.3f;
+    }
+    r.push_back(r[1]);
+    r.back().id = "top-k";
+    r.back().sampling.top_k = 3;
+    return r;
+  };
+  const auto a = Engine::create(host_side)->generate(reqs());
+  const auto b = Engine::create(backend_side)->generate(reqs());
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].tokens.size(), 24u) << a[i].error;
+    EXPECT_EQ(a[i].tokens, b[i].tokens) << a[i].id;
+    EXPECT_FALSE(a[i].step_logits.empty());
+    EXPECT_TRUE(b[i].step_logits.empty());
+  }
+  EXPECT_NE(a[1].tokens, a[3].tokens);  // top-k 3 of the same seed: another draw
+  // Different seeds give different samples at this temperature.
+  auto other = reqs();
+  other[1].sampling.seed = 999;
+  EXPECT_NE(Engine::create(backend_side)->generate(other)[1].tokens, b[1].tokens);
+}
+
 }  // namespace
 }  // namespace batchmax

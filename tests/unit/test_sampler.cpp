@@ -144,3 +144,56 @@ TEST(Sampler, TopPAloneSamplesTheFullSortNucleus) {
     if (nucleus.size() <= 20) EXPECT_EQ(seen.size(), nucleus.size()) << "top_p " << top_p;
   }
 }
+
+// The uniforms a seed draws are std::uniform_real_distribution's (what sample() drew
+// before the draw was split out for the backends), and sample() over the whole
+// vocabulary is sample_row_in_order with the next draw, which Backend::sample_rows takes.
+TEST(Sampler, InOrderSamplingIsTheRowFunctionWithTheNextDraw) {
+  SamplingParams p;
+  p.temperature = 0.7f;
+  p.seed = 1234;
+  Sampler a(p), b(p);
+  std::mt19937_64 g(p.seed);
+  for (int i = 0; i < 100; ++i) {
+    const double total = 3.5 + i;
+    EXPECT_EQ(a.draw_uniform() * total, std::uniform_real_distribution<double>(0.0, total)(g));
+  }
+  ASSERT_TRUE(b.samples_in_order());
+  EXPECT_FLOAT_EQ(b.inv_temperature(), 1.0f / 0.7f);
+  Sampler c(p);
+  for (int i = 0; i < 200; ++i) {
+    const std::vector<float> l = random_logits(uint32_t(i), 1 + i * 37);
+    const int32_t want = sample_row_in_order(l, c.inv_temperature(), c.draw_uniform());
+    EXPECT_EQ(b.sample(l), want) << i;
+  }
+  p.top_k = 5;
+  EXPECT_FALSE(Sampler(p).samples_in_order());
+  p.top_k = 0;
+  p.top_p = 0.9f;
+  EXPECT_FALSE(Sampler(p).samples_in_order());
+  p.temperature = 0;
+  p.top_p = 1;
+  EXPECT_FALSE(Sampler(p).samples_in_order());
+  EXPECT_EQ(Sampler(p).inv_temperature(), 0.0f);
+}
+
+// The row function: u = 0 takes the first token of non-zero weight; u near 1 the
+// last; the frequencies follow the softmax; inv_temperature <= 0 is the argmax.
+TEST(Sampler, RowFunctionEdgesAndFrequencies) {
+  const std::vector<float> l = {-1e30f, 0.5f, 2.0f, 2.0f, -1e30f, 1.0f, -1e30f};
+  EXPECT_EQ(sample_row_in_order(l, 1.0f, 0.0), 1);
+  EXPECT_EQ(sample_row_in_order(l, 1.0f, 0.95), 5);  // the last 14% of the mass
+  EXPECT_EQ(pick_row(l, 0.0f, 0.3), 2);  // first of the tie
+  EXPECT_EQ(argmax_row(l), 2);
+  std::mt19937_64 g(7);
+  std::vector<int> count(l.size());
+  const int n = 200000;
+  for (int i = 0; i < n; ++i)
+    ++count[size_t(sample_row_in_order(l, 0.5f, std::generate_canonical<double, 53>(g)))];
+  double z = 0;
+  for (float x : l) z += std::exp(double(x) * 0.5);
+  for (size_t i = 0; i < l.size(); ++i) {
+    const double want = std::exp(double(l[i]) * 0.5) / z;
+    EXPECT_NEAR(double(count[i]) / n, want, 4 * std::sqrt(want * (1 - want) / n) + 1e-9) << i;
+  }
+}

@@ -1,4 +1,5 @@
 #include "backend/cpu/cpu_backend.h"
+
 #include "backend/cpu/attention_scores.h"
 #include "kv/eviction_policy.h"
 
@@ -11,6 +12,7 @@
 
 #include "backend/cpu/kernels_avx2.h"
 #include "backend/cpu/kernels_ref.h"
+#include "backend/row_sampling.h"
 #include "core/cpu_features.h"
 #include "core/error.h"
 
@@ -408,13 +410,18 @@ void CpuBackend::key_norms(const KVPoolView& pool, std::span<const int32_t> bloc
 
 void CpuBackend::argmax_rows(const Tensor& x, int32_t* out) {
   require_f32(x, "argmax_rows: input must be F32");
-  for (int64_t r = 0; r < x.rows; ++r) {
-    const float* v = static_cast<const float*>(x.row(r));
-    int32_t best = 0;
-    for (int64_t i = 1; i < x.cols; ++i)
-      if (v[i] > v[best]) best = int32_t(i);
-    out[r] = best;
-  }
+  for (int64_t r = 0; r < x.rows; ++r)
+    out[r] = argmax_row({static_cast<const float*>(x.row(r)), size_t(x.cols)});
+}
+
+void CpuBackend::sample_rows(const Tensor& x, std::span<const float> inv_temperature,
+                             std::span<const double> uniform, int32_t* out) {
+  require_f32(x, "sample_rows: input must be F32");
+  require(int64_t(inv_temperature.size()) == x.rows && int64_t(uniform.size()) == x.rows,
+          "sample_rows: one temperature and one uniform per row");
+  for (int64_t r = 0; r < x.rows; ++r)
+    out[r] = pick_row({static_cast<const float*>(x.row(r)), size_t(x.cols)},
+                      inv_temperature[size_t(r)], uniform[size_t(r)]);
 }
 
 void CpuBackend::kv_positions(const KVPoolView& pool, std::span<const int32_t> blocks,

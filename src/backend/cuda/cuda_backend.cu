@@ -474,6 +474,32 @@ class CudaBackend final : public Backend {
     op_timer_.drain();
   }
 
+  void sample_rows(const Tensor& x, std::span<const float> inv_temperature,
+                   std::span<const double> uniform, int32_t* out) override {
+    if (int64_t(inv_temperature.size()) != x.rows || int64_t(uniform.size()) != x.rows)
+      throw Error("cuda sample_rows: one temperature and one uniform per row");
+    if (x.rows == 0) return;
+    if (std::none_of(inv_temperature.begin(), inv_temperature.end(), [](float t) { return t > 0; })) {
+      argmax_rows(x, out);
+      return;
+    }
+    // One staging put: the uniforms (8-byte aligned at its start), then the temperatures.
+    const size_t n = size_t(x.rows);
+    host_sample_.resize(n * (sizeof(double) + sizeof(float)));
+    std::memcpy(host_sample_.data(), uniform.data(), n * sizeof(double));
+    std::memcpy(host_sample_.data() + n * sizeof(double), inv_temperature.data(), n * sizeof(float));
+    const char* d_in = static_cast<const char*>(staging_->put(host_sample_.data(), host_sample_.size(), stream_));
+    int32_t* d = static_cast<int32_t*>(small_out_.get(n * 4));
+    {
+      BMX_OP_TIME("sample_rows");
+      cuda::launch_sample_rows(x, reinterpret_cast<const float*>(d_in + n * sizeof(double)),
+                               reinterpret_cast<const double*>(d_in), d, stream_);
+    }
+    BMX_CUDA(cudaMemcpyAsync(out, d, n * 4, cudaMemcpyDeviceToHost, stream_));
+    BMX_CUDA(cudaStreamSynchronize(stream_));
+    op_timer_.drain();
+  }
+
   void kv_positions(const KVPoolView& pool, std::span<const int32_t> blocks, int64_t n_entries,
                     int32_t* out) override {
     if (n_entries > int64_t(blocks.size()) * pool.block_tokens)
@@ -748,6 +774,7 @@ class CudaBackend final : public Backend {
   DeviceBuffer cudnn_scratch_;
   DeviceBuffer weight_stage_, move_scratch_, scores_out_, attn_scratch_, small_out_, evict_keys_, scores_part_;
   std::vector<int32_t> host_ints_;
+  std::vector<char> host_sample_;  // sample_rows: uniforms then temperatures
   std::vector<float> host_scores_;
   OpTimer op_timer_;  // its events outlive the stream (destroyed after the body): harmless
 

@@ -1,0 +1,30 @@
+#include "backend/row_sampling.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace batchmax {
+
+int32_t argmax_row(std::span<const float> logits) {
+  int32_t best = 0;
+  for (size_t i = 1; i < logits.size(); ++i)
+    if (logits[i] > logits[size_t(best)]) best = int32_t(i);
+  return best;
+}
+
+int32_t sample_row_in_order(std::span<const float> logits, float inv_temperature, double u) {
+  if (logits.empty()) return 0;
+  const float top = *std::max_element(logits.begin(), logits.end());
+  double total = 0;
+  for (float x : logits) total += std::exp(double((x - top) * inv_temperature));
+  // The running sum again instead of a stored copy: a second pass over a row that is in
+  // cache costs less than a vocabulary-sized buffer per call.
+  double r = u * total;
+  for (size_t i = 0; i < logits.size(); ++i) {
+    r -= std::exp(double((logits[i] - top) * inv_temperature));
+    if (r < 0) return int32_t(i);
+  }
+  return argmax_row(logits);
+}
+
+}  // namespace batchmax

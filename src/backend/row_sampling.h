@@ -1,0 +1,26 @@
+#pragma once
+// Picking a token from one row of logits, given the random number beforehand, so that
+// the host and a backend's kernels pick the same token from the same row: the engine's
+// Sampler draws `u` from the request's generator and either calls these or hands `u` to
+// Backend::sample_rows.
+#include <cstdint>
+#include <span>
+
+namespace batchmax {
+
+// Index of the largest value, the first on ties.
+int32_t argmax_row(std::span<const float> logits);
+
+// A draw from softmax(logits * inv_temperature) by the inverse of its distribution in
+// vocabulary order: with w_i = exp(double((logits[i] - max) * inv_temperature)) (the
+// difference and product in float, the exponential in double), the first i whose running
+// sum of w exceeds u * sum(w). u in [0, 1). Where rounding leaves no such i, the argmax.
+int32_t sample_row_in_order(std::span<const float> logits, float inv_temperature, double u);
+
+// What the sampling ops do to each row: inv_temperature <= 0 takes the argmax, anything
+// else sample_row_in_order with that row's u.
+inline int32_t pick_row(std::span<const float> logits, float inv_temperature, double u) {
+  return inv_temperature > 0 ? sample_row_in_order(logits, inv_temperature, u) : argmax_row(logits);
+}
+
+}  // namespace batchmax
