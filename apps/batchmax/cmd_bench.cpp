@@ -40,7 +40,8 @@ struct BenchArgs {
   KVSettings kv;  // slack, sinks, window, obs_window
   int warmup = 0;
   double time_limit = 0;
-  float temperature = 0;
+  float temperature = 0, top_p = 1;
+  int top_k = 0;
   bool no_ceilings = false;
   std::string out, plot, commit;
 };
@@ -175,6 +176,8 @@ int run_bench(const BenchArgs& a) {
   bo.command = command_line();
   bo.time_limit_s = a.time_limit;
   bo.temperature = a.temperature;
+  bo.top_k = a.top_k;
+  bo.top_p = a.top_p;
 
   EngineOptions eo;
   eo.model_path = a.model;
@@ -264,8 +267,12 @@ int run_bench(const BenchArgs& a) {
       save();
     }
   }
-  const std::string sampling =
-      a.temperature > 0 ? " | temperature " + std::to_string(a.temperature).substr(0, 4) : "";
+  std::string sampling;
+  if (a.temperature > 0) {
+    sampling = " | temperature " + std::to_string(a.temperature).substr(0, 4);
+    if (a.top_k > 0) sampling += " top-k " + std::to_string(a.top_k);
+    if (a.top_p < 1) sampling += " top-p " + std::to_string(a.top_p).substr(0, 4);
+  }
   std::printf("workload: %s | model %s | backend %s (%s) | step %lld tokens%s | commit %s\n",
               work->name.c_str(), bo.model.c_str(), a.backend.c_str(), ceil.gpu.c_str(),
               static_cast<long long>(rows.empty() ? a.step_tokens : rows.back().step_tokens),
@@ -331,6 +338,10 @@ Command add_bench(CLI::App& root) {
   cmd->add_option("--temperature", a->temperature,
                   "sampling temperature of every request (0: greedy; request i is seeded with i)")
       ->check(CLI::Range(0.0, 100.0))->capture_default_str();
+  cmd->add_option("--top-k", a->top_k, "with --temperature: sample among the k most likely (0: off)")
+      ->check(CLI::NonNegativeNumber)->capture_default_str();
+  cmd->add_option("--top-p", a->top_p, "with --temperature: nucleus sampling (1: off)")
+      ->check(CLI::Range(0.0, 1.0))->capture_default_str();
   cmd->add_option("--time-limit", a->time_limit,
                   "seconds per configuration; a longer one stops and reports what it did (0: none)")
       ->check(CLI::NonNegativeNumber);

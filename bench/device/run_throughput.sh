@@ -17,8 +17,8 @@
 #        STEP_TOKENS (sets both; the profile stage takes the W-limited one). Each is the
 #        size that ran `full` fastest in its workload on an H100
 #        (bench/results/step_tokens_2026-11-27/); every mode of a workload gets the same.
-#        TEMPERATURE (0: greedy): every request's sampling temperature (whole vocabulary,
-#        picked on the GPU; BATCHMAX_HOST_SAMPLING=1 sends the logits to the host instead).
+#        TEMPERATURE (0: greedy), TOP_K (0), TOP_P (1): every request's sampling (picked
+#        on the GPU; BATCHMAX_HOST_SAMPLING=1 sends the logits to the host instead).
 #        BATCHMAX_PROFILE=1 adds
 #        the per-step profile to the logs (and slows the run: it synchronises).
 #   profile: stage of its own: GPU time op by op (BATCHMAX_PROFILE=ops, events only, no
@@ -50,7 +50,7 @@ ldd "$BIN" | grep -E "not found" && echo "missing libraries" >&2
 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv,noheader  # no file: OUT brings back 8 at most
 
 common=(--backend cuda --dummy-weights llama3-8b --commit "$COMMIT" --warmup 2 --time-limit "$TIME_LIMIT"
-        --temperature "${TEMPERATURE:-0}")
+        --temperature "${TEMPERATURE:-0}" --top-k "${TOP_K:-0}" --top-p "${TOP_P:-1}")
 LIMITED_STEP_TOKENS=${STEP_TOKENS:-${LIMITED_STEP_TOKENS:-512}}
 FULL_STEP_TOKENS=${STEP_TOKENS:-${FULL_STEP_TOKENS:-2048}}
 rc=0

@@ -188,6 +188,12 @@ class Backend {
   // are; the token is the one the host's Sampler would pick from the same row.
   virtual void sample_rows(const Tensor& x, std::span<const float> inv_temperature,
                            std::span<const double> uniform, int32_t* out) = 0;
+  // For top-k / top-p sampling: the k largest entries of each F32 row r, sorted by value
+  // (descending) then index (ascending), to values/ids (host memory, k per row), and
+  // whole_mass[r] = sum over the row of exp(double((x - max) * inv_temperature[r])) (0
+  // where inv_temperature[r] <= 0). 1 <= k <= min(cols, kMaxTopCandidates).
+  virtual void top_candidates(const Tensor& x, int k, std::span<const float> inv_temperature,
+                              float* values, int32_t* ids, double* whole_mass) = 0;
 
   // KV pool
   // slot_mass: also a float per slot (KVPoolView::mass) for policies that accumulate.

@@ -27,4 +27,15 @@ int32_t sample_row_in_order(std::span<const float> logits, float inv_temperature
   return argmax_row(logits);
 }
 
+bool candidates_decide(std::span<const float> values, double whole_mass, float inv_temperature,
+                       int top_k, float top_p, int64_t vocab) {
+  const int64_t k = int64_t(values.size());
+  if (top_k > 0 && top_k < vocab) return top_k <= k;
+  if (k >= vocab) return true;
+  if (values.empty() || !(whole_mass > 0)) return false;
+  double acc = 0;  // the Sampler's test: the mass of the sorted prefix against the whole
+  for (float v : values) acc += std::exp(double((v - values[0]) * inv_temperature));
+  return acc / whole_mass >= top_p;
+}
+
 }  // namespace batchmax

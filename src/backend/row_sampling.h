@@ -23,4 +23,16 @@ inline int32_t pick_row(std::span<const float> logits, float inv_temperature, do
   return inv_temperature > 0 ? sample_row_in_order(logits, inv_temperature, u) : argmax_row(logits);
 }
 
+// Top-k and top-p draw from a row's best entries only (Backend::top_candidates gives
+// them sorted by value, then index, with the row's whole mass at the temperature). Do
+// `values` (the row's k best, sorted; vocab the row's width) decide the draw? Yes when
+// top_k is among them (0 < top_k <= k and top_k < vocab), or, with top-p alone, when they
+// are the whole row or their mass reaches top_p of whole_mass: then the nucleus is
+// inside them, as the host's Sampler would find it.
+bool candidates_decide(std::span<const float> values, double whole_mass, float inv_temperature,
+                       int top_k, float top_p, int64_t vocab);
+
+// The most candidates Backend::top_candidates gives a row.
+constexpr int kMaxTopCandidates = 1024;
+
 }  // namespace batchmax

@@ -62,6 +62,8 @@ BenchRow run_config(Engine& engine, const Workload& w, const KVSettings& kv,
   r.mem_budget_bytes = opts.mem_budget_bytes;
   r.step_tokens = engine.memory_plan().step_tokens;  // resolved when opts leave it 0
   r.temperature = opts.temperature;
+  r.top_k = opts.top_k;
+  r.top_p = opts.top_p;
   r.commit = opts.commit;
   r.command = opts.command;
   r.requests = int64_t(w.prompts.size());
@@ -87,6 +89,8 @@ BenchRow run_config(Engine& engine, const Workload& w, const KVSettings& kv,
     reqs[i].sampling.max_tokens = int(w.max_tokens[i]);
     reqs[i].sampling.ignore_eos = true;  // every request generates its full length
     reqs[i].sampling.temperature = opts.temperature;
+    reqs[i].sampling.top_k = opts.top_k;
+    reqs[i].sampling.top_p = opts.top_p;
     reqs[i].sampling.seed = uint64_t(i);
     reqs[i].kv = kv;
   }
@@ -205,6 +209,8 @@ nlohmann::ordered_json to_json(const BenchRow& r) {
       {"mem_budget_bytes", r.mem_budget_bytes},
       {"step_tokens", r.step_tokens},
       {"temperature", r.temperature},
+      {"top_k", r.top_k},
+      {"top_p", r.top_p},
       {"input_len", r.input_len},
       {"output_len", r.output_len},
       {"requests", r.requests},

@@ -51,14 +51,17 @@ struct BenchOptions {
   // When > 0: stop the configuration after this many seconds and report what was done
   // by then (truncated). The engine is then mid-run and must not be used again.
   double time_limit_s = 0;
-  float temperature = 0;  // every request's, over the whole vocabulary; 0: greedy
+  float temperature = 0;  // every request's; 0: greedy
+  int top_k = 0;          // with temperature: 0 off
+  float top_p = 1;        // with temperature: 1 off
 };
 
 struct BenchRow {
   std::string workload, model, backend, gpu, mode, policy, commit, command, error;
   std::string input_len, output_len;
   int64_t kv_budget = 0, chunk = 0, mem_budget_bytes = 0, step_tokens = 0;
-  double temperature = 0;
+  double temperature = 0, top_p = 1;
+  int64_t top_k = 0;
   int64_t requests = 0, completed = 0, failed = 0, input_tokens = 0, output_tokens = 0;
   int64_t max_batch = 0, planned_max_batch = 0;
   double wall_s = 0, requests_per_s = 0, output_tok_s = 0, total_tok_s = 0;

@@ -227,6 +227,7 @@ class EngineBatch final : public Engine::Batch {
     for (const Running& s : running_) progress.push_back(s.progress);
     const std::vector<StepItem> items = plan_step(progress, opts.step_tokens, chunk);
     std::vector<SeqBatch> batch;
+    const int64_t n_vocab = e_.model().hparams().n_vocab;
     std::vector<int32_t> decode_tokens(running_.size());
     for (const StepItem& it : items) {
       Running& s = running_[it.seq];
@@ -253,6 +254,16 @@ class EngineBatch final : public Engine::Batch {
       if (b.token_only && b.want_logits && s.sampler->samples_in_order()) {
         b.inv_temperature = s.sampler->inv_temperature();
         b.uniform = s.sampler->draw_uniform();
+      }
+      // Top-k / top-p: the row's best entries come back, and the whole row only where they
+      // do not decide; the Sampler draws from them as it would from the row.
+      if (b.want_logits && !b.token_only && s.request.logprobs < 0 && !b.all_logits &&
+          !opts.keep_last_logits && !opts.keep_step_logits && !host_sampling() &&
+          s.sampler->samples_from_candidates(n_vocab)) {
+        b.top_candidates_k = s.sampler->candidates_wanted(n_vocab);
+        b.inv_temperature = s.sampler->inv_temperature();
+        b.sample_top_k = s.request.sampling.top_k;
+        b.sample_top_p = s.request.sampling.top_p;
       }
       kv_.prepare(s.seq_id, it.n_tokens,
                   !it.prefill ? StepPhase::Decode
@@ -284,7 +295,7 @@ class EngineBatch final : public Engine::Batch {
     }
 
     const int64_t V = e_.model().hparams().n_vocab;
-    size_t li = 0, ai = 0;  // logits row, picked token
+    size_t li = 0, ai = 0, ci = 0;  // logits row, picked token, candidates row
     for (size_t k = 0; k < items.size(); ++k) {
       const StepItem& it = items[k];
       const SeqBatch& b = batch[k];
@@ -309,6 +320,16 @@ class EngineBatch final : public Engine::Batch {
       s.progress.decoding = true;
       if (b.token_only) {
         accept_token(s, e_.model().picked_tokens()[ai++], {});
+      } else if (b.top_candidates_k > 0) {
+        const Model::RowCandidates& rc = e_.model().candidates()[ci++];
+        std::optional<int32_t> tok;
+        if (rc.logits.empty()) tok = s.sampler->sample_candidates(rc.values, rc.ids, rc.whole_mass, V);
+        if (!tok) {
+          if (rc.logits.empty())
+            throw Error("internal: a row's candidates did not decide its draw and the row was not kept");
+          tok = s.sampler->sample(rc.logits);
+        }
+        accept_token(s, *tok, {});
       } else {
         std::span<const float> row(logits.data() + li * V, size_t(V));
         ++li;

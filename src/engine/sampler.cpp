@@ -66,28 +66,57 @@ int32_t Sampler::sample(std::span<const float> logits) {
     }
     n = k;  // the nucleus below is cut from these k
   }
+  return draw_from_sorted(std::span(cand_.data(), n), whole_mass);
+}
+
+int32_t Sampler::draw_from_sorted(std::span<const std::pair<float, int32_t>> cand, double whole_mass) {
   // Softmax at the temperature over the candidates, then the top-p nucleus.
-  const float mx = cand_[0].first;
-  std::vector<double> prob(n);
+  const float inv_t = inv_temperature();
+  const size_t n = cand.size();
+  const float mx = cand[0].first;
+  prob_.resize(n);
   double sum = 0;
-  for (size_t i = 0; i < n; ++i) sum += prob[i] = std::exp(double((cand_[i].first - mx) * inv_t));
+  for (size_t i = 0; i < n; ++i) sum += prob_[i] = std::exp(double((cand[i].first - mx) * inv_t));
   if (whole_mass > 0) sum = whole_mass;
   size_t keep = n;
   if (p_.top_p < 1.0f) {
     double acc = 0;
     for (size_t i = 0; i < n; ++i) {
-      acc += prob[i] / sum;
+      acc += prob_[i] / sum;
       if (acc >= p_.top_p) { keep = i + 1; break; }
     }
   }
   double total = 0;
-  for (size_t i = 0; i < keep; ++i) total += prob[i];
+  for (size_t i = 0; i < keep; ++i) total += prob_[i];
   double r = draw_uniform() * total;
   for (size_t i = 0; i < keep; ++i) {
-    r -= prob[i];
-    if (r < 0) return cand_[i].second;
+    r -= prob_[i];
+    if (r < 0) return cand[i].second;
   }
-  return cand_[keep - 1].second;
+  return cand[keep - 1].second;
+}
+
+bool Sampler::samples_from_candidates(int64_t vocab) const {
+  if (!(p_.temperature > 0) || samples_in_order()) return false;
+  return (p_.top_k > 0 && p_.top_k < vocab) ? p_.top_k <= kMaxTopCandidates : p_.top_p < 1.0f;
+}
+
+int Sampler::candidates_wanted(int64_t vocab) const {
+  const int64_t k = (p_.top_k > 0 && p_.top_k < vocab) ? p_.top_k : kMaxTopCandidates;
+  return int(std::min<int64_t>(k, vocab));
+}
+
+std::optional<int32_t> Sampler::sample_candidates(std::span<const float> values,
+                                                  std::span<const int32_t> ids, double whole_mass,
+                                                  int64_t vocab) {
+  if (values.size() != ids.size() || values.empty()) return std::nullopt;
+  if (!candidates_decide(values, whole_mass, inv_temperature(), p_.top_k, p_.top_p, vocab))
+    return std::nullopt;
+  const bool top_k = p_.top_k > 0 && p_.top_k < vocab;
+  const size_t n = top_k ? size_t(p_.top_k) : values.size();
+  cand_.resize(n);
+  for (size_t i = 0; i < n; ++i) cand_[i] = {values[i], ids[i]};
+  return draw_from_sorted(std::span(cand_.data(), n), top_k ? 0.0 : whole_mass);
 }
 
 }  // namespace batchmax

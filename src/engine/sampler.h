@@ -2,6 +2,7 @@
 // Token sampling: greedy, or temperature with top-k / top-p, from a per-request seeded
 // generator so a request's tokens do not depend on what else is in the batch.
 #include <cstdint>
+#include <optional>
 #include <random>
 #include <span>
 #include <vector>
@@ -28,10 +29,24 @@ class Sampler {
   // token when the temperature is above 0.
   double draw_uniform();
 
+  // Top-k / top-p (of a row `vocab` wide): whether the row's best kMaxTopCandidates
+  // entries (Backend::top_candidates) may decide, and how many to ask for.
+  bool samples_from_candidates(int64_t vocab) const;
+  int candidates_wanted(int64_t vocab) const;
+  // sample() from the row's best entries, sorted by value then index, and the row's mass
+  // at this temperature; the same token as sample() on the whole row. Empty (and nothing
+  // drawn) when they do not decide (candidates_decide): then sample() the whole row.
+  std::optional<int32_t> sample_candidates(std::span<const float> values,
+                                           std::span<const int32_t> ids, double whole_mass,
+                                           int64_t vocab);
+
  private:
   SamplingParams p_;
   std::mt19937_64 rng_;
+  // The draw shared by sample() and sample_candidates(): cand sorted by value, then index.
+  int32_t draw_from_sorted(std::span<const std::pair<float, int32_t>> cand, double whole_mass);
   std::vector<std::pair<float, int32_t>> cand_;
+  std::vector<double> prob_;
 };
 
 int32_t argmax(std::span<const float> logits);

@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "format/gguf_reader.h"
+#include "backend/row_sampling.h"
 #include "backend/step_profile.h"
 #include "kv/kv_cache.h"
 
@@ -386,6 +387,8 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
   std::vector<int32_t> ids, pos, want_rows, pick_rows;
   std::vector<float> pick_inv_t;
   std::vector<double> pick_u;
+  std::vector<int32_t> cand_rows;
+  std::vector<const SeqBatch*> cand_of;
   for (const SeqBatch& s : batch) {
     if (s.tokens.empty()) throw Error("forward: empty sequence chunk");
     for (size_t i = 0; i < s.tokens.size(); ++i) {
@@ -403,6 +406,9 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
       pick_rows.push_back(int32_t(ids.size() - 1));
       pick_inv_t.push_back(s.inv_temperature);
       pick_u.push_back(s.uniform);
+    } else if (s.want_logits && s.top_candidates_k > 0) {
+      cand_rows.push_back(int32_t(ids.size() - 1));
+      cand_of.push_back(&s);
     } else if (s.want_logits) {
       want_rows.push_back(int32_t(ids.size() - 1));
     }
@@ -514,7 +520,8 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
   }
   fwd_scope.reset();
   picked_.resize(pick_rows.size());
-  if (want_rows.empty() && pick_rows.empty()) {
+  candidates_.resize(cand_rows.size());
+  if (want_rows.empty() && pick_rows.empty() && cand_rows.empty()) {
     backend_.synchronize();  // the step's time is spent here, not in the next step's
     return {};
   }
@@ -540,6 +547,41 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
     backend_.matmul(normed, w_->lm_head, nullptr, logits);
     backend_.sample_rows(logits, std::span<const float>(pick_inv_t.data() + r0, size_t(n)),
                          std::span<const double>(pick_u.data() + r0, size_t(n)), picked_.data() + r0);
+  }
+  // Top-k / top-p rows: their best entries leave the backend, and the whole row only
+  // where those do not decide the draw.
+  for (int64_t r0 = 0; r0 < int64_t(cand_rows.size()); r0 += ws.logit_rows) {
+    const int64_t n = std::min(ws.logit_rows, int64_t(cand_rows.size()) - r0);
+    Tensor last = ws.last.slice_rows(0, n), normed = ws.normed.slice_rows(0, n),
+           logits = ws.logits.slice_rows(0, n);
+    backend_.gather_rows(x, std::span<const int32_t>(cand_rows.data() + r0, size_t(n)), last);
+    backend_.rms_norm(last, w_->output_norm, hp_.rms_eps, normed);
+    backend_.matmul(normed, w_->lm_head, nullptr, logits);
+    int k = 1;
+    std::vector<float> inv_t(static_cast<size_t>(n));
+    for (int64_t j = 0; j < n; ++j) {
+      const SeqBatch& b = *cand_of[size_t(r0 + j)];
+      k = std::max(k, b.top_candidates_k);
+      inv_t[size_t(j)] = b.inv_temperature;
+    }
+    k = int(std::min<int64_t>({int64_t(k), int64_t(kMaxTopCandidates), V}));
+    std::vector<float> values(size_t(n * k));
+    std::vector<int32_t> idx(size_t(n * k));
+    std::vector<double> mass(static_cast<size_t>(n));
+    backend_.top_candidates(logits, k, inv_t, values.data(), idx.data(), mass.data());
+    for (int64_t j = 0; j < n; ++j) {
+      const SeqBatch& b = *cand_of[size_t(r0 + j)];
+      RowCandidates& rc = candidates_[size_t(r0 + j)];
+      rc.values.assign(values.begin() + j * k, values.begin() + (j + 1) * k);
+      rc.ids.assign(idx.begin() + j * k, idx.begin() + (j + 1) * k);
+      rc.whole_mass = mass[size_t(j)];
+      rc.logits.clear();
+      if (!candidates_decide(rc.values, rc.whole_mass, b.inv_temperature, b.sample_top_k,
+                             b.sample_top_p, V)) {
+        rc.logits.resize(size_t(V));
+        backend_.download(logits.slice_rows(j, 1), rc.logits.data());
+      }
+    }
   }
   return out;
 }

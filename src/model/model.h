@@ -27,6 +27,13 @@ struct SeqBatch {
   bool token_only = false;
   float inv_temperature = 0;
   double uniform = 0;
+  // With want_logits (and neither all_logits nor token_only): top-k / top-p sampling at
+  // inv_temperature. The row's best top_candidates_k entries (and its whole mass) come
+  // back in Model::candidates(), and the whole row as well when they do not decide the
+  // draw (candidates_decide with sample_top_k, sample_top_p).
+  int top_candidates_k = 0;
+  int sample_top_k = 0;
+  float sample_top_p = 1;
 };
 
 struct ModelWeights;
@@ -50,6 +57,14 @@ class Model {
   std::vector<float> forward(std::span<const SeqBatch> batch, KVCache& kv);
   // After forward(): the token picked from each token_only row, in batch order.
   std::span<const int32_t> picked_tokens() const { return picked_; }
+  // After forward(): each top_candidates_k row's candidates, in batch order.
+  struct RowCandidates {
+    std::vector<float> values;  // the row's best, by value then index
+    std::vector<int32_t> ids;
+    double whole_mass = 0;
+    std::vector<float> logits;  // the whole row, only where the candidates do not decide
+  };
+  std::span<const RowCandidates> candidates() const { return candidates_; }
 
   // Allocates the activations of a step of `max_rows` tokens and the logits buffer, so
   // the memory planner can measure them before sizing the KV pool.
@@ -67,6 +82,7 @@ class Model {
   struct Workspace;
   std::unique_ptr<Workspace> ws_;
   std::vector<int32_t> picked_;
+  std::vector<RowCandidates> candidates_;
   AttentionParams attention_params() const;
   bool stacked() const;  // projections stacked (Backend::prefers_stacked_projections)
 };

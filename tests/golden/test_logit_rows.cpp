@@ -11,6 +11,7 @@
 #include <random>
 
 #include "backend/backend.h"
+#include "backend/row_sampling.h"
 #include "kernels/cuda_test_util.h"
 #include "kv/paged_kv_cache.h"
 #include "model/model.h"
@@ -128,6 +129,78 @@ TEST(CudaLogitRows, SlicedLogitsEqualEachSequenceAlone) {
   auto be = cudatest::new_gpu();
   // bf16 activations; products of 1 and of 150 rows may take different kernels.
   check_slices_match_single_runs(*be, 2e-2);
+}
+
+// Top-k / top-p rows: their candidates are the best entries of the logits the same step
+// gives when the rows ask for logits, sorted by value then index; the whole row comes
+// back only where the candidates do not decide the draw (flat rows at top-p 0.999).
+void check_candidate_rows(Backend& be) {
+  const HParams hp = wide_vocab();
+  Model model(hp, be, 3);
+  const auto ps = prompts(hp.n_vocab);
+  const StepResult all = run_step(model, be, ps, 0, ps.size(), false);
+  KVCacheConfig kc;
+  kc.n_layer = int(hp.n_layer);
+  kc.n_kv_heads = int(hp.n_head_kv);
+  kc.head_dim = int(hp.head_dim);
+  kc.n_blocks = 2048;
+  PagedKVCache kv(be, kc);
+  std::vector<SeqBatch> batch;
+  for (size_t i = 0; i < ps.size(); ++i) {
+    EXPECT_TRUE(kv.add_sequence(int64_t(i), int64_t(ps[i].size())));
+    SeqBatch b;
+    b.seq_id = int64_t(i);
+    b.tokens = ps[i];
+    b.want_logits = true;
+    // Temperature 100 (flat: 1024 of 8192 entries hold ~1/8 of the mass) or 0.1 (sharp).
+    b.inv_temperature = i % 10 == 9 ? 0.01f : 10.0f;
+    if (i % 2 == 0) {
+      b.sample_top_k = 20;
+      b.top_candidates_k = 20;
+    } else {
+      b.sample_top_p = i % 10 == 9 ? 0.999f : 0.5f;
+      b.top_candidates_k = kMaxTopCandidates;
+    }
+    kv.prepare(b.seq_id, int64_t(b.tokens.size()));
+    batch.push_back(b);
+  }
+  EXPECT_TRUE(model.forward(batch, kv).empty());
+  ASSERT_EQ(model.candidates().size(), ps.size());
+  int whole_rows = 0;
+  for (size_t i = 0; i < ps.size(); ++i) {
+    const Model::RowCandidates& rc = model.candidates()[i];
+    const std::vector<float>& l = all.logits[i];
+    std::vector<int32_t> order(l.size());
+    for (size_t j = 0; j < l.size(); ++j) order[j] = int32_t(j);
+    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return l[size_t(a)] > l[size_t(b)]; });
+    // One launch per slice asks for the slice's largest k: 1024 here.
+    ASSERT_EQ(rc.values.size(), size_t(kMaxTopCandidates)) << i;
+    for (size_t j = 0; j < rc.values.size(); ++j) {
+      ASSERT_EQ(rc.ids[j], order[j]) << "sequence " << i << " rank " << j;
+      ASSERT_EQ(rc.values[j], l[size_t(order[j])]) << "sequence " << i << " rank " << j;
+    }
+    const bool decides = candidates_decide(rc.values, rc.whole_mass, batch[i].inv_temperature,
+                                           batch[i].sample_top_k, batch[i].sample_top_p, hp.n_vocab);
+    EXPECT_EQ(rc.logits.empty(), decides) << i;
+    if (!rc.logits.empty()) {
+      ++whole_rows;
+      EXPECT_EQ(rc.logits, l) << i;
+    }
+    if (i % 10 == 9) EXPECT_FALSE(decides) << i;
+    else EXPECT_TRUE(decides) << i;
+  }
+  EXPECT_EQ(whole_rows, int(ps.size() / 10));
+}
+
+TEST(LogitRows, CandidateRowsCpu) {
+  auto be = make_cpu_backend();
+  check_candidate_rows(*be);
+}
+
+TEST(CudaLogitRows, CandidateRows) {
+  if (!cudatest::have_device()) GTEST_SKIP() << cudatest::no_device_reason();
+  auto be = cudatest::new_gpu();
+  check_candidate_rows(*be);
 }
 
 }  // namespace

@@ -1,12 +1,14 @@
 // Backend::sample_rows on the GPU against the CPU's (backend/row_sampling.h) on fresh
 // random logits: rows of 1 to 128256 tokens (Llama 3's vocabulary), spreads from flat to
-// peaked, greedy and sampled rows mixed in one call, uniforms across [0, 1) and at its
+// peaked, greedy and sampled rows mixed in one call, uniforms across [0, 1) and near its
 // ends. The picks must be the same tokens: the kernel sums in double in another order,
 // which can change a pick only where u * total falls within rounding of a boundary.
 // Outputs start poisoned (-1), so a row the kernel skipped fails. Skips without a device.
 #include <gtest/gtest.h>
 
 #include <cmath>
+
+#include "backend/row_sampling.h"
 
 #include "core/error.h"
 #include "kernels/cuda_test_util.h"
@@ -30,7 +32,9 @@ TEST_F(CudaSampling, SampleRowsMatchesCpu) {
       for (int64_t c = 0; c < cols; ++c) x[size_t(r * cols + c)] = d(rng);
       const float t = temps[r % 6];
       inv_t[size_t(r)] = t > 0 ? 1.0f / t : 0.0f;
-      u[size_t(r)] = r == 1 ? 0.0 : r == 2 ? std::nextafter(1.0, 0.0) : uni(rng);
+      // The ends of [0, 1): u = 0, and u = 1 - 1e-9 (not closer: within rounding of 1 the
+      // host and the kernel may each fall back to the argmax or take the last entry).
+      u[size_t(r)] = r == 1 ? 0.0 : r == 2 ? 1.0 - 1e-9 : uni(rng);
     }
     Pair t = make(rows, cols, x, GgmlType::F32);
     std::vector<int32_t> want(static_cast<size_t>(rows)), got(static_cast<size_t>(rows), -1);
@@ -56,6 +60,59 @@ TEST_F(CudaSampling, GreedyCallsAndBadSizes) {
   std::vector<float> short_t(rows - 1, 1.0f);
   EXPECT_THROW(gpu->sample_rows(t.g, short_t, u, got.data()), Error);
   EXPECT_THROW(cpu->sample_rows(t.c, short_t, u, got.data()), Error);
+}
+
+// top_candidates: the k best of each row, sorted by value then index, and the row's mass
+// at the temperature. Values and indices must be the CPU's exactly (ties at the k-th
+// value are broken by index, the case the kernel handles with an ordered pass); the
+// mass to 1e-10 relative (double sums in another order).
+TEST_F(CudaSampling, TopCandidatesMatchCpu) {
+  const int ks[] = {1, 7, 50, 1000, 1024};
+  for (int64_t cols : {int64_t(1024), int64_t(1500), int64_t(49152), int64_t(128256)}) {
+    for (int k : ks) {
+      const int64_t rows = 12;
+      std::vector<float> x(size_t(rows * cols));
+      std::vector<float> inv_t(rows);
+      for (int64_t r = 0; r < rows; ++r) {
+        std::normal_distribution<float> d(0.0f, 0.5f + 4.0f * float(r % 4));
+        for (int64_t c = 0; c < cols; ++c) x[size_t(r * cols + c)] = d(rng);
+        if (r % 3 == 1) {  // many entries equal to what becomes the k-th value
+          for (int j = 0; j < 3 * k + 5; ++j) x[size_t(r * cols + randi(0, int(cols - 1)))] = 9.0f;
+        }
+        if (r % 3 == 2) {  // a few large values, some of them repeated, -0 and +0
+          for (int j = 0; j < k / 2; ++j) x[size_t(r * cols + randi(0, int(cols - 1)))] = float(randi(20, 25));
+          x[size_t(r * cols)] = -0.0f;
+          x[size_t(r * cols + 1)] = 0.0f;
+        }
+        inv_t[size_t(r)] = r == 0 ? 0.0f : 1.0f / (0.3f + 0.2f * float(r));
+      }
+      Pair t = make(rows, cols, x, GgmlType::F32);
+      const size_t nk = size_t(rows) * size_t(k);
+      std::vector<float> wv(nk), gv(nk, std::nanf(""));
+      std::vector<int32_t> wi(nk), gi(nk, -1);
+      std::vector<double> wm(static_cast<size_t>(rows)), gm(static_cast<size_t>(rows), -1.0);
+      cpu->top_candidates(t.c, k, inv_t, wv.data(), wi.data(), wm.data());
+      gpu->top_candidates(t.g, k, inv_t, gv.data(), gi.data(), gm.data());
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int j = 0; j < k; ++j) {
+          const size_t e = size_t(r) * size_t(k) + size_t(j);
+          ASSERT_EQ(gi[e], wi[e]) << "cols " << cols << " k " << k << " row " << r << " rank " << j;
+          ASSERT_EQ(gv[e], wv[e]) << "cols " << cols << " k " << k << " row " << r << " rank " << j;
+        }
+        if (inv_t[size_t(r)] > 0)
+          EXPECT_NEAR(gm[size_t(r)], wm[size_t(r)], 1e-10 * wm[size_t(r)]) << "cols " << cols << " row " << r;
+        else
+          EXPECT_EQ(gm[size_t(r)], 0.0);
+      }
+    }
+  }
+  // k outside [1, min(cols, 1024)] is an error on both backends.
+  Pair t = make(2, 100, randv(200), GgmlType::F32);
+  std::vector<float> v(400), inv_t(2, 1.0f);
+  std::vector<int32_t> i(400);
+  std::vector<double> m(2);
+  EXPECT_THROW(gpu->top_candidates(t.g, 101, inv_t, v.data(), i.data(), m.data()), Error);
+  EXPECT_THROW(cpu->top_candidates(t.c, 0, inv_t, v.data(), i.data(), m.data()), Error);
 }
 
 }  // namespace

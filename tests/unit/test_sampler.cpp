@@ -2,7 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <optional>
 #include <map>
 #include <set>
 #include <random>
@@ -196,4 +198,59 @@ TEST(Sampler, RowFunctionEdgesAndFrequencies) {
     const double want = std::exp(double(l[i]) * 0.5) / z;
     EXPECT_NEAR(double(count[i]) / n, want, 4 * std::sqrt(want * (1 - want) / n) + 1e-9) << i;
   }
+}
+
+// Top-k / top-p from the row's best entries (as Backend::top_candidates gives them) draw
+// the same tokens as sample() on the whole row, seed for seed; where they do not decide
+// (a flat row, top-p near 1) nothing is drawn and the caller samples the whole row.
+TEST(Sampler, CandidatesDrawWhatTheWholeRowDraws) {
+  struct Case { float temp; int top_k; float top_p; };
+  const Case cases[] = {{0.7f, 1, 1}, {0.7f, 5, 1}, {1.0f, 40, 1}, {1.3f, 1024, 1}, {1.0f, 0, 0.5f},
+                        {0.8f, 0, 0.9f}, {1.0f, 0, 0.99f}, {0.9f, 50, 0.9f}, {2.0f, 0, 0.95f}};
+  for (const Case& c : cases) {
+    SamplingParams p;
+    p.temperature = c.temp;
+    p.top_k = c.top_k;
+    p.top_p = c.top_p;
+    p.seed = 42;
+    Sampler whole(p), from_cand(p);
+    ASSERT_TRUE(from_cand.samples_from_candidates(5000));
+    int decided = 0;
+    for (int i = 0; i < 60; ++i) {
+      std::vector<float> l = random_logits(uint32_t(1000 + i), 5000);
+      if (i % 7 == 0) l[10] = l[11] = l[12] = 30;  // ties at the top: order by index
+      const int k = from_cand.candidates_wanted(int64_t(l.size()));
+      std::vector<std::pair<float, int32_t>> c2;
+      for (size_t j = 0; j < l.size(); ++j) c2.push_back({l[j], int32_t(j)});
+      std::partial_sort(c2.begin(), c2.begin() + k, c2.end(), [](const auto& a, const auto& b) {
+        return a.first > b.first || (a.first == b.first && a.second < b.second);
+      });
+      std::vector<float> values;
+      std::vector<int32_t> ids;
+      for (int j = 0; j < k; ++j) values.push_back(c2[size_t(j)].first), ids.push_back(c2[size_t(j)].second);
+      double mass = 0;
+      const float inv_t = 1.0f / c.temp;
+      for (float x : l) mass += std::exp(double((x - values[0]) * inv_t));
+      std::optional<int32_t> got = from_cand.sample_candidates(values, ids, mass, int64_t(l.size()));
+      if (!got) got = from_cand.sample(l);  // what the engine does when they do not decide
+      else ++decided;
+      EXPECT_EQ(*got, whole.sample(l)) << "temp " << c.temp << " top_k " << c.top_k << " top_p " << c.top_p << " row " << i;
+    }
+    if (c.top_k > 0) EXPECT_EQ(decided, 60);
+    else EXPECT_GT(decided, 0);
+  }
+  // A flat row over a wide vocabulary: 1024 entries hold ~1% of the mass, top-p 0.9 is
+  // not inside them.
+  SamplingParams p;
+  p.temperature = 1;
+  p.top_p = 0.9f;
+  Sampler s(p);
+  std::vector<float> flat(100000, 0.0f);
+  std::vector<float> values(1024, 0.0f);
+  std::vector<int32_t> ids(1024);
+  for (int j = 0; j < 1024; ++j) ids[size_t(j)] = j;
+  EXPECT_FALSE(s.sample_candidates(values, ids, 100000.0, 100000).has_value());
+  EXPECT_TRUE(s.sample_candidates(values, ids, 1100.0, 100000).has_value());
+  p.top_k = 2000;  // more than a backend gives: the whole row goes to the host
+  EXPECT_FALSE(Sampler(p).samples_from_candidates(100000));
 }

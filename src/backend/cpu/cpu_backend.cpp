@@ -4,10 +4,12 @@
 #include "kv/eviction_policy.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <sys/mman.h>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "backend/cpu/kernels_avx2.h"
@@ -422,6 +424,32 @@ void CpuBackend::sample_rows(const Tensor& x, std::span<const float> inv_tempera
   for (int64_t r = 0; r < x.rows; ++r)
     out[r] = pick_row({static_cast<const float*>(x.row(r)), size_t(x.cols)},
                       inv_temperature[size_t(r)], uniform[size_t(r)]);
+}
+
+void CpuBackend::top_candidates(const Tensor& x, int k, std::span<const float> inv_temperature,
+                                float* values, int32_t* ids, double* whole_mass) {
+  require_f32(x, "top_candidates: input must be F32");
+  require(int64_t(inv_temperature.size()) == x.rows, "top_candidates: one temperature per row");
+  require(k >= 1 && k <= kMaxTopCandidates && k <= x.cols,
+          "top_candidates: k must be in [1, min(cols, kMaxTopCandidates)]");
+  std::vector<std::pair<float, int32_t>> cand;
+  for (int64_t r = 0; r < x.rows; ++r) {
+    const float* v = static_cast<const float*>(x.row(r));
+    cand.clear();
+    for (int64_t i = 0; i < x.cols; ++i) cand.push_back({v[i], int32_t(i)});
+    std::partial_sort(cand.begin(), cand.begin() + k, cand.end(), [](const auto& a, const auto& b) {
+      return a.first > b.first || (a.first == b.first && a.second < b.second);
+    });
+    for (int j = 0; j < k; ++j) {
+      values[r * k + j] = cand[size_t(j)].first;
+      ids[r * k + j] = cand[size_t(j)].second;
+    }
+    const float inv_t = inv_temperature[size_t(r)], top = cand[0].first;
+    double mass = 0;
+    if (inv_t > 0)
+      for (int64_t i = 0; i < x.cols; ++i) mass += std::exp(double((v[i] - top) * inv_t));
+    whole_mass[r] = mass;
+  }
 }
 
 void CpuBackend::kv_positions(const KVPoolView& pool, std::span<const int32_t> blocks,

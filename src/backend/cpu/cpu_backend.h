@@ -36,6 +36,8 @@ class CpuBackend final : public Backend {
   void argmax_rows(const Tensor& x, int32_t* out) override;
   void sample_rows(const Tensor& x, std::span<const float> inv_temperature,
                    std::span<const double> uniform, int32_t* out) override;
+  void top_candidates(const Tensor& x, int k, std::span<const float> inv_temperature,
+                      float* values, int32_t* ids, double* whole_mass) override;
 
   // F32 or F16 storage. Unused slots hold position INT32_MAX (never visible).
   KVPoolView alloc_kv_pool(GgmlType type, int64_t n_blocks, int block_tokens, int head_dim,

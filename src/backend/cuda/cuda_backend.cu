@@ -500,6 +500,31 @@ class CudaBackend final : public Backend {
     op_timer_.drain();
   }
 
+  void top_candidates(const Tensor& x, int k, std::span<const float> inv_temperature,
+                      float* values, int32_t* ids, double* whole_mass) override {
+    if (int64_t(inv_temperature.size()) != x.rows)
+      throw Error("cuda top_candidates: one temperature per row");
+    if (x.rows == 0) return;
+    const size_t n = size_t(x.rows), nk = n * size_t(k);
+    const float* d_t = static_cast<const float*>(staging_->put(inv_temperature.data(), n * sizeof(float), stream_));
+    // One buffer, one copy back: the masses (8-byte aligned first), values, indices.
+    const size_t bytes = n * sizeof(double) + nk * (sizeof(float) + sizeof(int32_t));
+    char* d = static_cast<char*>(small_out_.get(bytes));
+    {
+      BMX_OP_TIME("top_candidates");
+      cuda::launch_top_candidates(x, k, d_t, reinterpret_cast<float*>(d + n * sizeof(double)),
+                                  reinterpret_cast<int32_t*>(d + n * sizeof(double) + nk * sizeof(float)),
+                                  reinterpret_cast<double*>(d), stream_);
+    }
+    host_sample_.resize(bytes);
+    BMX_CUDA(cudaMemcpyAsync(host_sample_.data(), d, bytes, cudaMemcpyDeviceToHost, stream_));
+    BMX_CUDA(cudaStreamSynchronize(stream_));
+    op_timer_.drain();
+    std::memcpy(whole_mass, host_sample_.data(), n * sizeof(double));
+    std::memcpy(values, host_sample_.data() + n * sizeof(double), nk * sizeof(float));
+    std::memcpy(ids, host_sample_.data() + n * sizeof(double) + nk * sizeof(float), nk * sizeof(int32_t));
+  }
+
   void kv_positions(const KVPoolView& pool, std::span<const int32_t> blocks, int64_t n_entries,
                     int32_t* out) override {
     if (n_entries > int64_t(blocks.size()) * pool.block_tokens)
@@ -774,7 +799,7 @@ class CudaBackend final : public Backend {
   DeviceBuffer cudnn_scratch_;
   DeviceBuffer weight_stage_, move_scratch_, scores_out_, attn_scratch_, small_out_, evict_keys_, scores_part_;
   std::vector<int32_t> host_ints_;
-  std::vector<char> host_sample_;  // sample_rows: uniforms then temperatures
+  std::vector<char> host_sample_;  // sample_rows' and top_candidates' host side
   std::vector<float> host_scores_;
   OpTimer op_timer_;  // its events outlive the stream (destroyed after the body): harmless
 

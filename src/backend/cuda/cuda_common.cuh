@@ -217,6 +217,9 @@ void launch_argmax_rows(const Tensor& x, int32_t* d_out, cudaStream_t s);
 // sampling_kernels.cu: Backend::sample_rows on F32 rows (device inputs, one per row).
 void launch_sample_rows(const Tensor& x, const float* d_inv_temperature, const double* d_uniform,
                         int32_t* d_out, cudaStream_t s);
+// Backend::top_candidates: k per row to d_values/d_ids, each row's mass to d_mass.
+void launch_top_candidates(const Tensor& x, int k, const float* d_inv_temperature, float* d_values,
+                           int32_t* d_ids, double* d_mass, cudaStream_t s);
 void launch_kv_positions(const KVPoolView& pool, const int32_t* d_blocks, int64_t n,
                          int32_t* d_out, cudaStream_t s);
 
