@@ -527,37 +527,33 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
   }
   prof::Scope logit_scope(prof::kLogits, backend_);
   const int64_t nw = int64_t(want_rows.size()), V = hp_.n_vocab;
+  // The logits of `rows` [r0, r0 + n), n <= ws.logit_rows, in the workspace.
+  auto logits_of = [&](const std::vector<int32_t>& rows, int64_t r0, int64_t n) {
+    Tensor last = ws.last.slice_rows(0, n), normed = ws.normed.slice_rows(0, n),
+           logits = ws.logits.slice_rows(0, n);
+    backend_.gather_rows(x, std::span<const int32_t>(rows.data() + r0, size_t(n)), last);
+    backend_.rms_norm(last, w_->output_norm, hp_.rms_eps, normed);
+    backend_.matmul(normed, w_->lm_head, nullptr, logits);
+    return logits;
+  };
   std::vector<float> out(size_t(nw * V));
   for (int64_t r0 = 0; r0 < nw; r0 += ws.logit_rows) {
     const int64_t n = std::min(ws.logit_rows, nw - r0);
-    Tensor last = ws.last.slice_rows(0, n), normed = ws.normed.slice_rows(0, n),
-           logits = ws.logits.slice_rows(0, n);
-    backend_.gather_rows(x, std::span<const int32_t>(want_rows.data() + r0, size_t(n)), last);
-    backend_.rms_norm(last, w_->output_norm, hp_.rms_eps, normed);
-    backend_.matmul(normed, w_->lm_head, nullptr, logits);
-    backend_.download(logits, out.data() + r0 * V);
+    backend_.download(logits_of(want_rows, r0, n), out.data() + r0 * V);
   }
   // Token-only rows: only the picked id leaves the backend.
   for (int64_t r0 = 0; r0 < int64_t(pick_rows.size()); r0 += ws.logit_rows) {
     const int64_t n = std::min(ws.logit_rows, int64_t(pick_rows.size()) - r0);
-    Tensor last = ws.last.slice_rows(0, n), normed = ws.normed.slice_rows(0, n),
-           logits = ws.logits.slice_rows(0, n);
-    backend_.gather_rows(x, std::span<const int32_t>(pick_rows.data() + r0, size_t(n)), last);
-    backend_.rms_norm(last, w_->output_norm, hp_.rms_eps, normed);
-    backend_.matmul(normed, w_->lm_head, nullptr, logits);
-    backend_.sample_rows(logits, std::span<const float>(pick_inv_t.data() + r0, size_t(n)),
+    backend_.sample_rows(logits_of(pick_rows, r0, n),
+                         std::span<const float>(pick_inv_t.data() + r0, size_t(n)),
                          std::span<const double>(pick_u.data() + r0, size_t(n)), picked_.data() + r0);
   }
   // Top-k / top-p rows: their best entries leave the backend, and the whole row only
   // where those do not decide the draw.
   for (int64_t r0 = 0; r0 < int64_t(cand_rows.size()); r0 += ws.logit_rows) {
     const int64_t n = std::min(ws.logit_rows, int64_t(cand_rows.size()) - r0);
-    Tensor last = ws.last.slice_rows(0, n), normed = ws.normed.slice_rows(0, n),
-           logits = ws.logits.slice_rows(0, n);
-    backend_.gather_rows(x, std::span<const int32_t>(cand_rows.data() + r0, size_t(n)), last);
-    backend_.rms_norm(last, w_->output_norm, hp_.rms_eps, normed);
-    backend_.matmul(normed, w_->lm_head, nullptr, logits);
-    int k = 1;
+    const Tensor logits = logits_of(cand_rows, r0, n);
+    int k = 1;  // one launch: the slice's largest ask
     std::vector<float> inv_t(static_cast<size_t>(n));
     for (int64_t j = 0; j < n; ++j) {
       const SeqBatch& b = *cand_of[size_t(r0 + j)];

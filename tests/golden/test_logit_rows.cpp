@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <random>
 
 #include "backend/backend.h"
@@ -38,6 +39,15 @@ std::vector<std::vector<int32_t>> prompts(int64_t vocab) {
   return p;
 }
 
+std::unique_ptr<PagedKVCache> new_kv(const HParams& hp, Backend& be) {
+  KVCacheConfig kc;
+  kc.n_layer = int(hp.n_layer);
+  kc.n_kv_heads = int(hp.n_head_kv);
+  kc.head_dim = int(hp.head_dim);
+  kc.n_blocks = 2048;
+  return std::make_unique<PagedKVCache>(be, kc);
+}
+
 struct StepResult {
   std::vector<std::vector<float>> logits;  // per sequence (empty for argmax-only rows)
   std::vector<int32_t> argmax;             // per sequence (-1 for logits rows)
@@ -48,12 +58,8 @@ struct StepResult {
 StepResult run_step(Model& model, Backend& be, const std::vector<std::vector<int32_t>>& ps,
                     size_t first, size_t n, bool mixed) {
   const HParams& hp = model.hparams();
-  KVCacheConfig kc;
-  kc.n_layer = int(hp.n_layer);
-  kc.n_kv_heads = int(hp.n_head_kv);
-  kc.head_dim = int(hp.head_dim);
-  kc.n_blocks = 2048;
-  PagedKVCache kv(be, kc);
+  auto kv_ptr = new_kv(hp, be);
+  PagedKVCache& kv = *kv_ptr;
   std::vector<SeqBatch> batch;
   for (size_t i = first; i < first + n; ++i) {
     EXPECT_TRUE(kv.add_sequence(int64_t(i), int64_t(ps[i].size())));
@@ -139,12 +145,8 @@ void check_candidate_rows(Backend& be) {
   Model model(hp, be, 3);
   const auto ps = prompts(hp.n_vocab);
   const StepResult all = run_step(model, be, ps, 0, ps.size(), false);
-  KVCacheConfig kc;
-  kc.n_layer = int(hp.n_layer);
-  kc.n_kv_heads = int(hp.n_head_kv);
-  kc.head_dim = int(hp.head_dim);
-  kc.n_blocks = 2048;
-  PagedKVCache kv(be, kc);
+  auto kv_ptr = new_kv(hp, be);
+  PagedKVCache& kv = *kv_ptr;
   std::vector<SeqBatch> batch;
   for (size_t i = 0; i < ps.size(); ++i) {
     EXPECT_TRUE(kv.add_sequence(int64_t(i), int64_t(ps[i].size())));

@@ -213,8 +213,9 @@ void launch_key_norms(const KVPoolView& pool, const int32_t* d_blocks, int64_t n
 constexpr int64_t kEvictKeysPerLaunch = int64_t(1) << 20;  // entries of all tasks of a launch
 void launch_evict(const int32_t* d_meta, int n_tasks, const float* d_mass, int64_t mass_stride,
                   uint32_t* d_keys, KVPoolView& pool, cudaStream_t s);
+// sampling_kernels.cu: Backend::argmax_rows and sample_rows on F32 rows (device inputs,
+// one per row).
 void launch_argmax_rows(const Tensor& x, int32_t* d_out, cudaStream_t s);
-// sampling_kernels.cu: Backend::sample_rows on F32 rows (device inputs, one per row).
 void launch_sample_rows(const Tensor& x, const float* d_inv_temperature, const double* d_uniform,
                         int32_t* d_out, cudaStream_t s);
 // Backend::top_candidates: k per row to d_values/d_ids, each row's mass to d_mass.

@@ -1,7 +1,7 @@
 // Eviction without the host (Backend::evict): per (sequence, layer, KV head) task, one
 // CTA scores the entries, selects the keep set by select_keep()'s rule (radix select on
 // the scores' bit patterns, ties to the later entry) and packs the kept entries to the
-// front in order. Also greedy argmax over logits rows and reading a head's positions.
+// front in order. Also reading a head's positions.
 #include <algorithm>
 #include <climits>
 
@@ -216,50 +216,6 @@ __global__ void __launch_bounds__(kThreads) evict_kernel(
   }
 }
 
-// One CTA per row: the largest value, the first index on ties (as the host's argmax).
-__global__ void __launch_bounds__(kThreads) argmax_kernel(View<const float> x, int64_t cols,
-                                                          int32_t* out) {
-  const float* row = x.row(blockIdx.x);
-  float best = -INFINITY;
-  int64_t bi = INT64_MAX;
-  for (int64_t i = threadIdx.x; i < cols; i += kThreads) {
-    const float v = row[i];
-    if (bi == INT64_MAX || v > best) {
-      best = v;
-      bi = i;
-    }
-  }
-  auto better = [](float v2, int64_t i2, float v1, int64_t i1) {
-    if (i2 == INT64_MAX) return false;
-    if (i1 == INT64_MAX) return true;
-    return v2 > v1 || (v2 == v1 && i2 < i1);
-  };
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const float v2 = __shfl_xor_sync(0xffffffffu, best, o);
-    const int64_t i2 = __shfl_xor_sync(0xffffffffu, bi, o);
-    if (better(v2, i2, best, bi)) {
-      best = v2;
-      bi = i2;
-    }
-  }
-  __shared__ float wv[kWarps];
-  __shared__ int64_t wi[kWarps];
-  if (threadIdx.x % 32 == 0) {
-    wv[threadIdx.x / 32] = best;
-    wi[threadIdx.x / 32] = bi;
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    for (int w = 1; w < kWarps; ++w)
-      if (better(wv[w], wi[w], best, bi)) {
-        best = wv[w];
-        bi = wi[w];
-      }
-    out[blockIdx.x] = int32_t(bi == INT64_MAX ? 0 : bi);
-  }
-}
-
 __global__ void positions_kernel(const int32_t* ppos, const int32_t* blocks, int bt, int64_t n,
                                  int32_t* out) {
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n;
@@ -291,14 +247,6 @@ void launch_evict(const int32_t* d_meta, int n_tasks, const float* d_mass, int64
   if (rb % 16 == 0) go(uint4{});
   else if (rb % 4 == 0) go(uint32_t{});
   else go(uint16_t{});
-}
-
-void launch_argmax_rows(const Tensor& x, int32_t* d_out, cudaStream_t s) {
-  if (x.type != GgmlType::F32) throw Error("cuda argmax_rows: F32 rows expected");
-  if (x.rows == 0) return;
-  if (x.cols <= 0) throw Error("cuda argmax_rows: empty rows");
-  argmax_kernel<<<unsigned(x.rows), kThreads, 0, s>>>(view<const float>(x), x.cols, d_out);
-  BMX_LAUNCHED();
 }
 
 void launch_kv_positions(const KVPoolView& pool, const int32_t* d_blocks, int64_t n,

@@ -1,9 +1,12 @@
-// Token sampling where the logits are: one CTA per row picks the argmax (inv_temperature
-// <= 0) or draws from softmax(logits * inv_temperature) with the uniform the host drew,
-// by the same inverse distribution in vocabulary order as backend/row_sampling.cpp: the
-// weights' difference and product in float, the exponential and the sums in double. Only
-// the sums' order differs (segments and a scan instead of one running sum), so a token
-// can differ from the host's only where u * total falls within rounding of a boundary.
+// Token picks where the logits are, one CTA a row.
+// - argmax_rows: the largest value, the first on ties.
+// - sample_rows: the argmax (inv_temperature <= 0) or a draw from
+//   softmax(logits * inv_temperature) with the uniform the host drew, by the same inverse
+//   distribution in vocabulary order as backend/row_sampling.cpp: the weights' difference
+//   and product in float, the exponential and the sums in double. Only the sums' order
+//   differs (segments and a scan instead of one running sum), so a token can differ from
+//   the host's only where u * total falls within rounding of a boundary.
+// - top_candidates: a row's best entries, sorted, and its mass (top-k / top-p sampling).
 #include <cfloat>
 #include <cstdint>
 
@@ -21,10 +24,12 @@ __device__ __forceinline__ double weight(float x, float top, float inv_t) {
 }
 
 // Largest value, first index on ties, of the whole block; every thread gets it.
+template <int kT>
 __device__ void block_argmax(const float* row, int64_t cols, float& best, int64_t& bi) {
+  constexpr int kW = kT / 32;
   best = -INFINITY;
   bi = INT64_MAX;
-  for (int64_t i = threadIdx.x; i < cols; i += kThreads) {
+  for (int64_t i = threadIdx.x; i < cols; i += kT) {
     const float v = row[i];
     if (bi == INT64_MAX || v > best) best = v, bi = i;
   }
@@ -39,15 +44,23 @@ __device__ void block_argmax(const float* row, int64_t cols, float& best, int64_
     const int64_t i2 = __shfl_xor_sync(0xffffffffu, bi, o);
     if (better(v2, i2, best, bi)) best = v2, bi = i2;
   }
-  __shared__ float wv[kWarps];
-  __shared__ int64_t wi[kWarps];
+  __shared__ float wv[kW];
+  __shared__ int64_t wi[kW];
   if (threadIdx.x % 32 == 0) wv[threadIdx.x / 32] = best, wi[threadIdx.x / 32] = bi;
   __syncthreads();
   best = wv[0];
   bi = wi[0];
-  for (int w = 1; w < kWarps; ++w)
+  for (int w = 1; w < kW; ++w)
     if (better(wv[w], wi[w], best, bi)) best = wv[w], bi = wi[w];
   __syncthreads();
+}
+
+__global__ void __launch_bounds__(kThreads) argmax_kernel(View<const float> x, int64_t cols,
+                                                          int32_t* out) {
+  float best;
+  int64_t bi;
+  block_argmax<kThreads>(x.row(blockIdx.x), cols, best, bi);
+  if (threadIdx.x == 0) out[blockIdx.x] = int32_t(bi == INT64_MAX ? 0 : bi);
 }
 
 __device__ __forceinline__ double warp_inclusive_sum(double v) {
@@ -66,7 +79,7 @@ __global__ void __launch_bounds__(kThreads) sample_rows_kernel(View<const float>
   const float* row = x.row(blockIdx.x);
   float top;
   int64_t arg;
-  block_argmax(row, cols, top, arg);
+  block_argmax<kThreads>(row, cols, top, arg);
   const float inv_t = inv_temperature[blockIdx.x];
   if (!(inv_t > 0)) {
     if (threadIdx.x == 0) out[blockIdx.x] = int32_t(arg);
@@ -285,6 +298,14 @@ __global__ void __launch_bounds__(kCandThreads) top_candidates_kernel(
 }
 
 }  // namespace
+
+void launch_argmax_rows(const Tensor& x, int32_t* d_out, cudaStream_t s) {
+  if (x.type != GgmlType::F32) throw Error("cuda argmax_rows: F32 rows expected");
+  if (x.rows == 0) return;
+  if (x.cols <= 0) throw Error("cuda argmax_rows: empty rows");
+  argmax_kernel<<<unsigned(x.rows), kThreads, 0, s>>>(view<const float>(x), x.cols, d_out);
+  BMX_LAUNCHED();
+}
 
 void launch_sample_rows(const Tensor& x, const float* d_inv_temperature, const double* d_uniform,
                         int32_t* d_out, cudaStream_t s) {
