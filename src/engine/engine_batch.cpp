@@ -247,18 +247,17 @@ class EngineBatch final : public Engine::Batch {
       // Greedy, or temperature over the whole vocabulary, without logprobs: the backend
       // picks the token where the logits are, with the uniform this request's sampler
       // draws now (as sample() would have), instead of sending the logits row here.
-      b.token_only = (s.request.sampling.temperature <= 0 ||
-                      (s.sampler->samples_in_order() && !host_sampling())) &&
-                     s.request.logprobs < 0 && !b.all_logits && !opts.keep_last_logits &&
-                     !opts.keep_step_logits;
+      const bool logits_may_stay = s.request.logprobs < 0 && !b.all_logits &&
+                                   !opts.keep_last_logits && !opts.keep_step_logits;
+      b.token_only = logits_may_stay && (s.request.sampling.temperature <= 0 ||
+                                         (s.sampler->samples_in_order() && !host_sampling()));
       if (b.token_only && b.want_logits && s.sampler->samples_in_order()) {
         b.inv_temperature = s.sampler->inv_temperature();
         b.uniform = s.sampler->draw_uniform();
       }
       // Top-k / top-p: the row's best entries come back, and the whole row only where they
       // do not decide; the Sampler draws from them as it would from the row.
-      if (b.want_logits && !b.token_only && s.request.logprobs < 0 && !b.all_logits &&
-          !opts.keep_last_logits && !opts.keep_step_logits && !host_sampling() &&
+      if (b.want_logits && logits_may_stay && !b.token_only && !host_sampling() &&
           s.sampler->samples_from_candidates(n_vocab)) {
         b.top_candidates_k = s.sampler->candidates_wanted(n_vocab);
         b.inv_temperature = s.sampler->inv_temperature();
