@@ -558,7 +558,9 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
     for (int64_t j = 0; j < n; ++j) {
       const SeqBatch& b = *cand_of[size_t(r0 + j)];
       k = std::max(k, b.top_candidates_k);
-      inv_t[size_t(j)] = b.inv_temperature;
+      // Top-k draws need no mass of the whole row: 0 skips that pass.
+      const bool top_k = b.sample_top_k > 0 && b.sample_top_k < V;
+      inv_t[size_t(j)] = top_k ? 0.0f : b.inv_temperature;
     }
     k = int(std::min<int64_t>({int64_t(k), int64_t(kMaxTopCandidates), V}));
     std::vector<float> values(size_t(n * k));

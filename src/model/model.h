@@ -61,7 +61,7 @@ class Model {
   struct RowCandidates {
     std::vector<float> values;  // the row's best, by value then index
     std::vector<int32_t> ids;
-    double whole_mass = 0;
+    double whole_mass = 0;      // 0 for top-k rows, whose draw does not need it
     std::vector<float> logits;  // the whole row, only where the candidates do not decide
   };
   std::span<const RowCandidates> candidates() const { return candidates_; }
