@@ -5,8 +5,14 @@
 // Backend::sample_rows.
 #include <cstdint>
 #include <span>
+#include <utility>
 
 namespace batchmax {
+
+// The order of a row's candidates (value, index): larger value first, then smaller index.
+inline bool candidate_before(const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
+  return a.first > b.first || (a.first == b.first && a.second < b.second);
+}
 
 // Index of the largest value, the first on ties.
 int32_t argmax_row(std::span<const float> logits);

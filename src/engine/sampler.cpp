@@ -18,8 +18,6 @@ void validate_sampling(const SamplingParams& p) {
   if (p.max_tokens < 0) throw Error("max_tokens must be >= 0, got " + std::to_string(p.max_tokens));
 }
 
-int32_t argmax(std::span<const float> logits) { return argmax_row(logits); }
-
 Sampler::Sampler(const SamplingParams& p) : p_(p), rng_(p.seed) {}
 
 bool Sampler::samples_in_order() const {
@@ -35,7 +33,7 @@ double Sampler::draw_uniform() {
 }
 
 int32_t Sampler::sample(std::span<const float> logits) {
-  if (p_.temperature <= 0) return argmax(logits);
+  if (p_.temperature <= 0) return argmax_row(logits);
   const float inv_t = inv_temperature();
   // The whole vocabulary: no order needed (a sort of a 128k vocabulary per token cost
   // more than the GPU's decode step). Backend::sample_rows does the same on the device.
@@ -44,13 +42,10 @@ int32_t Sampler::sample(std::span<const float> logits) {
   cand_.clear();
   cand_.reserve(logits.size());
   for (size_t i = 0; i < logits.size(); ++i) cand_.push_back({logits[i], int32_t(i)});
-  auto by_logit = [](const auto& a, const auto& b) {
-    return a.first > b.first || (a.first == b.first && a.second < b.second);
-  };
   size_t n = cand_.size();
   double whole_mass = 0;  // top-p alone: the nucleus is cut against the whole softmax
   if (p_.top_k > 0 && size_t(p_.top_k) < n) {
-    std::partial_sort(cand_.begin(), cand_.begin() + p_.top_k, cand_.end(), by_logit);
+    std::partial_sort(cand_.begin(), cand_.begin() + p_.top_k, cand_.end(), candidate_before);
     n = size_t(p_.top_k);
   } else {
     // Top-p alone: sort only as many of the best as the nucleus needs, growing the
@@ -58,7 +53,7 @@ int32_t Sampler::sample(std::span<const float> logits) {
     for (float x : logits) whole_mass += std::exp(double((x - top) * inv_t));
     size_t k = std::min<size_t>(n, 64);
     for (;;) {
-      std::partial_sort(cand_.begin(), cand_.begin() + ptrdiff_t(k), cand_.end(), by_logit);
+      std::partial_sort(cand_.begin(), cand_.begin() + ptrdiff_t(k), cand_.end(), candidate_before);
       double acc = 0;
       for (size_t i = 0; i < k; ++i) acc += std::exp(double((cand_[i].first - top) * inv_t));
       if (k == n || acc / whole_mass >= p_.top_p) break;

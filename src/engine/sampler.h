@@ -49,6 +49,4 @@ class Sampler {
   std::vector<double> prob_;
 };
 
-int32_t argmax(std::span<const float> logits);
-
 }  // namespace batchmax

@@ -33,7 +33,7 @@ TEST(Sampler, GreedyIsArgmax) {
 
 TEST(Sampler, TopKOneAndTinyTopPAreGreedy) {
   auto l = random_logits(8, 500);
-  int32_t want = argmax(l);
+  int32_t want = argmax_row(l);
   SamplingParams p;
   p.temperature = 1.5f;
   p.top_k = 1;
@@ -222,9 +222,7 @@ TEST(Sampler, CandidatesDrawWhatTheWholeRowDraws) {
       const int k = from_cand.candidates_wanted(int64_t(l.size()));
       std::vector<std::pair<float, int32_t>> c2;
       for (size_t j = 0; j < l.size(); ++j) c2.push_back({l[j], int32_t(j)});
-      std::partial_sort(c2.begin(), c2.begin() + k, c2.end(), [](const auto& a, const auto& b) {
-        return a.first > b.first || (a.first == b.first && a.second < b.second);
-      });
+      std::partial_sort(c2.begin(), c2.begin() + k, c2.end(), candidate_before);
       std::vector<float> values;
       std::vector<int32_t> ids;
       for (int j = 0; j < k; ++j) values.push_back(c2[size_t(j)].first), ids.push_back(c2[size_t(j)].second);

@@ -1,5 +1,4 @@
 #include "backend/cpu/cpu_backend.h"
-
 #include "backend/cpu/attention_scores.h"
 #include "kv/eviction_policy.h"
 
@@ -9,7 +8,6 @@
 #include <cstring>
 #include <sys/mman.h>
 #include <limits>
-#include <string>
 #include <vector>
 
 #include "backend/cpu/kernels_avx2.h"
@@ -437,9 +435,7 @@ void CpuBackend::top_candidates(const Tensor& x, int k, std::span<const float> i
     const float* v = static_cast<const float*>(x.row(r));
     cand.clear();
     for (int64_t i = 0; i < x.cols; ++i) cand.push_back({v[i], int32_t(i)});
-    std::partial_sort(cand.begin(), cand.begin() + k, cand.end(), [](const auto& a, const auto& b) {
-      return a.first > b.first || (a.first == b.first && a.second < b.second);
-    });
+    std::partial_sort(cand.begin(), cand.begin() + k, cand.end(), candidate_before);
     for (int j = 0; j < k; ++j) {
       values[r * k + j] = cand[size_t(j)].first;
       ids[r * k + j] = cand[size_t(j)].second;
