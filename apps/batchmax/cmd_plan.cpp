@@ -47,6 +47,8 @@ int run_plan(const PlanArgs& a) {
                     {"entries_per_head", entries},
                     {"blocks_per_request", blocks},
                     {"bytes_per_request", blocks * m.kv_block_bytes},
+                    {"prefill_headroom_blocks",
+                     engine->prefill_headroom_blocks(kv, a.prompt_tokens, a.max_tokens)},
                     {"max_concurrent", engine->max_concurrent(kv, a.prompt_tokens, a.max_tokens)}});
   }
   if (a.json) {
@@ -103,8 +105,14 @@ int run_plan(const PlanArgs& a) {
                 static_cast<long long>(r["blocks_per_request"].get<int64_t>()),
                 format_bytes(r["bytes_per_request"].get<int64_t>()).c_str(),
                 static_cast<long long>(r["max_concurrent"].get<int64_t>()));
-  std::printf("\nentries/head: the most KV entries a request holds per (layer, head) at once:\n"
-              "prompt + output (full), the whole prompt (post-prefill), budget + chunk (batchmax).\n");
+  std::printf("\nentries/head: the KV entries a request reserves per (layer, head) for its life:\n"
+              "prompt + output (full), the whole prompt (post-prefill), budget + slack (batchmax).\n");
+  for (const auto& r : rows)
+    if (const int64_t h = r["prefill_headroom_blocks"].get<int64_t>(); h > 0)
+      std::printf("%s: a prefill step holds up to budget + chunk until its eviction; the %lld "
+                  "blocks (%s) more come from a headroom the pool keeps once, not per request.\n",
+                  r["mode"].get<std::string>().c_str(), static_cast<long long>(h),
+                  format_bytes(h * m.kv_block_bytes).c_str());
   return 0;
 }
 

@@ -24,6 +24,9 @@
 #   profile: stage of its own: GPU time op by op (BATCHMAX_PROFILE=ops, events only, no
 #            added synchronisation), W-limited shapes, 4096 in / 256 out, REQ_PROFILE (48)
 #            requests, LIMITED_MODES at KV budget 512.
+#   profile-full: the same on the W-full shapes (whole GPU, FULL_STEP_TOKENS, FULL_MODES
+#            at KV budget 512), REQ_FULL requests for TIME_LIMIT seconds (set one, e.g.
+#            30: the steady state of mixed steps is what it is for).
 set -uo pipefail
 BIN=${1:-build-cuda}/batchmax
 OUT=${OUT:-throughput_out}
@@ -62,6 +65,12 @@ for stage in $STAGES; do
         --input-len 4096 --output-len 256 --mem-budget 24GiB --modes "$LIMITED_MODES" \
         --kv-budgets 512 --chunk 512 --out "$OUT/profile$TAG.json" > "$OUT/profile$TAG.log" 2>&1 || rc=1
       grep -E "^(profile|  |    )" "$OUT/profile$TAG.log" | head -n 150 ;;
+    profile-full)
+      BATCHMAX_PROFILE=ops "$BIN" bench "${common[@]}" --no-ceilings -n "$REQ_FULL" \
+        --step-tokens "$FULL_STEP_TOKENS" --input-len 4096 --output-len 256 --mem-fraction 0.9 \
+        --modes "$FULL_MODES" --kv-budgets 512 --chunk 512 \
+        --out "$OUT/profile_full$TAG.json" > "$OUT/profile_full$TAG.log" 2>&1 || rc=1
+      grep -E "^(profile|  |    )" "$OUT/profile_full$TAG.log" | head -n 150 ;;
     smoke)  # every mode end to end on short requests: shapes, budgets, no crash
       "$BIN" bench "${common[@]}" --no-ceilings -n 8 --input-len uniform:200:1500 --output-len 16 \
         --mem-budget 20GiB --kv-budgets 256 --chunk 256 --policies snapkv,h2o,knorm \

@@ -175,13 +175,19 @@ class Engine {
   virtual const MemoryPlan& memory_plan() const = 0;
   // Most bytes the backend has held since the engine started (weights, workspace, KV).
   virtual int64_t peak_backend_bytes() const = 0;
-  // KV blocks one request of this shape reserves, and how many such requests the pool
-  // holds at once (the largest batch for this workload).
+  // KV blocks one request of this shape reserves for its life; the blocks more that one
+  // of its prefill steps holds until the step's eviction (batchmax: budget + chunk
+  // against budget + slack), which come from a headroom the pool keeps once for all
+  // requests; and how many such requests the pool holds at once (the largest batch for
+  // this workload).
   virtual int64_t blocks_per_request(const KVSettings& kv, int64_t prompt_tokens,
                                      int64_t max_tokens) const = 0;
+  virtual int64_t prefill_headroom_blocks(const KVSettings& kv, int64_t prompt_tokens,
+                                          int64_t max_tokens) const = 0;
   int64_t max_concurrent(const KVSettings& kv, int64_t prompt_tokens, int64_t max_tokens) const {
     const int64_t b = blocks_per_request(kv, prompt_tokens, max_tokens);
-    return b > 0 ? memory_plan().kv_blocks / b : 0;
+    const int64_t room = memory_plan().kv_blocks - prefill_headroom_blocks(kv, prompt_tokens, max_tokens);
+    return b > 0 && room > 0 ? room / b : 0;
   }
 
   // Runs every request to completion and returns outputs in request order. A request

@@ -144,7 +144,15 @@ void LlmEngine::plan_memory() {
 int64_t LlmEngine::blocks_per_request(const KVSettings& kv, int64_t prompt_tokens,
                                     int64_t max_tokens) const {
   const int64_t gen = std::min<int64_t>(max_tokens, context_ - prompt_tokens);
-  return kv_->blocks_for_entries(worst_case_entries(to_compression(kv), prompt_tokens, gen));
+  return kv_->blocks_for_entries(held_entries(to_compression(kv), prompt_tokens, gen));
+}
+
+int64_t LlmEngine::prefill_headroom_blocks(const KVSettings& kv, int64_t prompt_tokens,
+                                           int64_t max_tokens) const {
+  const int64_t gen = std::min<int64_t>(max_tokens, context_ - prompt_tokens);
+  const KVCompression c = to_compression(kv);
+  return kv_->blocks_for_entries(worst_case_entries(c, prompt_tokens, gen)) -
+         kv_->blocks_for_entries(held_entries(c, prompt_tokens, gen));
 }
 
 const Tokenizer& LlmEngine::tokenizer() const {

@@ -57,7 +57,8 @@ struct Waiting {
   Engine::Batch::Callbacks callbacks;
   Clock::time_point added;
   KVCompression comp;
-  int64_t worst_entries = 0;
+  int64_t worst_entries = 0;  // inside its own prefill steps
+  int64_t held_entries = 0;   // between steps: reserved for its life
 };
 
 struct Running {
@@ -97,6 +98,7 @@ class EngineBatch final : public Engine::Batch {
       e_.validate(r);
       w.comp = to_compression(r.kv.value_or(e_.options().kv));
       w.worst_entries = worst_case_entries(w.comp, int64_t(r.prompt.size()), e_.effective_max_tokens(r));
+      w.held_entries = held_entries(w.comp, int64_t(r.prompt.size()), e_.effective_max_tokens(r));
       check_fits_pool(w.comp, w.worst_entries);
     } catch (const Error& err) {
       Output o;
@@ -203,7 +205,7 @@ class EngineBatch final : public Engine::Batch {
     while (!waiting_.empty() && (max_batch == 0 || int(running_.size()) < max_batch)) {
       Waiting& w = waiting_.front();
       const int64_t seq_id = next_seq_id_++;
-      if (!kv_.add_sequence(seq_id, w.worst_entries, w.comp)) break;
+      if (!kv_.add_sequence(seq_id, w.held_entries, w.comp, w.worst_entries)) break;
       Running s;
       s.handle = w.handle;
       s.callbacks = std::move(w.callbacks);
@@ -225,7 +227,14 @@ class EngineBatch final : public Engine::Batch {
     const int64_t chunk = opts.prefill_chunk > 0 ? opts.prefill_chunk : opts.step_tokens;
     std::vector<SeqProgress> progress;
     for (const Running& s : running_) progress.push_back(s.progress);
-    const std::vector<StepItem> items = plan_step(progress, opts.step_tokens, chunk);
+    // A prefill chunk may need blocks past its sequence's reservation (batchmax holds
+    // budget + chunk until the step's eviction): the cache promises them or the chunk waits.
+    const std::vector<StepItem> items =
+        plan_step(progress, opts.step_tokens, chunk, [&](size_t i, int64_t n) {
+          return kv_.reserve_growth(running_[i].seq_id, n);
+        });
+    // The headroom covers any one sequence's chunk, so a step always has work.
+    if (items.empty()) throw Error("internal: a step with running requests planned no work");
     std::vector<SeqBatch> batch;
     const int64_t n_vocab = e_.model().hparams().n_vocab;
     std::vector<int32_t> decode_tokens(running_.size());

@@ -26,6 +26,8 @@ class LlmEngine final : public Engine {
   const MemoryPlan& memory_plan() const override { return plan_; }
   int64_t blocks_per_request(const KVSettings& kv, int64_t prompt_tokens,
                              int64_t max_tokens) const override;
+  int64_t prefill_headroom_blocks(const KVSettings& kv, int64_t prompt_tokens,
+                                  int64_t max_tokens) const override;
   const Tokenizer& tokenizer() const override;
   int64_t peak_backend_bytes() const override;
   const ChatTemplate* chat_template() const override { return chat_.get(); }

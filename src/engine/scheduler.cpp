@@ -5,7 +5,7 @@
 namespace batchmax {
 
 std::vector<StepItem> plan_step(const std::vector<SeqProgress>& seqs, int64_t step_tokens,
-                                int64_t chunk) {
+                                int64_t chunk, const std::function<bool(size_t, int64_t)>& room) {
   std::vector<StepItem> items;
   int64_t budget = step_tokens;
   for (size_t i = 0; i < seqs.size(); ++i)
@@ -24,6 +24,7 @@ std::vector<StepItem> plan_step(const std::vector<SeqProgress>& seqs, int64_t st
     int64_t n = std::min(left, budget);
     if (chunk > 0) n = std::min(n, chunk);
     if (s.chunk > 0) n = std::min(n, s.chunk);
+    if (room && !room(i, n)) break;
     items.push_back({i, n, true, n == left});
     budget -= n;
   }

@@ -4,6 +4,7 @@
 // sequence's progress is one number: tokens computed so far).
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 namespace batchmax {
@@ -23,7 +24,11 @@ struct StepItem {
 };
 
 // step_tokens: the step's token budget; chunk: the largest prefill chunk (0: no limit).
+// room(i, n), when given, is asked before sequence i takes a prefill chunk of n tokens
+// (the KV cache promises the blocks the chunk needs past the sequence's reservation);
+// on false, prefill stops for this step, so no later sequence overtakes it.
 std::vector<StepItem> plan_step(const std::vector<SeqProgress>& seqs, int64_t step_tokens,
-                                int64_t chunk);
+                                int64_t chunk,
+                                const std::function<bool(size_t, int64_t)>& room = nullptr);
 
 }  // namespace batchmax

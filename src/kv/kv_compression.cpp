@@ -41,4 +41,14 @@ int64_t worst_case_entries(const KVCompression& c, int64_t prompt, int64_t max_t
   return std::min(all, std::max(prefill_cap, decode_cap));
 }
 
+int64_t held_entries(const KVCompression& c, int64_t prompt, int64_t max_tokens) {
+  const int64_t worst = worst_case_entries(c, prompt, max_tokens);
+  if (!c.evicts() || c.mode != KVMode::BatchMax) return worst;
+  // After each prefill step's eviction at most the budget stays (commit evicts whenever a
+  // batchmax chunk leaves more), and a chunk that leaves fewer never exceeded it.
+  const EvictionParams& p = c.params;
+  const int64_t all = prompt + std::max<int64_t>(max_tokens - 1, 0);
+  return std::min(worst, std::min(all, p.budget + std::max<int64_t>(p.slack, 1)));
+}
+
 }  // namespace batchmax

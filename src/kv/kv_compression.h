@@ -27,8 +27,16 @@ struct KVCompression {
   void validate() const;
 };
 
-// The most entries any (layer, head) of a request can hold at once; what admission
-// reserves. max_tokens is the number of tokens generated (the last is never stored).
+// The most entries any (layer, head) of a request can hold at once, inside one of its
+// own prefill steps included. max_tokens is the number of tokens generated (the last is
+// never stored).
 int64_t worst_case_entries(const KVCompression& c, int64_t prompt, int64_t max_tokens);
+// The most entries it holds between steps and in its decode steps: what admission
+// reserves for the request's whole life. Equal to worst_case_entries except in
+// batchmax, whose prefill steps hold up to budget + chunk for the length of a step and
+// then evict to the budget, while decode grows only to budget + slack. The difference
+// comes from a headroom the cache shares among the step's prefill chunks
+// (PagedKVCache::reserve_growth), so each sequence need not reserve it for its life.
+int64_t held_entries(const KVCompression& c, int64_t prompt, int64_t max_tokens);
 
 }  // namespace batchmax

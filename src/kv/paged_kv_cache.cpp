@@ -66,14 +66,20 @@ const PagedKVCache::Sequence& PagedKVCache::seq(int64_t id) const {
   return const_cast<PagedKVCache*>(this)->seq(id);
 }
 
-bool PagedKVCache::add_sequence(int64_t seq_id, int64_t max_entries, const KVCompression& comp) {
+bool PagedKVCache::add_sequence(int64_t seq_id, int64_t max_entries, const KVCompression& comp,
+                                int64_t peak_entries) {
   if (seqs_.count(seq_id)) throw Error("kv cache: sequence " + std::to_string(seq_id) + " exists");
   comp.validate();
-  int64_t need = blocks_for_entries(max_entries);
-  if (!blocks_.reserve(need)) return false;
+  const int64_t need = blocks_for_entries(max_entries);
+  const int64_t burst = std::max<int64_t>(0, blocks_for_entries(peak_entries) - need);
+  const int64_t grow = std::max<int64_t>(0, burst - headroom_);  // the headroom covers every burst
+  if (!blocks_.reserve(need + grow)) return false;
+  headroom_ += grow;
   Sequence s;
   s.heads.resize(size_t(cfg_.n_layer) * cfg_.n_kv_heads);
   s.reserved = need;
+  s.base = need;
+  s.burst = burst;
   s.comp = comp;
   if (comp.evicts()) s.policy = make_policy(comp.policy, comp.params);
   // A policy with per-entry state (h2o) keeps it in the pool's slot mass, if it has one.
@@ -87,8 +93,54 @@ void PagedKVCache::remove_sequence(int64_t seq_id) {
   Sequence& s = seq(seq_id);
   for (auto& h : s.heads)
     for (int32_t b : h.blocks) blocks_.release(b);
-  blocks_.unreserve(s.reserved);
+  // Its promise leaves the pool, except what it had from the headroom: that goes back to
+  // the headroom (promised in the pool, to no sequence). Its held blocks are free by now,
+  // so promising them again cannot fail.
+  const int64_t back = s.lent_headroom - s.reserved;
+  if (back > 0 && !blocks_.reserve(back)) throw Error("kv cache: lost the prefill headroom");
+  if (back < 0) blocks_.unreserve(-back);
+  headroom_lent_ -= s.lent_headroom;
   seqs_.erase(seq_id);
+  fit_headroom();
+}
+
+bool PagedKVCache::reserve_growth(int64_t seq_id, int64_t n_new) {
+  Sequence& s = seq(seq_id);
+  int64_t need = 0;
+  for (const auto& h : s.heads)
+    need += std::max<int64_t>(0, (h.entries() + n_new + cfg_.block_tokens - 1) / cfg_.block_tokens -
+                                     int64_t(h.blocks.size()));
+  const int64_t extra = need - s.reserved;
+  if (extra <= 0) return true;
+  const int64_t from_headroom = std::min(extra, headroom_ - headroom_lent_);
+  const int64_t from_pool = extra - from_headroom;
+  if (from_pool > 0 && !blocks_.reserve(from_pool)) return false;
+  headroom_lent_ += from_headroom;
+  s.lent_headroom += from_headroom;
+  s.lent_pool += from_pool;
+  s.reserved += extra;
+  return true;
+}
+
+void PagedKVCache::return_growth(Sequence& s) {
+  // What it holds and is promised past its life's reservation, as far as not taken.
+  const int64_t give = std::min({s.lent_headroom + s.lent_pool, s.held + s.reserved - s.base, s.reserved});
+  if (give <= 0) return;
+  const int64_t to_headroom = std::min(give, s.lent_headroom);
+  s.lent_headroom -= to_headroom;
+  headroom_lent_ -= to_headroom;
+  s.lent_pool -= give - to_headroom;
+  blocks_.unreserve(give - to_headroom);
+  s.reserved -= give;
+}
+
+void PagedKVCache::fit_headroom() {
+  if (headroom_lent_ > 0) return;  // mid-step: shrink at a later removal
+  int64_t most = 0;
+  for (const auto& [id, s] : seqs_) most = std::max(most, s.burst);
+  if (most >= headroom_) return;
+  blocks_.unreserve(headroom_ - most);
+  headroom_ = most;
 }
 
 void PagedKVCache::prepare(int64_t seq_id, int64_t n_new, StepPhase phase) {
@@ -156,6 +208,7 @@ void PagedKVCache::commit(int64_t seq_id) {
   }
   s.evict_after = false;
   s.observe = 0;
+  return_growth(s);
 }
 
 // Keeps the budget's worth of entries per (layer, head), packs them to the front of the

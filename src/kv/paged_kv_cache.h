@@ -47,11 +47,24 @@ class PagedKVCache : public KVCache {
   // Blocks one sequence needs to hold `entries` entries in every (layer, head).
   int64_t blocks_for_entries(int64_t entries) const;
 
-  // Admission: reserves the blocks for up to `max_entries` per (layer, head). False,
-  // with nothing changed, when the pool cannot promise them.
-  bool add_sequence(int64_t seq_id, int64_t max_entries, const KVCompression& comp = {});
+  // Admission: reserves the blocks for up to `max_entries` per (layer, head) for the
+  // sequence's life. A sequence whose own prefill steps hold more for a step
+  // (`peak_entries`, batchmax's budget + chunk) takes the difference from a headroom
+  // shared by all sequences (reserve_growth), which admission keeps large enough for
+  // the largest such difference, so one prefill chunk a step always fits. False, with
+  // nothing changed, when the pool cannot promise the blocks.
+  bool add_sequence(int64_t seq_id, int64_t max_entries, const KVCompression& comp = {},
+                    int64_t peak_entries = 0);
   // Frees the sequence's blocks and what is left of its reservation.
   void remove_sequence(int64_t seq_id);
+  // Before prepare() of a step that adds `n_new` entries: promises the blocks past the
+  // sequence's reservation that the step needs, from the shared headroom and then from
+  // unpromised blocks. False, with nothing changed, when they are not there (the step
+  // leaves the chunk for a later one). commit() gives them back.
+  bool reserve_growth(int64_t seq_id, int64_t n_new);
+  // Blocks promised for prefill headroom (shared), and how many of them are lent now.
+  int64_t headroom_blocks() const { return headroom_; }
+  int64_t headroom_lent() const { return headroom_lent_; }
   bool has_sequence(int64_t seq_id) const { return seqs_.count(seq_id) != 0; }
   // Plans a step: makes room for `n_new` more entries in every (layer, head) and
   // decides whether the step ends with an eviction and which queries to observe.
@@ -96,6 +109,10 @@ class PagedKVCache : public KVCache {
     std::vector<HeadTable> heads;  // [layer * n_kv_heads + head]
     int64_t reserved = 0;          // blocks promised but not yet taken
     int64_t held = 0;              // blocks taken
+    int64_t base = 0;              // blocks promised for its life (held + reserved, between steps)
+    int64_t burst = 0;             // blocks more that one of its prefill steps may need
+    int64_t lent_headroom = 0;     // of reserved: lent from the shared headroom this step
+    int64_t lent_pool = 0;         // of reserved: promised from free blocks this step
     KVCompression comp;
     std::unique_ptr<EvictionPolicy> policy;
     SequenceKVStats stats;
@@ -115,12 +132,19 @@ class PagedKVCache : public KVCache {
                        const Tensor* mass);
   // Drops a head's blocks past what its entries need; they stay promised to the sequence.
   void shrink_blocks(Sequence& s, HeadTable& t);
+  // Gives back what reserve_growth() lent, as far as the sequence no longer needs it.
+  void return_growth(Sequence& s);
+  // Sets the shared headroom to the largest burst of the live sequences (between steps).
+  void fit_headroom();
 
   Backend& backend_;
   KVCacheConfig cfg_;
   BlockPool blocks_;
   KVPoolView pool_view_;
   std::unordered_map<int64_t, Sequence> seqs_;
+  // Blocks promised to the pool for prefill bursts, not to a sequence (>= every live
+  // sequence's burst), and how many of them reserve_growth() lent this step.
+  int64_t headroom_ = 0, headroom_lent_ = 0;
   std::vector<int32_t> slots_, pos_;  // scratch for store()
   bool device_eviction_ = false;      // eviction_on_device() when the cache was made
   std::vector<EvictTask> tasks_;

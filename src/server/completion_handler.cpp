@@ -118,7 +118,9 @@ std::variant<Prepared, Rejection> prepare(const std::string& body, Endpoint ep, 
 
   const KVSettings kv = r.kv.apply(st.opts.kv_defaults);
   try {
-    const int64_t need = engine->blocks_per_request(kv, n_prompt, max_tokens);
+    // Its life's reservation plus the headroom its own prefill steps borrow.
+    const int64_t need = engine->blocks_per_request(kv, n_prompt, max_tokens) +
+                         engine->prefill_headroom_blocks(kv, n_prompt, max_tokens);
     const int64_t pool = engine->memory_plan().kv_blocks;
     if (need > pool)
       return Rejection{invalid_request("the request needs " + std::to_string(need) +

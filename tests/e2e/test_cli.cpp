@@ -194,6 +194,33 @@ TEST_F(Cli, PlanReportsTheResolvedStepSize) {
   EXPECT_EQ(bad.code, 2) << "a negative step size is a usage error";
 }
 
+// batchmax reserves budget + slack per request; its prefill steps' extra (up to budget +
+// chunk) comes from one shared headroom, which the plan reports and subtracts once.
+TEST_F(Cli, PlanSharesTheBatchmaxPrefillHeadroom) {
+  BATCHMAX_REQUIRE_SMOLLM2();
+  const std::vector<std::string> args = {"plan", "--model", model(), "--modes", "full,batchmax",
+                                         "--kv-budget", "256", "--chunk", "512", "--slack", "32",
+                                         "--prompt-tokens", "4096", "--max-tokens", "256",
+                                         "--kv-mem", "64MiB"};
+  std::vector<std::string> as_json = args;
+  as_json.push_back("--json");
+  const Result r = run(as_json);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const json j = json::parse(r.out);
+  const int64_t pool = j.at("kv_blocks").get<int64_t>(), heads = j.at("kv_heads_total").get<int64_t>();
+  const json& full = j.at("modes").at(0);
+  const json& bm = j.at("modes").at(1);
+  EXPECT_EQ(full.at("prefill_headroom_blocks").get<int64_t>(), 0);
+  // 256 + 32 entries: 18 blocks a head; 256 + 512: 48, so 30 a head of headroom.
+  EXPECT_EQ(bm.at("entries_per_head").get<int64_t>(), 288);
+  EXPECT_EQ(bm.at("blocks_per_request").get<int64_t>(), 18 * heads);
+  EXPECT_EQ(bm.at("prefill_headroom_blocks").get<int64_t>(), 30 * heads);
+  EXPECT_EQ(bm.at("max_concurrent").get<int64_t>(), (pool - 30 * heads) / (18 * heads));
+  const Result text = run(args);
+  ASSERT_EQ(text.code, 0) << text.err;
+  EXPECT_NE(text.out.find("come from a headroom the pool keeps once"), std::string::npos) << text.out;
+}
+
 TEST_F(Cli, InfoDescribesSmolLM2) {
   BATCHMAX_REQUIRE_SMOLLM2();
   Result r = run({"info", "--model", model()});

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
 #include <random>
 
 #include "core/error.h"
@@ -108,4 +109,128 @@ TEST(PagedKVCache, GrowingPastReservationIsAnError) {
   EXPECT_THROW(kv.prepare(1, 5), Error);  // would need a second block per head
   EXPECT_THROW(kv.prepare(2, 1), Error);  // unknown sequence
   EXPECT_THROW(kv.add_sequence(1, 4), Error);  // duplicate
+}
+
+namespace {
+KVCompression batchmax_window(int64_t budget, int64_t chunk, int64_t slack) {
+  KVCompression c;
+  c.mode = KVMode::BatchMax;
+  c.policy = "window";
+  c.params.budget = budget;
+  c.params.chunk = chunk;
+  c.params.slack = slack;
+  c.params.sinks = 1;
+  c.params.window = 2;
+  return c;
+}
+
+// One step of the given (sequence, new entries) items: growth promised, stored, committed.
+void run_items(Backend& be, PagedKVCache& kv, const std::vector<std::pair<int64_t, int64_t>>& items,
+               std::map<int64_t, int64_t>& done, int64_t prompt) {
+  const KVCacheConfig& cfg = kv.config();
+  int64_t n = 0;
+  for (auto [id, k] : items) {
+    kv.prepare(id, k, done[id] + k < prompt ? StepPhase::Prefill
+                                            : (done[id] < prompt ? StepPhase::LastPrefill
+                                                                 : StepPhase::Decode));
+    n += k;
+  }
+  Tensor k = be.alloc(GgmlType::F32, n, int64_t(cfg.n_kv_heads) * cfg.head_dim);
+  Tensor v = be.alloc(GgmlType::F32, n, int64_t(cfg.n_kv_heads) * cfg.head_dim);
+  std::vector<int32_t> pos;
+  std::vector<KVAppend> appends;
+  for (auto [id, m] : items)
+    for (int64_t i = 0; i < m; ++i) pos.push_back(int32_t(done[id] + i));
+  size_t at = 0;
+  for (auto [id, m] : items) {
+    appends.push_back({id, m, std::span<const int32_t>(pos.data() + at, size_t(m))});
+    at += size_t(m);
+  }
+  for (int layer = 0; layer < cfg.n_layer; ++layer) kv.store(layer, appends, k, v);
+  for (auto [id, m] : items) {
+    kv.commit(id);
+    done[id] += m;
+  }
+  be.free(k);
+  be.free(v);
+}
+}  // namespace
+
+// batchmax reserves budget + slack per sequence for its life; a prefill chunk's extra
+// (budget + chunk until the step's eviction) is lent from a shared headroom and returned.
+TEST(PagedKVCache, PrefillHeadroomIsSharedAndReturned) {
+  auto be = make_cpu_backend();
+  KVCacheConfig cfg = small_config();  // 2 layers x 2 heads, 4-entry blocks
+  cfg.n_blocks = 40;
+  PagedKVCache kv(*be, cfg);
+  const KVCompression c = batchmax_window(8, 8, 4);
+  const int64_t prompt = 40;
+  EXPECT_EQ(held_entries(c, prompt, 20), 12);        // budget + slack: 3 blocks a head
+  EXPECT_EQ(worst_case_entries(c, prompt, 20), 16);  // budget + chunk: 4 blocks a head
+  // Per sequence 12 blocks for its life, and 4 more of headroom once: three fit in 40
+  // (with the worst case reserved per sequence, 16 each, only two would).
+  for (int64_t id : {1, 2, 3}) ASSERT_TRUE(kv.add_sequence(id, 12, c, 16)) << id;
+  EXPECT_EQ(kv.headroom_blocks(), 4);
+  EXPECT_FALSE(kv.add_sequence(4, 12, c, 16));
+  std::map<int64_t, int64_t> done;
+  // First chunks (8 entries: 2 blocks a head) fit each reservation: nothing is lent.
+  for (int64_t id : {1, 2, 3}) EXPECT_TRUE(kv.reserve_growth(id, 8));
+  EXPECT_EQ(kv.headroom_lent(), 0);
+  run_items(*be, kv, {{1, 8}, {2, 8}, {3, 8}}, done, prompt);
+  // Second chunks (16 entries until the eviction): one borrows the headroom, a second
+  // finds no free block, a third is not asked (the scheduler stops at the second).
+  EXPECT_TRUE(kv.reserve_growth(1, 8));
+  EXPECT_EQ(kv.headroom_lent(), 4);
+  EXPECT_FALSE(kv.reserve_growth(2, 8));
+  EXPECT_EQ(kv.headroom_lent(), 4);  // nothing changed by the refusal
+  run_items(*be, kv, {{1, 8}}, done, prompt);
+  EXPECT_EQ(kv.headroom_lent(), 0);  // evicted to the budget, lent blocks back
+  EXPECT_EQ(kv.n_entries(1, 0, 0), 8);
+  EXPECT_EQ(kv.blocks().n_unreserved(), 0);
+  // Every chunk of every sequence gets through one at a time, then decode past the
+  // slack, and the pool never grows past what it promised.
+  while (done[1] < prompt || done[2] < prompt || done[3] < prompt) {
+    std::vector<std::pair<int64_t, int64_t>> items;
+    for (int64_t id : {1, 2, 3}) {
+      if (done[id] >= prompt) continue;
+      if (!kv.reserve_growth(id, 8)) break;
+      items.push_back({id, 8});
+    }
+    ASSERT_FALSE(items.empty());
+    run_items(*be, kv, items, done, prompt);
+    EXPECT_EQ(kv.headroom_lent(), 0);
+  }
+  for (int step = 0; step < 12; ++step) {
+    for (int64_t id : {1, 2, 3}) ASSERT_TRUE(kv.reserve_growth(id, 1));  // within the reservation
+    EXPECT_EQ(kv.headroom_lent(), 0);
+    run_items(*be, kv, {{1, 1}, {2, 1}, {3, 1}}, done, prompt);
+    EXPECT_LE(kv.n_entries(2, 1, 1), 12);
+  }
+  for (int64_t id : {1, 2, 3}) kv.remove_sequence(id);
+  EXPECT_EQ(kv.headroom_blocks(), 0);
+  EXPECT_EQ(kv.blocks().n_free(), cfg.n_blocks);
+  EXPECT_EQ(kv.blocks().n_unreserved(), cfg.n_blocks);
+}
+
+// A sequence removed while it holds lent headroom (a failed step) gives it back to the
+// headroom, not to the pool, and the headroom shrinks with its last borrower.
+TEST(PagedKVCache, RemovingABorrowerRestoresTheHeadroom) {
+  auto be = make_cpu_backend();
+  KVCacheConfig cfg = small_config();
+  cfg.n_blocks = 44;
+  PagedKVCache kv(*be, cfg);
+  const KVCompression c = batchmax_window(8, 8, 4);
+  ASSERT_TRUE(kv.add_sequence(1, 12, c, 16));
+  ASSERT_TRUE(kv.add_sequence(2, 4));  // full mode, no burst
+  std::map<int64_t, int64_t> done;
+  run_items(*be, kv, {{1, 8}}, done, 40);
+  ASSERT_TRUE(kv.reserve_growth(1, 8));
+  kv.prepare(1, 8);
+  EXPECT_EQ(kv.headroom_lent(), 4);
+  kv.remove_sequence(1);  // without commit
+  EXPECT_EQ(kv.headroom_lent(), 0);
+  EXPECT_EQ(kv.headroom_blocks(), 0);  // no sequence with a burst is left
+  EXPECT_EQ(kv.blocks().n_unreserved(), cfg.n_blocks - 4);
+  kv.remove_sequence(2);
+  EXPECT_EQ(kv.blocks().n_unreserved(), cfg.n_blocks);
 }

@@ -45,3 +45,24 @@ TEST(Scheduler, PrefillNeverStarvesUnderManyDecoders) {
   EXPECT_TRUE(items.back().prefill);
   EXPECT_EQ(items.back().n_tokens, 1);
 }
+
+// A chunk that the KV cache cannot promise blocks for waits, and so does every sequence
+// after it (no overtaking); decoders still run.
+TEST(Scheduler, PrefillStopsWhereTheCacheHasNoRoom) {
+  std::vector<SeqProgress> s(4);
+  s[0] = {100, 100, true};  // decoding
+  s[1] = {300, 0, false};
+  s[2] = {300, 0, false};
+  s[3] = {10, 0, false};
+  std::vector<std::pair<size_t, int64_t>> asked;
+  auto items = plan_step(s, 1024, 128, [&](size_t i, int64_t n) {
+    asked.push_back({i, n});
+    return i != 2;
+  });
+  ASSERT_EQ(items.size(), 2u);
+  EXPECT_FALSE(items[0].prefill);
+  EXPECT_EQ(items[1].seq, 1u);
+  EXPECT_EQ(items[1].n_tokens, 128);
+  ASSERT_EQ(asked.size(), 2u);  // sequence 3 is not asked: it may not overtake 2
+  EXPECT_EQ(asked[1], (std::pair<size_t, int64_t>{2, 128}));
+}
