@@ -95,6 +95,11 @@ std::string report() {
       out += line;
       std::snprintf(line, sizeof line, "  %-26s %9.3f ms/step\n", "sum of op GPU times", 1e3 * sum / n);
       out += line;
+      // Host time from one forward's end to the next one's start (commit, sampling,
+      // scheduling): the GPU idles through it.
+      std::snprintf(line, sizeof line, "  %-26s %9.3f ms/step\n", "between forwards (host)",
+                    1e3 * s.sec[k][kBetween] / n);
+      out += line;
       for (const auto& [sec, name] : rows) {
         std::snprintf(line, sizeof line, "    %-24s %9.3f ms/step %5.1f%%\n", name.c_str(),
                       1e3 * sec / n, sum > 0 ? 100 * sec / sum : 0.0);

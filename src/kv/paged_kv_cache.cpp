@@ -1,6 +1,7 @@
 #include "kv/paged_kv_cache.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -145,15 +146,23 @@ void PagedKVCache::fit_headroom() {
 
 void PagedKVCache::prepare(int64_t seq_id, int64_t n_new, StepPhase phase) {
   Sequence& s = seq(seq_id);
-  for (auto& h : s.heads) {
-    int64_t need = (h.entries() + n_new + cfg_.block_tokens - 1) / cfg_.block_tokens;
-    while (int64_t(h.blocks.size()) < need) {
-      if (s.reserved <= 0)
-        throw Error("kv cache: sequence " + std::to_string(seq_id) + " grew past its reservation");
-      h.blocks.push_back(blocks_.take_reserved());
-      --s.reserved;
-      ++s.held;
+  if (!s.fit_known || s.max_n + n_new > s.min_cap) {
+    const int64_t bt = cfg_.block_tokens;
+    s.max_n = 0;
+    s.min_cap = INT64_MAX;
+    for (auto& h : s.heads) {
+      const int64_t need = (h.entries() + n_new + bt - 1) / bt;
+      while (int64_t(h.blocks.size()) < need) {
+        if (s.reserved <= 0)
+          throw Error("kv cache: sequence " + std::to_string(seq_id) + " grew past its reservation");
+        h.blocks.push_back(blocks_.take_reserved());
+        --s.reserved;
+        ++s.held;
+      }
+      s.max_n = std::max(s.max_n, h.entries());
+      s.min_cap = std::min(s.min_cap, int64_t(h.blocks.size()) * bt);
     }
+    s.fit_known = true;
   }
   s.stats.peak_blocks = std::max(s.stats.peak_blocks, s.held);
   s.evict_after = false;
@@ -215,6 +224,7 @@ void PagedKVCache::commit(int64_t seq_id) {
 // head's blocks (order preserved, so positions stay sorted) and returns emptied blocks
 // to the sequence's reservation.
 void PagedKVCache::evict(Sequence& s) {
+  s.fit_known = false;
   const EvictionParams& p = s.comp.params;
   const int bt = cfg_.block_tokens;
   std::vector<int32_t> src, dst;
@@ -271,6 +281,7 @@ std::vector<int32_t> PagedKVCache::positions(int64_t seq_id, int layer, int head
 }
 
 void PagedKVCache::shrink_blocks(Sequence& s, HeadTable& t) {
+  s.fit_known = false;
   const size_t need = size_t((t.n + cfg_.block_tokens - 1) / cfg_.block_tokens);
   while (t.blocks.size() > need) {
     blocks_.release(t.blocks.back());
@@ -471,6 +482,7 @@ void PagedKVCache::evict_on_device(int l0, int l1, std::span<const int64_t> seq_
         if (t.n <= budget) continue;
         s.stats.evicted += t.n - budget;
         t.n = budget;
+        s.fit_known = false;
         shrink_blocks(s, t);
       }
     }
@@ -498,6 +510,7 @@ void PagedKVCache::store(int layer, std::span<const KVAppend> appends, const Ten
     for (int h = 0; h < nh; ++h) {
       HeadTable& t = heads[h];
       t.n += a.n_tokens;
+      s.max_n = std::max(s.max_n, t.n);
       if (!s.device) t.pos.insert(t.pos.end(), a.pos.begin(), a.pos.begin() + a.n_tokens);
       if (s.policy && s.policy->keeps_state()) t.acc.resize(t.pos.size(), 0.0f);
       s.stats.peak_entries = std::max(s.stats.peak_entries, t.entries());

@@ -119,6 +119,12 @@ class PagedKVCache : public KVCache {
     bool evict_after = false;      // planned by prepare()
     int64_t observe = 0;           // queries to observe this step
     bool device = false;           // eviction by Backend::evict (no host mirror of pos)
+    // prepare()'s shortcut: no head holds more than max_n entries and every head has room
+    // for min_cap, so a step of up to min_cap - max_n entries needs no block (a loop over
+    // every (layer, head) of hundreds of sequences cost ~1 ms a step). Valid while
+    // fit_known; store() keeps max_n, eviction clears fit_known.
+    int64_t max_n = 0, min_cap = 0;
+    bool fit_known = false;
   };
   Sequence& seq(int64_t id);
   const Sequence& seq(int64_t id) const;
