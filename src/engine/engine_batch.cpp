@@ -8,8 +8,10 @@
 #include <deque>
 #include <optional>
 #include <string>
+#include <thread>
 
 #include "core/error.h"
+#include "core/thread_pool.h"
 #include "core/format.h"
 #include "engine/llm_engine.h"
 #include "engine/sampler.h"
@@ -303,6 +305,20 @@ class EngineBatch final : public Engine::Batch {
     }
 
     const int64_t V = e_.model().hparams().n_vocab;
+    // First what each item's token comes from; rows the host samples (whole rows, and
+    // candidates that may not decide) are drawn after, in parallel: each request has its
+    // own Sampler, so the draws are independent and each sampler sees the calls it always
+    // did. A 128k-token row whose top-p nucleus is wide costs the host ~10 ms to sort.
+    struct Draw {
+      size_t item;
+      std::span<const float> row;                  // whole row (empty: candidates)
+      const Model::RowCandidates* rc = nullptr;
+      int32_t tok = -1;
+      TokenInfo info;                              // logprobs, where asked for
+    };
+    std::vector<Draw> draws;
+    std::vector<int64_t> picked(items.size(), -1);  // token-only rows: the backend's pick
+    std::vector<int64_t> drawn(items.size(), -1);   // else: index into draws
     size_t li = 0, ai = 0, ci = 0;  // logits row, picked token, candidates row
     for (size_t k = 0; k < items.size(); ++k) {
       const StepItem& it = items[k];
@@ -327,9 +343,23 @@ class EngineBatch final : public Engine::Batch {
       }
       s.progress.decoding = true;
       if (b.token_only) {
-        accept_token(s, e_.model().picked_tokens()[ai++], {});
+        picked[k] = e_.model().picked_tokens()[ai++];
       } else if (b.top_candidates_k > 0) {
-        const Model::RowCandidates& rc = e_.model().candidates()[ci++];
+        drawn[k] = int64_t(draws.size());
+        draws.push_back({k, {}, &e_.model().candidates()[ci++]});
+      } else {
+        std::span<const float> row(logits.data() + li * V, size_t(V));
+        ++li;
+        if (it.prefill && opts.keep_last_logits) s.out.last_logits.assign(row.begin(), row.end());
+        if (opts.keep_step_logits) s.out.step_logits.emplace_back(row.begin(), row.end());
+        drawn[k] = int64_t(draws.size());
+        draws.push_back({k, row, nullptr});
+      }
+    }
+    auto draw = [&](Draw& d) {
+      Running& s = running_[items[d.item].seq];
+      if (d.rc) {
+        const Model::RowCandidates& rc = *d.rc;
         std::optional<int32_t> tok;
         if (rc.logits.empty()) tok = s.sampler->sample_candidates(rc.values, rc.ids, rc.whole_mass, V);
         if (!tok) {
@@ -337,13 +367,32 @@ class EngineBatch final : public Engine::Batch {
             throw Error("internal: a row's candidates did not decide its draw and the row was not kept");
           tok = s.sampler->sample(rc.logits);
         }
-        accept_token(s, *tok, {});
+        d.tok = *tok;
       } else {
-        std::span<const float> row(logits.data() + li * V, size_t(V));
-        ++li;
-        if (it.prefill && opts.keep_last_logits) s.out.last_logits.assign(row.begin(), row.end());
-        if (opts.keep_step_logits) s.out.step_logits.emplace_back(row.begin(), row.end());
-        accept_token(s, s.sampler->sample(row), row);
+        d.tok = s.sampler->sample(d.row);
+        if (s.request.logprobs >= 0) token_logprobs(d.row, d.tok, s.request.logprobs, d.info);
+      }
+    };
+    // Only rows that take the host real work are worth a thread each.
+    const bool heavy = std::any_of(draws.begin(), draws.end(),
+                                   [](const Draw& d) { return !d.rc || !d.rc->logits.empty(); });
+    if (draws.size() > 1 && heavy) {
+      if (!draw_pool_) draw_pool_ = std::make_unique<ThreadPool>(std::min(16u, std::max(1u, std::thread::hardware_concurrency())));
+      draw_pool_->parallel_for(int64_t(draws.size()), [&](int64_t b0, int64_t b1) {
+        for (int64_t j = b0; j < b1; ++j) draw(draws[size_t(j)]);
+      });
+    } else {
+      for (Draw& d : draws) draw(d);
+    }
+    for (size_t k = 0; k < items.size(); ++k) {
+      Running& s = running_[items[k].seq];
+      if (picked[k] >= 0) {
+        accept_token(s, int32_t(picked[k]), {});
+      } else if (drawn[k] >= 0) {
+        Draw& d = draws[size_t(drawn[k])];
+        accept_token(s, d.tok, d.row, &d.info);
+      } else {
+        continue;
       }
       ++prog_.generated_tokens;
     }
@@ -356,16 +405,18 @@ class EngineBatch final : public Engine::Batch {
 
   // Appends a sampled token, decides whether the request is finished and streams the
   // text that became final. row: the token's logits (empty for argmax-only rows, which
-  // never ask for logprobs).
-  void accept_token(Running& s, int32_t tok, std::span<const float> row) {
+  // never ask for logprobs); logprobs: the token's, computed already (null: from row).
+  void accept_token(Running& s, int32_t tok, std::span<const float> row,
+                    TokenInfo* logprobs = nullptr) {
     const Request& r = s.request;
     Output& o = s.out;
     if (o.tokens.empty()) o.first_token_s = seconds_between(s.added, Clock::now());
     o.tokens.push_back(tok);
     s.last_token = tok;
     TokenInfo info;
+    if (logprobs) info = std::move(*logprobs);
     info.token = tok;
-    if (r.logprobs >= 0) token_logprobs(row, tok, r.logprobs, info);
+    if (r.logprobs >= 0 && !logprobs) token_logprobs(row, tok, r.logprobs, info);
 
     const Tokenizer* tok_model = e_.tokenizer_or_null();
     const bool at_length = int64_t(o.tokens.size()) >= e_.effective_max_tokens(r);
@@ -428,6 +479,7 @@ class EngineBatch final : public Engine::Batch {
 
   LlmEngine& e_;
   PagedKVCache& kv_;
+  std::unique_ptr<ThreadPool> draw_pool_;  // host draws of a step, made on first need
   std::deque<Waiting> waiting_;
   std::vector<Running> running_;
   Handle next_handle_ = 1;
