@@ -194,6 +194,15 @@ class Backend {
   // where inv_temperature[r] <= 0). 1 <= k <= min(cols, kMaxTopCandidates).
   virtual void top_candidates(const Tensor& x, int k, std::span<const float> inv_temperature,
                               float* values, int32_t* ids, double* whole_mass) = 0;
+  // For top-p rows whose best kMaxTopCandidates entries do not decide the draw (a wide
+  // nucleus): the listed rows of the F32 logits x in top_candidates' order (value
+  // descending, then index; -0 equals +0), the first n entries of each to values/ids
+  // (host memory, n per listed row). 1 <= n <= cols.
+  virtual void sorted_prefix(const Tensor& x, std::span<const int32_t> rows, int64_t n,
+                             float* values, int32_t* ids) = 0;
+  // Called once with the vocabulary size while the workspace is planned, so that a
+  // backend whose sorted_prefix needs scratch holds it inside the plan.
+  virtual void reserve_row_sort(int64_t cols) {}
 
   // KV pool
   // slot_mass: also a float per slot (KVPoolView::mass) for policies that accumulate.

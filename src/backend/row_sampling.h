@@ -40,5 +40,8 @@ bool candidates_decide(std::span<const float> values, double whole_mass, float i
 
 // The most candidates Backend::top_candidates gives a row.
 constexpr int kMaxTopCandidates = 1024;
+// Where they do not decide, the sorted prefix Backend::sorted_prefix sends first (32 KiB of
+// values a row), before the whole sorted row.
+constexpr int64_t kSortedPrefix = 4096;
 
 }  // namespace batchmax

@@ -369,6 +369,7 @@ void Model::reserve_workspace(int64_t T) {
                                std::max<int64_t>(int64_t(4) << 20, hp_.n_head_kv * hp_.n_ctx_train));
   ws.capacity = T;
   backend_.reserve_step_scratch(T, attention_params());
+  backend_.reserve_row_sort(hp_.n_vocab);
 }
 
 int64_t Model::weight_bytes() const { return w_->bytes; }
@@ -567,19 +568,44 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
     std::vector<int32_t> idx(size_t(n * k));
     std::vector<double> mass(static_cast<size_t>(n));
     backend_.top_candidates(logits, k, inv_t, values.data(), idx.data(), mass.data());
-    for (int64_t j = 0; j < n; ++j) {
+    std::vector<int32_t> wide;  // rows of this slice whose candidates do not decide
+    auto decides = [&](int64_t j) {
       const SeqBatch& b = *cand_of[size_t(r0 + j)];
+      const RowCandidates& rc = candidates_[size_t(r0 + j)];
+      return candidates_decide(rc.values, rc.whole_mass, b.inv_temperature, b.sample_top_k,
+                               b.sample_top_p, V);
+    };
+    for (int64_t j = 0; j < n; ++j) {
       RowCandidates& rc = candidates_[size_t(r0 + j)];
       rc.values.assign(values.begin() + j * k, values.begin() + (j + 1) * k);
       rc.ids.assign(idx.begin() + j * k, idx.begin() + (j + 1) * k);
       rc.whole_mass = mass[size_t(j)];
       rc.logits.clear();
-      if (!candidates_decide(rc.values, rc.whole_mass, b.inv_temperature, b.sample_top_k,
-                             b.sample_top_p, V)) {
-        rc.logits.resize(size_t(V));
-        backend_.download(logits.slice_rows(j, 1), rc.logits.data());
-      }
+      if (!decides(j)) wide.push_back(int32_t(j));
     }
+    // A top-p nucleus wider than the candidates: the backend sorts those rows and sends a
+    // longer sorted prefix, then the whole sorted row where that is still too short (a
+    // whole row always decides).
+    for (const int64_t len : {std::min<int64_t>(V, kSortedPrefix), V}) {
+      if (wide.empty()) break;
+      const size_t need = wide.size() * size_t(len);
+      if (prefix_values_.size() < need) {
+        prefix_values_.resize(need);
+        prefix_ids_.resize(need);
+      }
+      const std::vector<float>& pv = prefix_values_;
+      const std::vector<int32_t>& pi = prefix_ids_;
+      backend_.sorted_prefix(logits, wide, len, prefix_values_.data(), prefix_ids_.data());
+      std::vector<int32_t> still;
+      for (size_t w = 0; w < wide.size(); ++w) {
+        RowCandidates& rc = candidates_[size_t(r0 + wide[w])];
+        rc.values.assign(pv.begin() + ptrdiff_t(w * size_t(len)), pv.begin() + ptrdiff_t((w + 1) * size_t(len)));
+        rc.ids.assign(pi.begin() + ptrdiff_t(w * size_t(len)), pi.begin() + ptrdiff_t((w + 1) * size_t(len)));
+        if (!decides(wide[w])) still.push_back(wide[w]);
+      }
+      wide.swap(still);
+    }
+    if (!wide.empty()) throw Error("internal: a whole sorted row did not decide its draw");
   }
   return out;
 }

@@ -83,6 +83,10 @@ class Model {
   std::unique_ptr<Workspace> ws_;
   std::vector<int32_t> picked_;
   std::vector<RowCandidates> candidates_;
+  // sorted_prefix's output, kept between steps (a flat row's prefix is the whole row:
+  // hundreds of MB a step that need not be allocated and zeroed each time).
+  std::vector<float> prefix_values_;
+  std::vector<int32_t> prefix_ids_;
   AttentionParams attention_params() const;
   bool stacked() const;  // projections stacked (Backend::prefers_stacked_projections)
 };

@@ -115,5 +115,43 @@ TEST_F(CudaSampling, TopCandidatesMatchCpu) {
   EXPECT_THROW(cpu->top_candidates(t.c, 0, inv_t, v.data(), i.data(), m.data()), Error);
 }
 
+// sorted_prefix: the listed rows sorted as top_candidates orders them, their first n
+// entries. Exact values and indices: ties (many equal values, -0 and +0) keep index order.
+TEST_F(CudaSampling, SortedPrefixMatchesCpu) {
+  for (int64_t cols : {int64_t(1500), int64_t(49152), int64_t(128256)}) {
+    const int64_t rows = 21;  // three launches of up to 8 rows
+    std::vector<float> x(size_t(rows * cols));
+    for (int64_t r = 0; r < rows; ++r) {
+      std::normal_distribution<float> d(0.0f, 0.05f + 2.0f * float(r % 3));  // flat to sharp
+      for (int64_t c = 0; c < cols; ++c) x[size_t(r * cols + c)] = d(rng);
+      if (r % 4 == 1)  // repeated values where the prefix ends and inside it
+        for (int j = 0; j < 5000; ++j) x[size_t(r * cols + randi(0, int(cols - 1)))] = float(randi(-2, 2));
+      if (r % 4 == 2)
+        for (int j = 0; j < 300; ++j) x[size_t(r * cols + randi(0, int(cols - 1)))] = j % 2 ? 0.0f : -0.0f;
+    }
+    Pair t = make(rows, cols, x, GgmlType::F32);
+    const std::vector<int32_t> pick = {20, 0, 3, 7, 1, 2, 9, 14, 5, 11, 19, 4, 13};
+    for (int64_t n : {int64_t(1), int64_t(1000), std::min<int64_t>(cols, 4096), cols}) {
+      const size_t total = pick.size() * size_t(n);
+      std::vector<float> wv(total), gv(total, std::nanf(""));
+      std::vector<int32_t> wi(total), gi(total, -1);
+      cpu->sorted_prefix(t.c, pick, n, wv.data(), wi.data());
+      gpu->sorted_prefix(t.g, pick, n, gv.data(), gi.data());
+      for (size_t e = 0; e < total; ++e) {
+        ASSERT_EQ(gi[e], wi[e]) << "cols " << cols << " n " << n << " row " << pick[e / size_t(n)]
+                                << " rank " << e % size_t(n);
+        ASSERT_EQ(gv[e], wv[e]) << "cols " << cols << " n " << n << " rank " << e % size_t(n);
+      }
+    }
+  }
+  Pair t = make(2, 100, randv(200), GgmlType::F32);
+  std::vector<float> v(400);
+  std::vector<int32_t> i(400);
+  const std::vector<int32_t> one = {1}, bad = {2};
+  EXPECT_THROW(gpu->sorted_prefix(t.g, one, 101, v.data(), i.data()), Error);
+  EXPECT_THROW(gpu->sorted_prefix(t.g, bad, 10, v.data(), i.data()), Error);
+  EXPECT_THROW(cpu->sorted_prefix(t.c, one, 0, v.data(), i.data()), Error);
+}
+
 }  // namespace
 }  // namespace batchmax::cudatest

@@ -158,5 +158,38 @@ TEST(DummyWeights, SampledTokensAreTheSameWhereverPicked) {
   EXPECT_NE(Engine::create(backend_side)->generate(other)[1].tokens, b[1].tokens);
 }
 
+// Top-p over a 49152-token vocabulary whose nuclei are far wider than the backend's 1024
+// candidates (dummy weights give nearly flat logits): the backend sends those rows
+// sorted (Backend::sorted_prefix), and the tokens are the ones the host's Sampler draws
+// from the whole row.
+TEST(DummyWeights, WideTopPNucleiDrawWhatTheWholeRowDraws) {
+  EngineOptions o;
+  o.dummy_weights = "smollm2-135m-shape";
+  o.n_threads = 2;
+  o.max_batch = 4;
+  o.kv_mem_bytes = int64_t(64) << 20;
+  EngineOptions host_side = o;
+  host_side.keep_step_logits = true;
+  auto reqs = [] {
+    std::vector<Request> r(3);
+    for (size_t i = 0; i < r.size(); ++i) {
+      r[i].id = std::to_string(i);
+      for (int j = 0; j < 20 + 7 * int(i); ++j) r[i].prompt.push_back((j * 131 + int(i)) % 49152);
+      r[i].sampling.max_tokens = 5;
+      r[i].sampling.seed = 40 + i;
+      // Hot enough that 1024 entries hold too little, and for two of them 4096 too.
+      r[i].sampling.temperature = i == 0 ? 50.0f : 8.0f;
+      r[i].sampling.top_p = i == 2 ? 0.6f : 0.95f;
+    }
+    return r;
+  };
+  const auto a = Engine::create(host_side)->generate(reqs());
+  const auto b = Engine::create(o)->generate(reqs());
+  for (size_t i = 0; i < a.size(); ++i) {
+    ASSERT_EQ(a[i].tokens.size(), 5u) << a[i].error;
+    EXPECT_EQ(a[i].tokens, b[i].tokens) << i;
+  }
+}
+
 }  // namespace
 }  // namespace batchmax

@@ -448,6 +448,24 @@ void CpuBackend::top_candidates(const Tensor& x, int k, std::span<const float> i
   }
 }
 
+void CpuBackend::sorted_prefix(const Tensor& x, std::span<const int32_t> rows, int64_t n,
+                               float* values, int32_t* ids) {
+  require_f32(x, "sorted_prefix: input must be F32");
+  require(n >= 1 && n <= x.cols, "sorted_prefix: n must be in [1, cols]");
+  std::vector<std::pair<float, int32_t>> cand;
+  for (size_t j = 0; j < rows.size(); ++j) {
+    require(rows[j] >= 0 && rows[j] < x.rows, "sorted_prefix: row out of range");
+    const float* v = static_cast<const float*>(x.row(rows[j]));
+    cand.clear();
+    for (int64_t i = 0; i < x.cols; ++i) cand.push_back({v[i], int32_t(i)});
+    std::partial_sort(cand.begin(), cand.begin() + n, cand.end(), candidate_before);
+    for (int64_t i = 0; i < n; ++i) {
+      values[int64_t(j) * n + i] = cand[size_t(i)].first;
+      ids[int64_t(j) * n + i] = cand[size_t(i)].second;
+    }
+  }
+}
+
 void CpuBackend::kv_positions(const KVPoolView& pool, std::span<const int32_t> blocks,
                               int64_t n_entries, int32_t* out) {
   require(n_entries <= int64_t(blocks.size()) * pool.block_tokens, "kv_positions: more entries than blocks");

@@ -19,6 +19,7 @@
 #include "backend/cuda/gemm.h"
 #include "backend/cuda/op_timer.h"
 #include "backend/cuda/replay_graphs.h"
+#include "backend/cuda/row_sort.h"
 #include "backend/cuda/staging.h"
 #include "backend/step_profile.h"
 
@@ -86,6 +87,7 @@ class CudaBackend final : public Backend {
     evict_keys_.name = "evict keys";
     scores_part_.name = "scores partials";
     cudnn_scratch_.name = "cuDNN attention";
+    sort_scratch_.name = "row sort";
 #if defined(BATCHMAX_HAVE_CUDNN)
     std::string why;
     BMX_CUDA(cudaStreamCreateWithFlags(&cudnn_stream_, cudaStreamNonBlocking));
@@ -525,6 +527,32 @@ class CudaBackend final : public Backend {
     std::memcpy(ids, host_sample_.data() + n * sizeof(double) + nk * sizeof(float), nk * sizeof(int32_t));
   }
 
+  void reserve_row_sort(int64_t cols) override { sort_scratch_.get(cuda::row_sort_scratch_bytes(cols)); }
+  void sorted_prefix(const Tensor& x, std::span<const int32_t> rows, int64_t n, float* values,
+                     int32_t* ids) override {
+    if (n < 1 || n > x.cols) throw Error("cuda sorted_prefix: n must be in [1, cols]");
+    check_ids(rows, x.rows, "sorted_prefix: row");
+    const size_t bytes = cuda::row_sort_scratch_bytes(x.cols);
+    void* scratch = sort_scratch_.get(bytes);
+    const size_t pitch = size_t(x.cols) * 4, width = size_t(n) * 4;
+    for (size_t r0 = 0; r0 < rows.size(); r0 += cuda::kRowsPerSort) {
+      const size_t m = std::min<size_t>(cuda::kRowsPerSort, rows.size() - r0);
+      const int32_t* d_rows = put_ints({rows.subspan(r0, m)});
+      const float* keys = nullptr;
+      const int32_t* sorted = nullptr;
+      {
+        BMX_OP_TIME("sorted_prefix");
+        cuda::launch_sort_rows(x, d_rows, int(m), scratch, bytes, &keys, &sorted, stream_);
+      }
+      BMX_CUDA(cudaMemcpy2DAsync(values + r0 * size_t(n), width, keys, pitch, width, m,
+                                 cudaMemcpyDeviceToHost, stream_));
+      BMX_CUDA(cudaMemcpy2DAsync(ids + r0 * size_t(n), width, sorted, pitch, width, m,
+                                 cudaMemcpyDeviceToHost, stream_));
+    }
+    BMX_CUDA(cudaStreamSynchronize(stream_));
+    op_timer_.drain();
+  }
+
   void kv_positions(const KVPoolView& pool, std::span<const int32_t> blocks, int64_t n_entries,
                     int32_t* out) override {
     if (n_entries > int64_t(blocks.size()) * pool.block_tokens)
@@ -798,6 +826,7 @@ class CudaBackend final : public Backend {
   std::vector<cuda::SdpaEntry> sdpa_entries_;
   DeviceBuffer cudnn_scratch_;
   DeviceBuffer weight_stage_, move_scratch_, scores_out_, attn_scratch_, small_out_, evict_keys_, scores_part_;
+  DeviceBuffer sort_scratch_;  // sorted_prefix (reserved with the workspace)
   std::vector<int32_t> host_ints_;
   std::vector<char> host_sample_;  // sample_rows' and top_candidates' host side
   std::vector<float> host_scores_;
