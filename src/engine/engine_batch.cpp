@@ -308,7 +308,8 @@ class EngineBatch final : public Engine::Batch {
     // First what each item's token comes from; rows the host samples (whole rows, and
     // candidates that may not decide) are drawn after, in parallel: each request has its
     // own Sampler, so the draws are independent and each sampler sees the calls it always
-    // did. A 128k-token row whose top-p nucleus is wide costs the host ~10 ms to sort.
+    // did. A logprobs row's softmax over 128k entries, or a draw over a wide nucleus's
+    // sorted row, costs the host a millisecond or more.
     struct Draw {
       size_t item;
       std::span<const float> row;                  // whole row (empty: candidates)
