@@ -134,3 +134,27 @@ TEST(KVCompression, WorstCaseEntriesPerMode) {
   c.params.slack = 300;
   EXPECT_EQ(worst_case_entries(c, 4096, 512), 512 + 300);
 }
+
+// What a request reserves for its life: the worst case, except in batchmax, where a
+// prefill step's budget + chunk comes from the pool's shared headroom and only
+// budget + slack (or less, for a short request) stays reserved.
+TEST(KVCompression, HeldEntriesPerMode) {
+  KVCompression c;
+  c.params.budget = 512;
+  c.params.chunk = 256;
+  c.params.slack = 64;
+  for (KVMode m : {KVMode::Full, KVMode::PostPrefill}) {
+    c.mode = m;
+    EXPECT_EQ(held_entries(c, 4096, 512), worst_case_entries(c, 4096, 512));
+  }
+  c.mode = KVMode::BatchMax;
+  EXPECT_EQ(held_entries(c, 4096, 512), 512 + 64);
+  EXPECT_EQ(held_entries(c, 100, 10), 109);  // short request: never evicts, holds it all
+  EXPECT_EQ(held_entries(c, 540, 1), 540);   // prompt + output below budget + slack
+  c.params.slack = 0;                        // decode evicts at budget + 1
+  EXPECT_EQ(held_entries(c, 4096, 512), 513);
+  c.params.slack = 300;  // slack past the chunk: decode is the larger, no headroom needed
+  EXPECT_EQ(held_entries(c, 4096, 512), worst_case_entries(c, 4096, 512));
+  c.policy = "full";  // a policy that never evicts: everything, as in full mode
+  EXPECT_EQ(held_entries(c, 4096, 512), 4096 + 511);
+}
