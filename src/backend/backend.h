@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/row_sampling.h"
 #include "format/tensor_types.h"
 
 namespace batchmax {
@@ -200,6 +201,12 @@ class Backend {
   // (host memory, n per listed row). 1 <= n <= cols.
   virtual void sorted_prefix(const Tensor& x, std::span<const int32_t> rows, int64_t n,
                              float* values, int32_t* ids) = 0;
+  // Top-p rows whose nucleus is wider than such a prefix: each listed row sorted the same
+  // way and drawn from whole by draw_sorted (backend/row_sampling.h) with draws[i]; the
+  // token to out[i] (host memory). The sums may run in another order than the host's, which
+  // can change a pick only where a cut falls within rounding of a boundary.
+  virtual void draw_sorted_rows(const Tensor& x, std::span<const int32_t> rows,
+                                std::span<const SortedDraw> draws, int32_t* out) = 0;
   // Called once with the vocabulary size while the workspace is planned, so that a
   // backend whose sorted_prefix needs scratch holds it inside the plan.
   virtual void reserve_row_sort(int64_t cols) {}

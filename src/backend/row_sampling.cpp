@@ -38,4 +38,30 @@ bool candidates_decide(std::span<const float> values, double whole_mass, float i
   return acc / whole_mass >= top_p;
 }
 
+int32_t draw_sorted(std::span<const std::pair<float, int32_t>> cand, float inv_temperature,
+                    double whole_mass, float top_p, double u, std::vector<double>& prob) {
+  const size_t n = cand.size();
+  const float mx = cand[0].first;
+  prob.resize(n);
+  double sum = 0;
+  for (size_t i = 0; i < n; ++i) sum += prob[i] = std::exp(double((cand[i].first - mx) * inv_temperature));
+  if (whole_mass > 0) sum = whole_mass;
+  size_t keep = n;
+  if (top_p < 1.0f) {
+    double acc = 0;
+    for (size_t i = 0; i < n; ++i) {
+      acc += prob[i] / sum;
+      if (acc >= top_p) { keep = i + 1; break; }
+    }
+  }
+  double total = 0;
+  for (size_t i = 0; i < keep; ++i) total += prob[i];
+  double r = u * total;
+  for (size_t i = 0; i < keep; ++i) {
+    r -= prob[i];
+    if (r < 0) return cand[i].second;
+  }
+  return cand[keep - 1].second;
+}
+
 }  // namespace batchmax

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <span>
 #include <utility>
+#include <vector>
 
 namespace batchmax {
 
@@ -37,6 +38,24 @@ inline int32_t pick_row(std::span<const float> logits, float inv_temperature, do
 // inside them, as the host's Sampler would find it.
 bool candidates_decide(std::span<const float> values, double whole_mass, float inv_temperature,
                        int top_k, float top_p, int64_t vocab);
+
+// The top-k / top-p draw over candidates sorted by candidate_before (the row's best, or
+// all of it): p_i = exp(double((v_i - v_0) * inv_temperature)) (difference and product
+// in float), normalised by whole_mass where it is > 0 (top-p alone: the nucleus is cut
+// against the whole row's softmax) or else by their own sum; the nucleus is the shortest
+// prefix whose running sum of p_i / sum reaches top_p (all of them when top_p >= 1); the
+// pick is the first i whose running sum of p_i exceeds u * the nucleus's mass (where
+// rounding leaves none, the nucleus's last). prob: scratch.
+int32_t draw_sorted(std::span<const std::pair<float, int32_t>> cand, float inv_temperature,
+                    double whole_mass, float top_p, double u, std::vector<double>& prob);
+
+// One row's parameters of draw_sorted, for Backend::draw_sorted_rows.
+struct SortedDraw {
+  double whole_mass = 0;
+  double u = 0;
+  float inv_temperature = 0;
+  float top_p = 1;
+};
 
 // The most candidates Backend::top_candidates gives a row.
 constexpr int kMaxTopCandidates = 1024;

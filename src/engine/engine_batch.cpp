@@ -272,6 +272,7 @@ class EngineBatch final : public Engine::Batch {
           s.sampler->samples_from_candidates(n_vocab)) {
         b.top_candidates_k = s.sampler->candidates_wanted(n_vocab);
         b.inv_temperature = s.sampler->inv_temperature();
+        b.uniform = s.sampler->draw_uniform();  // this token's; whoever draws uses it
         b.sample_top_k = s.request.sampling.top_k;
         b.sample_top_p = s.request.sampling.top_p;
       }
@@ -361,13 +362,13 @@ class EngineBatch final : public Engine::Batch {
       Running& s = running_[items[d.item].seq];
       if (d.rc) {
         const Model::RowCandidates& rc = *d.rc;
-        std::optional<int32_t> tok;
-        if (rc.logits.empty()) tok = s.sampler->sample_candidates(rc.values, rc.ids, rc.whole_mass, V);
-        if (!tok) {
-          if (rc.logits.empty())
-            throw Error("internal: a row's candidates did not decide its draw and the row was not kept");
-          tok = s.sampler->sample(rc.logits);
+        if (rc.token >= 0) {  // drawn by the backend over the whole sorted row
+          d.tok = rc.token;
+          return;
         }
+        const std::optional<int32_t> tok =
+            s.sampler->sample_candidates(rc.values, rc.ids, rc.whole_mass, V, &batch[d.item].uniform);
+        if (!tok) throw Error("internal: a row's candidates did not decide its draw");
         d.tok = *tok;
       } else {
         d.tok = s.sampler->sample(d.row);
@@ -375,8 +376,9 @@ class EngineBatch final : public Engine::Batch {
       }
     };
     // Only rows that take the host real work are worth a thread each.
-    const bool heavy = std::any_of(draws.begin(), draws.end(),
-                                   [](const Draw& d) { return !d.rc || !d.rc->logits.empty(); });
+    const bool heavy = std::any_of(draws.begin(), draws.end(), [](const Draw& d) {
+      return !d.rc || d.rc->values.size() > size_t(kMaxTopCandidates);
+    });
     if (draws.size() > 1 && heavy) {
       if (!draw_pool_) draw_pool_ = std::make_unique<ThreadPool>(std::min(16u, std::max(1u, std::thread::hardware_concurrency())));
       draw_pool_->parallel_for(int64_t(draws.size()), [&](int64_t b0, int64_t b1) {

@@ -64,31 +64,12 @@ int32_t Sampler::sample(std::span<const float> logits) {
   return draw_from_sorted(std::span(cand_.data(), n), whole_mass);
 }
 
-int32_t Sampler::draw_from_sorted(std::span<const std::pair<float, int32_t>> cand, double whole_mass) {
-  // Softmax at the temperature over the candidates, then the top-p nucleus.
-  const float inv_t = inv_temperature();
-  const size_t n = cand.size();
-  const float mx = cand[0].first;
-  prob_.resize(n);
-  double sum = 0;
-  for (size_t i = 0; i < n; ++i) sum += prob_[i] = std::exp(double((cand[i].first - mx) * inv_t));
-  if (whole_mass > 0) sum = whole_mass;
-  size_t keep = n;
-  if (p_.top_p < 1.0f) {
-    double acc = 0;
-    for (size_t i = 0; i < n; ++i) {
-      acc += prob_[i] / sum;
-      if (acc >= p_.top_p) { keep = i + 1; break; }
-    }
-  }
-  double total = 0;
-  for (size_t i = 0; i < keep; ++i) total += prob_[i];
-  double r = draw_uniform() * total;
-  for (size_t i = 0; i < keep; ++i) {
-    r -= prob_[i];
-    if (r < 0) return cand[i].second;
-  }
-  return cand[keep - 1].second;
+int32_t Sampler::draw_from_sorted(std::span<const std::pair<float, int32_t>> cand, double whole_mass,
+                                  const double* uniform) {
+  // draw_sorted takes the uniform first; the generator's sequence is the same as when it
+  // was drawn after the softmax (nothing else draws in between).
+  return draw_sorted(cand, inv_temperature(), whole_mass, p_.top_p, uniform ? *uniform : draw_uniform(),
+                     prob_);
 }
 
 bool Sampler::samples_from_candidates(int64_t vocab) const {
@@ -103,7 +84,7 @@ int Sampler::candidates_wanted(int64_t vocab) const {
 
 std::optional<int32_t> Sampler::sample_candidates(std::span<const float> values,
                                                   std::span<const int32_t> ids, double whole_mass,
-                                                  int64_t vocab) {
+                                                  int64_t vocab, const double* uniform) {
   if (values.size() != ids.size() || values.empty()) return std::nullopt;
   if (!candidates_decide(values, whole_mass, inv_temperature(), p_.top_k, p_.top_p, vocab))
     return std::nullopt;
@@ -111,7 +92,7 @@ std::optional<int32_t> Sampler::sample_candidates(std::span<const float> values,
   const size_t n = top_k ? size_t(p_.top_k) : values.size();
   cand_.resize(n);
   for (size_t i = 0; i < n; ++i) cand_[i] = {values[i], ids[i]};
-  return draw_from_sorted(std::span(cand_.data(), n), top_k ? 0.0 : whole_mass);
+  return draw_from_sorted(std::span(cand_.data(), n), top_k ? 0.0 : whole_mass, uniform);
 }
 
 }  // namespace batchmax

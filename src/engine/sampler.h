@@ -36,15 +36,17 @@ class Sampler {
   // sample() from the row's best entries, sorted by value then index, and the row's mass
   // at this temperature; the same token as sample() on the whole row. Empty (and nothing
   // drawn) when they do not decide (candidates_decide): then sample() the whole row.
+  // uniform: the draw's uniform, taken from draw_uniform() beforehand (null: drawn here).
   std::optional<int32_t> sample_candidates(std::span<const float> values,
                                            std::span<const int32_t> ids, double whole_mass,
-                                           int64_t vocab);
+                                           int64_t vocab, const double* uniform = nullptr);
 
  private:
   SamplingParams p_;
   std::mt19937_64 rng_;
   // The draw shared by sample() and sample_candidates(): cand sorted by value, then index.
-  int32_t draw_from_sorted(std::span<const std::pair<float, int32_t>> cand, double whole_mass);
+  int32_t draw_from_sorted(std::span<const std::pair<float, int32_t>> cand, double whole_mass,
+                           const double* uniform = nullptr);
   std::vector<std::pair<float, int32_t>> cand_;
   std::vector<double> prob_;
 };

@@ -580,32 +580,41 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
       rc.values.assign(values.begin() + j * k, values.begin() + (j + 1) * k);
       rc.ids.assign(idx.begin() + j * k, idx.begin() + (j + 1) * k);
       rc.whole_mass = mass[size_t(j)];
-      rc.logits.clear();
+      rc.token = -1;
       if (!decides(j)) wide.push_back(int32_t(j));
     }
     // A top-p nucleus wider than the candidates: the backend sorts those rows and sends a
-    // longer sorted prefix, then the whole sorted row where that is still too short (a
-    // whole row always decides).
-    for (const int64_t len : {std::min<int64_t>(V, kSortedPrefix), V}) {
-      if (wide.empty()) break;
+    // longer sorted prefix (the host draws from it, as from candidates)...
+    if (!wide.empty() && kSortedPrefix < V) {
+      const int64_t len = kSortedPrefix;
       const size_t need = wide.size() * size_t(len);
       if (prefix_values_.size() < need) {
         prefix_values_.resize(need);
         prefix_ids_.resize(need);
       }
-      const std::vector<float>& pv = prefix_values_;
-      const std::vector<int32_t>& pi = prefix_ids_;
       backend_.sorted_prefix(logits, wide, len, prefix_values_.data(), prefix_ids_.data());
       std::vector<int32_t> still;
       for (size_t w = 0; w < wide.size(); ++w) {
         RowCandidates& rc = candidates_[size_t(r0 + wide[w])];
-        rc.values.assign(pv.begin() + ptrdiff_t(w * size_t(len)), pv.begin() + ptrdiff_t((w + 1) * size_t(len)));
-        rc.ids.assign(pi.begin() + ptrdiff_t(w * size_t(len)), pi.begin() + ptrdiff_t((w + 1) * size_t(len)));
+        const auto at = ptrdiff_t(w * size_t(len));
+        rc.values.assign(prefix_values_.begin() + at, prefix_values_.begin() + at + len);
+        rc.ids.assign(prefix_ids_.begin() + at, prefix_ids_.begin() + at + len);
         if (!decides(wide[w])) still.push_back(wide[w]);
       }
       wide.swap(still);
     }
-    if (!wide.empty()) throw Error("internal: a whole sorted row did not decide its draw");
+    // ...and draws where even that holds too little of the mass (flat rows): over the
+    // whole sorted row, with the uniform the request's sampler drew for this token.
+    if (!wide.empty()) {
+      std::vector<SortedDraw> draws;
+      for (int32_t j : wide) {
+        const SeqBatch& b = *cand_of[size_t(r0 + j)];
+        draws.push_back({mass[size_t(j)], b.uniform, b.inv_temperature, b.sample_top_p});
+      }
+      std::vector<int32_t> tok(wide.size());
+      backend_.draw_sorted_rows(logits, wide, draws, tok.data());
+      for (size_t w = 0; w < wide.size(); ++w) candidates_[size_t(r0 + wide[w])].token = tok[w];
+    }
   }
   return out;
 }

@@ -29,8 +29,10 @@ struct SeqBatch {
   double uniform = 0;
   // With want_logits (and neither all_logits nor token_only): top-k / top-p sampling at
   // inv_temperature. The row's best top_candidates_k entries (and its whole mass) come
-  // back in Model::candidates(), and the whole row as well when they do not decide the
-  // draw (candidates_decide with sample_top_k, sample_top_p).
+  // back in Model::candidates(); where they do not decide the draw (candidates_decide
+  // with sample_top_k, sample_top_p), the first kSortedPrefix of the sorted row, and
+  // where those do not either, the token the backend draws over the whole sorted row
+  // with `uniform` (the request's sampler draws it for every such row).
   int top_candidates_k = 0;
   int sample_top_k = 0;
   float sample_top_p = 1;
@@ -62,7 +64,9 @@ class Model {
     std::vector<float> values;  // the row's best, by value then index
     std::vector<int32_t> ids;
     double whole_mass = 0;      // 0 for top-k rows, whose draw does not need it
-    std::vector<float> logits;  // the whole row, only where the candidates do not decide
+    // >= 0: the token, drawn by the backend over the whole sorted row with the row's
+    // SeqBatch::uniform, where even kSortedPrefix entries did not decide (a wide nucleus)
+    int32_t token = -1;
   };
   std::span<const RowCandidates> candidates() const { return candidates_; }
 

@@ -139,8 +139,9 @@ TEST(CudaLogitRows, SlicedLogitsEqualEachSequenceAlone) {
 
 // Top-k / top-p rows: their candidates are the best entries of the logits the same step
 // gives when the rows ask for logits, sorted by value then index; where the best 1024 do
-// not decide the draw (flat rows at top-p 0.999), a longer sorted prefix comes back, up
-// to the whole sorted row, and it decides.
+// not decide the draw (flat rows at top-p 0.999), the first 4096 of the sorted row come
+// back, and where those do not either, the token the backend drew over the whole sorted
+// row with the row's uniform (draw_sorted's pick).
 void check_candidate_rows(Backend& be) {
   const HParams hp = wide_vocab();
   Model model(hp, be, 3);
@@ -164,6 +165,7 @@ void check_candidate_rows(Backend& be) {
       b.sample_top_p = i % 10 == 9 ? 0.999f : 0.5f;
       b.top_candidates_k = kMaxTopCandidates;
     }
+    b.uniform = 0.05 + 0.9 * double(i % 7) / 6.0;
     kv.prepare(b.seq_id, int64_t(b.tokens.size()));
     batch.push_back(b);
   }
@@ -177,25 +179,27 @@ void check_candidate_rows(Backend& be) {
     for (size_t j = 0; j < l.size(); ++j) order[j] = int32_t(j);
     std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return l[size_t(a)] > l[size_t(b)]; });
     // One launch per slice asks for the slice's largest k: 1024 here; the flat rows get
-    // the whole sorted row (the 4096 first entries hold too little of their mass).
+    // the first 4096 of the sorted row, which hold too little of their mass, and a token.
     const bool wide = i % 10 == 9;
-    ASSERT_EQ(rc.values.size(), wide ? size_t(hp.n_vocab) : size_t(kMaxTopCandidates)) << i;
+    ASSERT_EQ(rc.values.size(), wide ? size_t(kSortedPrefix) : size_t(kMaxTopCandidates)) << i;
     ASSERT_EQ(rc.ids.size(), rc.values.size()) << i;
     for (size_t j = 0; j < rc.values.size(); ++j) {
       ASSERT_EQ(rc.ids[j], order[j]) << "sequence " << i << " rank " << j;
       ASSERT_EQ(rc.values[j], l[size_t(order[j])]) << "sequence " << i << " rank " << j;
     }
-    EXPECT_TRUE(candidates_decide(rc.values, rc.whole_mass, batch[i].inv_temperature,
-                                  batch[i].sample_top_k, batch[i].sample_top_p, hp.n_vocab))
-        << i;
-    EXPECT_TRUE(rc.logits.empty()) << i;
+    const bool decides = candidates_decide(rc.values, rc.whole_mass, batch[i].inv_temperature,
+                                           batch[i].sample_top_k, batch[i].sample_top_p, hp.n_vocab);
+    EXPECT_EQ(decides, !wide) << i;
     if (wide) {
       ++whole_rows;
-      // The best 1024 alone would not have decided.
-      const std::vector<float> best(rc.values.begin(), rc.values.begin() + kMaxTopCandidates);
-      EXPECT_FALSE(candidates_decide(best, rc.whole_mass, batch[i].inv_temperature,
-                                     batch[i].sample_top_k, batch[i].sample_top_p, hp.n_vocab))
+      std::vector<std::pair<float, int32_t>> cand;
+      for (int32_t o : order) cand.push_back({l[size_t(o)], o});
+      std::vector<double> prob;
+      EXPECT_EQ(rc.token, draw_sorted(cand, batch[i].inv_temperature, rc.whole_mass,
+                                      batch[i].sample_top_p, batch[i].uniform, prob))
           << i;
+    } else {
+      EXPECT_EQ(rc.token, -1) << i;
     }
   }
   EXPECT_EQ(whole_rows, int(ps.size() / 10));

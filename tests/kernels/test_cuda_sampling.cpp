@@ -6,6 +6,7 @@
 // Outputs start poisoned (-1), so a row the kernel skipped fails. Skips without a device.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "backend/row_sampling.h"
@@ -151,6 +152,49 @@ TEST_F(CudaSampling, SortedPrefixMatchesCpu) {
   EXPECT_THROW(gpu->sorted_prefix(t.g, one, 101, v.data(), i.data()), Error);
   EXPECT_THROW(gpu->sorted_prefix(t.g, bad, 10, v.data(), i.data()), Error);
   EXPECT_THROW(cpu->sorted_prefix(t.c, one, 0, v.data(), i.data()), Error);
+}
+
+// draw_sorted_rows: the whole sorted row drawn with each row's parameters. The GPU sums
+// in another order than the host, which can change a pick only where a cut falls within
+// rounding of a boundary: on these fresh rows the picks must be the CPU's.
+TEST_F(CudaSampling, DrawSortedRowsMatchCpu) {
+  std::uniform_real_distribution<double> uni(0.0, 1.0);
+  for (int64_t cols : {int64_t(1500), int64_t(49152), int64_t(128256)}) {
+    const int64_t rows = 19;
+    std::vector<float> x(size_t(rows * cols));
+    std::vector<SortedDraw> draws;
+    std::vector<int32_t> pick;
+    for (int64_t r = 0; r < rows; ++r) {
+      std::normal_distribution<float> d(0.0f, 0.05f + 1.5f * float(r % 4));
+      for (int64_t c = 0; c < cols; ++c) x[size_t(r * cols + c)] = d(rng);
+      if (r % 5 == 3)
+        for (int j = 0; j < 2000; ++j) x[size_t(r * cols + randi(0, int(cols - 1)))] = j % 2 ? 0.0f : -0.0f;
+      SortedDraw sd;
+      sd.inv_temperature = 1.0f / (0.4f + 0.5f * float(r % 3));
+      sd.top_p = r % 6 == 5 ? 1.0f : 0.5f + 0.09f * float(r % 5);
+      const float* row = x.data() + r * cols;
+      const float top = *std::max_element(row, row + cols);
+      if (r % 4 != 1)  // else: no whole mass, the softmax over the row itself
+        for (int64_t c = 0; c < cols; ++c) sd.whole_mass += std::exp(double((row[c] - top) * sd.inv_temperature));
+      sd.u = uni(rng);
+      draws.push_back(sd);
+      pick.push_back(int32_t(rows - 1 - r));
+    }
+    std::vector<SortedDraw> picked_draws;
+    for (int32_t p : pick) picked_draws.push_back(draws[size_t(p)]);
+    Pair t = make(rows, cols, x, GgmlType::F32);
+    std::vector<int32_t> want(pick.size()), got(pick.size(), -1);
+    cpu->draw_sorted_rows(t.c, pick, picked_draws, want.data());
+    gpu->draw_sorted_rows(t.g, pick, picked_draws, got.data());
+    for (size_t j = 0; j < pick.size(); ++j)
+      EXPECT_EQ(got[j], want[j]) << "cols " << cols << " row " << pick[j];
+  }
+  Pair t = make(2, 100, randv(200), GgmlType::F32);
+  int32_t out[2];
+  const std::vector<int32_t> bad = {2};
+  const std::vector<SortedDraw> one(1);
+  EXPECT_THROW(gpu->draw_sorted_rows(t.g, bad, one, out), Error);
+  EXPECT_THROW(cpu->draw_sorted_rows(t.c, bad, one, out), Error);
 }
 
 }  // namespace

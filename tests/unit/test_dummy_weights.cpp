@@ -159,9 +159,10 @@ TEST(DummyWeights, SampledTokensAreTheSameWhereverPicked) {
 }
 
 // Top-p over a 49152-token vocabulary whose nuclei are far wider than the backend's 1024
-// candidates (dummy weights give nearly flat logits): the backend sends those rows
-// sorted (Backend::sorted_prefix), and the tokens are the ones the host's Sampler draws
-// from the whole row.
+// candidates (dummy weights give nearly flat logits): the backend sends those rows'
+// first 4096 sorted entries (Backend::sorted_prefix), or draws from the whole sorted row
+// with the request's uniform (Backend::draw_sorted_rows), and the tokens are the ones the
+// host's Sampler draws from the whole row.
 TEST(DummyWeights, WideTopPNucleiDrawWhatTheWholeRowDraws) {
   EngineOptions o;
   o.dummy_weights = "smollm2-135m-shape";

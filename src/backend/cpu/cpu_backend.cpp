@@ -466,6 +466,23 @@ void CpuBackend::sorted_prefix(const Tensor& x, std::span<const int32_t> rows, i
   }
 }
 
+void CpuBackend::draw_sorted_rows(const Tensor& x, std::span<const int32_t> rows,
+                                  std::span<const SortedDraw> draws, int32_t* out) {
+  require_f32(x, "draw_sorted_rows: input must be F32");
+  require(draws.size() == rows.size(), "draw_sorted_rows: one draw per row");
+  std::vector<std::pair<float, int32_t>> cand;
+  std::vector<double> prob;
+  for (size_t j = 0; j < rows.size(); ++j) {
+    require(rows[j] >= 0 && rows[j] < x.rows, "draw_sorted_rows: row out of range");
+    const float* v = static_cast<const float*>(x.row(rows[j]));
+    cand.clear();
+    for (int64_t i = 0; i < x.cols; ++i) cand.push_back({v[i], int32_t(i)});
+    std::sort(cand.begin(), cand.end(), candidate_before);
+    const SortedDraw& d = draws[j];
+    out[j] = draw_sorted(cand, d.inv_temperature, d.whole_mass, d.top_p, d.u, prob);
+  }
+}
+
 void CpuBackend::kv_positions(const KVPoolView& pool, std::span<const int32_t> blocks,
                               int64_t n_entries, int32_t* out) {
   require(n_entries <= int64_t(blocks.size()) * pool.block_tokens, "kv_positions: more entries than blocks");

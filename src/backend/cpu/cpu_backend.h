@@ -40,6 +40,8 @@ class CpuBackend final : public Backend {
                       float* values, int32_t* ids, double* whole_mass) override;
   void sorted_prefix(const Tensor& x, std::span<const int32_t> rows, int64_t n, float* values,
                      int32_t* ids) override;
+  void draw_sorted_rows(const Tensor& x, std::span<const int32_t> rows,
+                        std::span<const SortedDraw> draws, int32_t* out) override;
 
   // F32 or F16 storage. Unused slots hold position INT32_MAX (never visible).
   KVPoolView alloc_kv_pool(GgmlType type, int64_t n_blocks, int block_tokens, int head_dim,

@@ -553,6 +553,34 @@ class CudaBackend final : public Backend {
     op_timer_.drain();
   }
 
+  void draw_sorted_rows(const Tensor& x, std::span<const int32_t> rows,
+                        std::span<const SortedDraw> draws, int32_t* out) override {
+    if (draws.size() != rows.size()) throw Error("cuda draw_sorted_rows: one draw per row");
+    check_ids(rows, x.rows, "draw_sorted_rows: row");
+    if (rows.empty()) return;
+    const size_t bytes = cuda::row_sort_scratch_bytes(x.cols);
+    void* scratch = sort_scratch_.get(bytes);
+    int32_t* d_out = static_cast<int32_t*>(small_out_.get(rows.size() * sizeof(int32_t)));
+    for (size_t r0 = 0; r0 < rows.size(); r0 += cuda::kRowsPerSort) {
+      const size_t m = std::min<size_t>(cuda::kRowsPerSort, rows.size() - r0);
+      // One put per launch: the draws (8-byte aligned) and then the row ids.
+      host_sample_.resize(m * sizeof(SortedDraw) + m * sizeof(int32_t));
+      std::memcpy(host_sample_.data(), draws.data() + r0, m * sizeof(SortedDraw));
+      std::memcpy(host_sample_.data() + m * sizeof(SortedDraw), rows.data() + r0, m * sizeof(int32_t));
+      const char* d = static_cast<const char*>(staging_->put(host_sample_.data(), host_sample_.size(), stream_));
+      const float* keys = nullptr;
+      const int32_t* sorted = nullptr;
+      BMX_OP_TIME("draw_sorted_rows");
+      cuda::launch_sort_rows(x, reinterpret_cast<const int32_t*>(d + m * sizeof(SortedDraw)), int(m),
+                             scratch, bytes, &keys, &sorted, stream_);
+      cuda::launch_draw_sorted(keys, sorted, x.cols, int(m), reinterpret_cast<const SortedDraw*>(d),
+                               d_out + r0, stream_);
+    }
+    BMX_CUDA(cudaMemcpyAsync(out, d_out, rows.size() * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
+    BMX_CUDA(cudaStreamSynchronize(stream_));
+    op_timer_.drain();
+  }
+
   void kv_positions(const KVPoolView& pool, std::span<const int32_t> blocks, int64_t n_entries,
                     int32_t* out) override {
     if (n_entries > int64_t(blocks.size()) * pool.block_tokens)

@@ -1,5 +1,6 @@
 #include "backend/cuda/row_sort.h"
 
+#include <cub/block/block_scan.cuh>
 #include <cub/device/device_segmented_radix_sort.cuh>
 
 #include <climits>
@@ -27,6 +28,70 @@ __global__ void gather_keys_kernel(const char* x, size_t row_stride, const int32
     offsets[r] = int(base);
     if (r == n_rows - 1) offsets[n_rows] = int(base + cols);
   }
+}
+
+constexpr int kDrawThreads = 1024;
+
+__global__ void __launch_bounds__(kDrawThreads) draw_sorted_kernel(const float* keys,
+                                                                  const int32_t* ids, int cols,
+                                                                  const SortedDraw* draws,
+                                                                  int32_t* out) {
+  using Scan = cub::BlockScan<double, kDrawThreads>;
+  __shared__ typename Scan::TempStorage scan;
+  __shared__ double total_s, nucleus_s;
+  __shared__ int keep_s, pick_s;
+  const int r = int(blockIdx.x), t = int(threadIdx.x);
+  const float* k = keys + int64_t(r) * cols;
+  const SortedDraw d = draws[r];
+  const float mx = k[0];
+  const int seg = (cols + kDrawThreads - 1) / kDrawThreads;
+  const int b = min(cols, t * seg), e = min(cols, b + seg);
+  auto p = [&](int i) { return exp(double((k[i] - mx) * d.inv_temperature)); };
+  double own = 0;
+  for (int i = b; i < e; ++i) own += p(i);
+  double before = 0;  // exclusive prefix of the segment sums
+  Scan(scan).ExclusiveSum(own, before);
+  if (t == kDrawThreads - 1) total_s = before + own;
+  if (t == 0) {
+    keep_s = cols;
+    pick_s = -1;
+  }
+  __syncthreads();
+  const double sum = d.whole_mass > 0 ? d.whole_mass : total_s;
+  // The nucleus: the first i where the running sum over sum reaches top_p.
+  if (d.top_p < 1.0f && e > b && (before + own) / sum >= d.top_p && !(before / sum >= d.top_p)) {
+    double acc = before;
+    for (int i = b; i < e; ++i) {
+      acc += p(i);
+      if (acc / sum >= d.top_p) {
+        keep_s = i + 1;
+        break;
+      }
+    }
+  }
+  __syncthreads();
+  const int keep = keep_s;
+  // Its mass: the segments before the one holding keep - 1, and that one up to keep.
+  if (b <= keep - 1 && keep - 1 < e) {
+    double acc = before;
+    for (int i = b; i < keep; ++i) acc += p(i);
+    nucleus_s = acc;
+  }
+  __syncthreads();
+  const double target = d.u * nucleus_s;
+  // The pick: the first i < keep whose running sum exceeds u * the nucleus's mass.
+  if (b < keep && before <= target && target < before + own) {
+    double acc = before;
+    for (int i = b; i < min(e, keep); ++i) {
+      acc += p(i);
+      if (acc > target) {
+        pick_s = i;
+        break;
+      }
+    }
+  }
+  __syncthreads();
+  if (t == 0) out[r] = ids[int64_t(r) * cols + (pick_s >= 0 ? pick_s : keep - 1)];
 }
 
 struct Layout {
@@ -91,6 +156,14 @@ void launch_sort_rows(const Tensor& x, const int32_t* d_rows, int n_rows, void* 
       int(sizeof(float) * 8), s));
   *keys = k_out;
   *ids = i_out;
+}
+
+void launch_draw_sorted(const float* keys, const int32_t* ids, int64_t cols, int n_rows,
+                        const SortedDraw* d_draws, int32_t* d_out, cudaStream_t s) {
+  if (n_rows <= 0) return;
+  if (cols <= 0 || cols > INT_MAX) throw Error("cuda draw_sorted_rows: bad row width");
+  draw_sorted_kernel<<<unsigned(n_rows), kDrawThreads, 0, s>>>(keys, ids, int(cols), d_draws, d_out);
+  BMX_CUDA(cudaGetLastError());
 }
 
 }  // namespace batchmax::cuda

@@ -25,4 +25,12 @@ size_t row_sort_scratch_bytes(int64_t cols);
 void launch_sort_rows(const Tensor& x, const int32_t* d_rows, int n_rows, void* scratch,
                       size_t scratch_bytes, const float** keys, const int32_t** ids, cudaStream_t s);
 
+// draw_sorted (backend/row_sampling.h) over each of the n_rows sorted rows that
+// launch_sort_rows left in keys / ids (cols per row), with d_draws[r] (device memory);
+// the picked id to d_out[r]. One 1024-thread CTA a row: per-thread segment sums of p_i in
+// double, a block scan, then the segment where the nucleus ends, and the one where
+// u * its mass falls, walked in order by one thread.
+void launch_draw_sorted(const float* keys, const int32_t* ids, int64_t cols, int n_rows,
+                        const SortedDraw* d_draws, int32_t* d_out, cudaStream_t s);
+
 }  // namespace batchmax::cuda
