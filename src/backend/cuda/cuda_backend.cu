@@ -854,9 +854,9 @@ class CudaBackend final : public Backend {
   std::vector<cuda::SdpaEntry> sdpa_entries_;
   DeviceBuffer cudnn_scratch_;
   DeviceBuffer weight_stage_, move_scratch_, scores_out_, attn_scratch_, small_out_, evict_keys_, scores_part_;
-  DeviceBuffer sort_scratch_;  // sorted_prefix (reserved with the workspace)
+  DeviceBuffer sort_scratch_;  // sorted_prefix, draw_sorted_rows (reserved with the workspace)
   std::vector<int32_t> host_ints_;
-  std::vector<char> host_sample_;  // sample_rows' and top_candidates' host side
+  std::vector<char> host_sample_;  // sample_rows', top_candidates' and draw_sorted_rows' host side
   std::vector<float> host_scores_;
   OpTimer op_timer_;  // its events outlive the stream (destroyed after the body): harmless
 
