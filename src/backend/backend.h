@@ -168,10 +168,6 @@ class Backend {
   virtual void matmul(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out) = 0;
   // In place on x[n, n_heads * head_dim], positions pos[n] (host memory)
   virtual void rope(Tensor& x, int n_heads, std::span<const int32_t> pos, const RopeParams& p) = 0;
-  // A hint: a product of `rows` rows reads w soon after the next op. A backend whose
-  // few-row products are bound by their weight reads may start pulling w into its cache
-  // while that op runs (the CUDA backend: L2). Changes no value.
-  virtual void prefetch_weight(const Tensor& w, int64_t rows) {}
   // out = silu(gate) * up
   virtual void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) = 0;
   // x += y

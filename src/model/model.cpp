@@ -484,9 +484,6 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
   auto attn_out_mlp = [&](int64_t l) {
     const LayerWeights& L = w_->layers[l];
     backend_.matmul(attn, L.wo, nullptr, h);
-    // Each product's weights are hinted before the small op ahead of it (see
-    // Backend::prefetch_weight): few-row products are bound by reading them.
-    backend_.prefetch_weight(L.w_gate_up.data ? L.w_gate_up : L.w_gate, Tp);
     backend_.add_rms_norm(x, h, L.ffn_norm, hp_.rms_eps, h);
     if (L.w_gate_up.data) {
       Tensor gu = ws.gate_up.slice_rows(0, Tp);
@@ -495,16 +492,12 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
       backend_.matmul(h, L.w_gate, nullptr, gate);
       backend_.matmul(h, L.w_up, nullptr, up);
     }
-    backend_.prefetch_weight(L.w_down, Tp);
     backend_.swiglu(gate, up, act);
     backend_.matmul(act, L.w_down, nullptr, h);
-    if (l + 1 < hp_.n_layer) {
-      const LayerWeights& next = w_->layers[l + 1];
-      backend_.prefetch_weight(next.wqkv.data ? next.wqkv : next.wq, Tp);
-      backend_.add_rms_norm(x, h, next.attn_norm, hp_.rms_eps, h);
-    } else {
+    if (l + 1 < hp_.n_layer)
+      backend_.add_rms_norm(x, h, w_->layers[l + 1].attn_norm, hp_.rms_eps, h);
+    else
       backend_.add(x, h);
-    }
   };
 
   backend_.embed(w_->tok_embd, ids, x_rows);

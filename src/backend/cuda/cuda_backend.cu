@@ -17,7 +17,6 @@
 #include "backend/evict_work.h"
 #include "backend/cuda/cudnn_attention.h"
 #include "backend/cuda/gemm.h"
-#include "backend/cuda/l2_prefetch.h"
 #include "backend/cuda/op_timer.h"
 #include "backend/cuda/replay_graphs.h"
 #include "backend/cuda/row_sort.h"
@@ -215,13 +214,6 @@ class CudaBackend final : public Backend {
                                     : "");
     gemm_->run(x, w, out, stream_);
     if (bias) cuda::launch_add_bias(out, *bias, stream_);
-  }
-
-  void prefetch_weight(const Tensor& w, int64_t rows) override {
-    const cuda::L2PrefetchConfig& cfg = cuda::l2_prefetch_config();
-    if (cfg.bytes <= 0 || rows > cfg.max_rows) return;
-    BMX_OP_TIME("l2_prefetch");
-    cuda::launch_l2_prefetch(w, cfg, stream_);
   }
 
   void rope(Tensor& x, int n_heads, std::span<const int32_t> pos, const RopeParams& p) override {
