@@ -46,6 +46,11 @@ void add_engine_flags(CLI::App& cmd, EngineFlags& f) {
                  "cap on everything the engine allocates (weights, workspace, KV), e.g. 24GiB");
   cmd.add_option("--kv-mem", f.kv_mem, "KV pool size when there is no --mem-budget")
       ->capture_default_str();
+  cmd.add_option("--overlap-steps", f.overlap_steps,
+                 "launch each step before reading the last one's tokens: 1 on, 0 off, -1 the "
+                 "backend's choice (on for CUDA)")
+      ->check(CLI::Range(-1, 1))
+      ->capture_default_str();
   add_kv_flags(cmd, f.kv);
   cmd.add_flag("--kv-slot-mass", f.kv_slot_mass,
                "keep h2o's attention mass per KV entry (4 bytes) so h2o requests evict on the "
@@ -90,6 +95,7 @@ EngineOptions engine_options(const EngineFlags& f) {
   opts.kv_mem_bytes = parse_bytes(f.kv_mem);
   opts.kv = f.kv;
   opts.kv_slot_mass = f.kv_slot_mass;
+  opts.overlap_steps = f.overlap_steps;
   return opts;
 }
 

@@ -63,6 +63,7 @@ struct EngineFlags {
   std::string kv_mem = "2GiB";
   KVSettings kv;           // compression defaults (per-request fields override)
   bool kv_slot_mass = false;  // EngineOptions::kv_slot_mass
+  int overlap_steps = -1;     // EngineOptions::overlap_steps
 };
 void add_engine_flags(CLI::App& cmd, EngineFlags& flags);
 // The compression flags alone (--kv-mode, --kv-policy, --kv-budget, --chunk, ...).

@@ -28,7 +28,7 @@ namespace {
 
 struct BenchArgs {
   std::string model, dummy, backend = "cpu";
-  int threads = 0, step_tokens = 0, max_batch = 0, ctx = 0;
+  int threads = 0, step_tokens = 0, max_batch = 0, ctx = 0, overlap_steps = -1;
   std::string kv_mem = "2GiB";
   int64_t requests = 16;
   std::string input_len = "2048", output_len = "64", prompts = "random";
@@ -178,6 +178,7 @@ int run_bench(const BenchArgs& a) {
   bo.temperature = a.temperature;
   bo.top_k = a.top_k;
   bo.top_p = a.top_p;
+  bo.overlap_steps = a.overlap_steps;
 
   EngineOptions eo;
   eo.model_path = a.model;
@@ -186,6 +187,7 @@ int run_bench(const BenchArgs& a) {
   eo.n_threads = a.threads;
   eo.max_batch = a.max_batch;
   eo.step_tokens = a.step_tokens;
+  eo.overlap_steps = a.overlap_steps;
   eo.max_context = a.ctx;
   eo.kv_mem_bytes = parse_bytes(a.kv_mem);
   // h2o rows evict on the GPU only in a pool with slot mass (see EngineOptions).
@@ -303,6 +305,10 @@ Command add_bench(CLI::App& root) {
   cmd->add_option("--step-tokens", a->step_tokens,
                   "tokens per forward step (0: 2048 on CUDA, 512 on the CPU)")
       ->check(CLI::NonNegativeNumber)->capture_default_str();
+  cmd->add_option("--overlap-steps", a->overlap_steps,
+                  "launch each step before reading the last one's tokens: 1 on, 0 off, -1 the "
+                  "backend's choice (on for CUDA)")
+      ->check(CLI::Range(-1, 1))->capture_default_str();
   cmd->add_option("--max-batch", a->max_batch, "sequences at once (0: as many as the KV pool admits)")
       ->check(CLI::NonNegativeNumber)->capture_default_str();
   cmd->add_option("--ctx", a->ctx, "context length (0: the model's)")->check(CLI::NonNegativeNumber);

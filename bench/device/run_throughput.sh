@@ -17,6 +17,7 @@
 #        STEP_TOKENS (sets both; the profile stage takes the W-limited one). Each is the
 #        size that ran `full` fastest in its workload on an H100
 #        (bench/results/step_tokens_2026-11-27/); every mode of a workload gets the same.
+#        OVERLAP_STEPS (-1: the engine's choice, on for CUDA; 0 off; 1 on): steps in flight.
 #        TEMPERATURE (0: greedy), TOP_K (0), TOP_P (1): every request's sampling (picked
 #        on the GPU; BATCHMAX_HOST_SAMPLING=1 sends the logits to the host instead).
 #        BATCHMAX_PROFILE=1 adds
@@ -53,7 +54,8 @@ ldd "$BIN" | grep -E "not found" && echo "missing libraries" >&2
 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv,noheader  # no file: OUT brings back 8 at most
 
 common=(--backend cuda --dummy-weights llama3-8b --commit "$COMMIT" --warmup 2 --time-limit "$TIME_LIMIT"
-        --temperature "${TEMPERATURE:-0}" --top-k "${TOP_K:-0}" --top-p "${TOP_P:-1}")
+        --temperature "${TEMPERATURE:-0}" --top-k "${TOP_K:-0}" --top-p "${TOP_P:-1}"
+        --overlap-steps "${OVERLAP_STEPS:--1}")
 LIMITED_STEP_TOKENS=${STEP_TOKENS:-${LIMITED_STEP_TOKENS:-512}}
 FULL_STEP_TOKENS=${STEP_TOKENS:-${FULL_STEP_TOKENS:-2048}}
 rc=0

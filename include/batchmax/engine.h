@@ -115,6 +115,14 @@ struct EngineOptions {
   // h2o requests evict on the GPU without host round trips. Also on when kv.policy is
   // h2o; without it an h2o request selects on the host.
   bool kv_slot_mass = false;
+  // Steps in flight: the engine launches a step before it reads the previous step's
+  // tokens (they feed the new step on the backend), so the host's per-step work (tokens,
+  // stops, scheduling, the KV cache's tables) runs while the GPU computes. A request that
+  // stops on a token computes one more row, which is dropped. -1: the backend's
+  // preference (on for CUDA, off for the CPU); 0: off; 1: on. Steps with a request that
+  // needs logits on the host (logprobs, top-k/top-p, kept logits) or selects evictions on
+  // the host, and profiled runs, go one at a time. Outputs are the same either way.
+  int overlap_steps = -1;
 };
 
 struct Progress {
@@ -126,9 +134,13 @@ struct Progress {
   int64_t kv_pool_bytes = 0;
   int64_t steps = 0;
   // The last step: prompt and decode tokens it computed and its wall time (benchmarks
-  // split time between prefill and decode from these).
+  // split time between prefill and decode from these). With steps in flight (the last
+  // step is the one whose tokens were just read) the time is from the previous step's
+  // tokens to this one's: the step's share of the wall clock, host work included.
   int64_t step_prefill_tokens = 0, step_decode_tokens = 0;
   double step_s = 0;
+  // Steps launched while the step before them was still in flight (overlap_steps).
+  int64_t overlapped_steps = 0;
   // Backend ops replayed from records (CUDA graphs) so far, and records made.
   int64_t replayed_runs = 0, recorded_runs = 0;
 };
@@ -212,13 +224,16 @@ class Engine {
     // An invalid request (empty or too long prompt, bad parameters, more KV than the pool
     // holds) finishes at once, inside add, with finish_reason "error".
     virtual Handle add(Request r, Callbacks cb) = 0;
-    // Finishes the request now with "cancelled" and frees its blocks; false when it is not
-    // here (finished already or never added).
+    // Finishes the request with "cancelled" and frees its blocks; false when it is not
+    // here (finished already or never added). A request in a step in flight finishes when
+    // that step's tokens are read (within the next step()).
     virtual bool cancel(Handle h) = 0;
     virtual bool idle() const = 0;  // nothing waiting or running
     // Admits what fits, runs one forward step, retires finished requests (their
     // on_finish runs before step returns). Returns the batch's totals so far (the last
-    // step's fields describe this step); no work when idle. If the step fails (backend
+    // step's fields describe this step); no work when idle. With steps in flight
+    // (EngineOptions::overlap_steps) it launches a step and then reads the previous
+    // one's tokens, so the totals are one step behind the launches. If the step fails (backend
     // error), the running requests finish with "error" and the exception propagates.
     virtual Progress step() = 0;
     virtual BatchState state() const = 0;

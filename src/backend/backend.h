@@ -189,6 +189,20 @@ class Backend {
   // are; the token is the one the host's Sampler would pick from the same row.
   virtual void sample_rows(const Tensor& x, std::span<const float> inv_temperature,
                            std::span<const double> uniform, int32_t* out) = 0;
+  // Picks kept on the backend, for steps in flight: sample_rows into the backend's pick
+  // set `set` (0 or 1), rows [first, first + x.rows); a later step's embed_with_picks
+  // reads them there and fetch_picks brings them to the host once they are done. A set
+  // is rewritten only after its picks have been fetched. These defaults pick at once and
+  // keep the picks on the host (a backend that runs ops in order on the host needs no
+  // more); the CUDA backend keeps them on the GPU and copies them back asynchronously.
+  virtual void sample_rows_kept(const Tensor& x, std::span<const float> inv_temperature,
+                                std::span<const double> uniform, int set, int64_t first);
+  // out[0, n) = picks [0, n) of `set`, waiting for them where they are still computed.
+  virtual void fetch_picks(int set, int64_t n, int32_t* out);
+  // embed(), where pick_index[r] >= 0 takes row r's token id from pick pick_index[r] of
+  // `set` instead of ids[r].
+  virtual void embed_with_picks(const Tensor& table, std::span<const int32_t> ids,
+                                std::span<const int32_t> pick_index, int set, Tensor& out);
   // For top-k / top-p sampling: the k largest entries of each F32 row r, sorted by value
   // (descending) then index (ascending), to values/ids (host memory, k per row), and
   // whole_mass[r] = sum over the row of exp(double((x - max) * inv_temperature[r])) (0
@@ -289,6 +303,13 @@ class Backend {
   // True where evict() saves host round trips (the pool is not in host memory), so the
   // KV cache should prefer it to selecting on the host.
   virtual bool prefers_device_eviction() const { return false; }
+  // True where the engine gains from launching a step before it reads the previous
+  // step's tokens (EngineOptions::overlap_steps): ops queue on a device while the host
+  // plans, and the host's per-step work then hides behind the device's.
+  virtual bool prefers_overlapped_steps() const { return false; }
+
+ private:
+  std::vector<int32_t> kept_picks_[2];  // the defaults' pick sets
 };
 
 struct CpuBackendOptions {

@@ -61,6 +61,7 @@ BenchRow run_config(Engine& engine, const Workload& w, const KVSettings& kv,
   r.chunk = kv.mode == "batchmax" ? kv.chunk : 0;
   r.mem_budget_bytes = opts.mem_budget_bytes;
   r.step_tokens = engine.memory_plan().step_tokens;  // resolved when opts leave it 0
+  r.overlap_steps = opts.overlap_steps;
   r.temperature = opts.temperature;
   r.top_k = opts.top_k;
   r.top_p = opts.top_p;
@@ -140,6 +141,7 @@ BenchRow run_config(Engine& engine, const Workload& w, const KVSettings& kv,
                  static_cast<long long>(r.chunk), r.wall_s, prof::report().c_str());
 
   r.steps = last.steps;
+  r.overlapped_steps = last.overlapped_steps;
   r.replayed_runs = last.replayed_runs;
   r.recorded_runs = last.recorded_runs;
   r.max_batch = last.max_running;
@@ -208,6 +210,8 @@ nlohmann::ordered_json to_json(const BenchRow& r) {
       {"chunk", r.chunk},
       {"mem_budget_bytes", r.mem_budget_bytes},
       {"step_tokens", r.step_tokens},
+      {"overlap_steps", r.overlap_steps},
+      {"overlapped_steps", r.overlapped_steps},
       {"temperature", r.temperature},
       {"top_k", r.top_k},
       {"top_p", r.top_p},

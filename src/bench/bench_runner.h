@@ -54,12 +54,15 @@ struct BenchOptions {
   float temperature = 0;  // every request's; 0: greedy
   int top_k = 0;          // with temperature: 0 off
   float top_p = 1;        // with temperature: 1 off
+  int overlap_steps = -1;  // EngineOptions::overlap_steps the engine was made with (recorded)
 };
 
 struct BenchRow {
   std::string workload, model, backend, gpu, mode, policy, commit, command, error;
   std::string input_len, output_len;
   int64_t kv_budget = 0, chunk = 0, mem_budget_bytes = 0, step_tokens = 0;
+  int64_t overlap_steps = -1;  // -1: the backend's choice (steps in flight on CUDA)
+  int64_t overlapped_steps = 0;  // steps launched while the one before was in flight
   double temperature = 0, top_p = 1;
   int64_t top_k = 0;
   int64_t requests = 0, completed = 0, failed = 0, input_tokens = 0, output_tokens = 0;

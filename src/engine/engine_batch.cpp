@@ -10,6 +10,7 @@
 #include <string>
 #include <thread>
 
+#include "backend/step_profile.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "core/format.h"
@@ -74,6 +75,26 @@ struct Running {
   int32_t last_token = -1;
   size_t streamed = 0;  // bytes of out.text handed to on_token
   Output out;
+  // Steps in flight: whether its steps need the host in between (logits on the host, or
+  // evictions selected there), its rows in the step in flight, and (>= 0) the pick of
+  // that step its newest token is, not yet read.
+  bool host_bound = false;
+  int in_flight = 0;
+  int32_t pending_pick = -1;
+};
+
+// A launched step whose tokens have not been read yet.
+struct InFlight {
+  struct Row {
+    int64_t seq_id = 0;
+    int64_t n_tokens = 0;
+    bool prefill = false;
+    int32_t pick = -1;  // its token's pick (-1: no token from this row)
+  };
+  std::vector<Row> rows;
+  int set = 0;          // the backend pick set its picks went to
+  int64_t n_picks = 0;
+  Clock::time_point launched;
 };
 
 class EngineBatch final : public Engine::Batch {
@@ -82,9 +103,20 @@ class EngineBatch final : public Engine::Batch {
     if (e_.batch_open) throw Error("the engine already has an open batch");
     e_.batch_open = true;
     prog_.kv_pool_bytes = kv_.blocks().n_blocks() * PagedKVCache::block_bytes(kv_.config());
+    const int ov = e_.options().overlap_steps;
+    // A profile times each step's forward on its own.
+    overlap_ = (ov < 0 ? e_.backend().prefers_overlapped_steps() : ov != 0) && !prof::enabled() &&
+               !prof::ops_enabled() && !prof::counting();
   }
 
   ~EngineBatch() override {
+    // A step in flight may still read the blocks given back below.
+    if (inflight_) {
+      try {
+        e_.backend().synchronize();
+      } catch (...) {
+      }
+    }
     // Requests still here never finish: give their blocks back.
     for (Running& s : running_) kv_.remove_sequence(s.seq_id);
     e_.batch_open = false;
@@ -131,8 +163,9 @@ class EngineBatch final : public Engine::Batch {
     }
     for (size_t k = 0; k < running_.size(); ++k) {
       if (running_[k].handle != h) continue;
+      if (!running_[k].out.finish_reason.empty()) return false;  // finished, leaving
       running_[k].out.finish_reason = "cancelled";
-      retire(k);
+      if (running_[k].in_flight == 0) retire(k);  // else when its step's tokens are read
       return true;
     }
     return false;
@@ -172,9 +205,23 @@ class EngineBatch final : public Engine::Batch {
       return prog_;
     }
     try {
-      run_step();
+      const bool overlap = overlap_ && std::none_of(running_.begin(), running_.end(),
+                                                    [](const Running& s) { return s.host_bound; });
+      if (overlap) {
+        overlapped_step();
+      } else {
+        if (inflight_) collect();  // the step in flight first: this one needs its tokens
+        if (!running_.empty()) run_step();
+      }
     } catch (const std::exception& err) {
       // The step's state is unknown: its requests end here, others may still run.
+      if (inflight_) {
+        inflight_.reset();
+        try {
+          e_.backend().synchronize();
+        } catch (...) {
+        }
+      }
       const std::string msg = std::string("engine step failed: ") + err.what();
       while (!running_.empty()) {
         running_.back().out.finish_reason = "error";
@@ -216,11 +263,153 @@ class EngineBatch final : public Engine::Batch {
       s.progress.prompt_tokens = int64_t(w.request.prompt.size());
       if (w.comp.mode == KVMode::BatchMax && w.comp.evicts()) s.progress.chunk = w.comp.params.chunk;
       s.sampler.emplace(w.request.sampling);
+      s.host_bound = !token_only(w.request, *s.sampler) ||
+                     (w.comp.evicts() && !kv_.evicts_on_device(seq_id));
       s.out.id = w.request.id;
       s.out.prompt_tokens = int64_t(w.request.prompt.size());
       s.request = std::move(w.request);
       waiting_.pop_front();
       running_.push_back(std::move(s));
+    }
+  }
+
+  // Greedy, or temperature over the whole vocabulary, without logprobs or kept logits:
+  // the backend picks the token where the logits are (Backend::sample_rows).
+  bool token_only(const Request& r, const Sampler& sampler) const {
+    const EngineOptions& opts = e_.options();
+    return r.logprobs < 0 && !r.prompt_logprobs && !opts.keep_last_logits && !opts.keep_step_logits &&
+           (r.sampling.temperature <= 0 || (sampler.samples_in_order() && !host_sampling()));
+  }
+
+  // Steps in flight: plans and launches a step whose decode rows take their tokens from
+  // the step in flight where those are not read yet, then reads that step's tokens. A
+  // request that stopped on a token read here already has a row in the new step: that
+  // row is dropped when the new step's tokens are read, and the request leaves then.
+  void overlapped_step() {
+    const EngineOptions& opts = e_.options();
+    const int64_t chunk = opts.prefill_chunk > 0 ? opts.prefill_chunk : opts.step_tokens;
+    std::vector<SeqProgress> progress;
+    std::vector<size_t> at;  // running_ index of each progress entry
+    for (size_t k = 0; k < running_.size(); ++k) {
+      const Running& s = running_[k];
+      if (!s.out.finish_reason.empty()) continue;  // leaves when its step is read
+      // Its pending token is its last (max_tokens): no row for it.
+      const int64_t promised = int64_t(s.out.tokens.size()) + (s.pending_pick >= 0 ? 1 : 0);
+      if (s.progress.decoding && promised >= e_.effective_max_tokens(s.request)) continue;
+      progress.push_back(s.progress);
+      at.push_back(k);
+    }
+    const std::vector<StepItem> items =
+        plan_step(progress, opts.step_tokens, chunk, [&](size_t i, int64_t n) {
+          return kv_.reserve_growth(running_[at[i]].seq_id, n);
+        });
+    if (items.empty() && !inflight_)
+      throw Error("internal: a step with running requests planned no work");
+    std::optional<InFlight> launched;
+    if (!items.empty()) launched = launch(items, at);
+    if (launched && inflight_) ++prog_.overlapped_steps;
+    if (inflight_) collect();
+    inflight_ = std::move(launched);
+  }
+
+  std::optional<InFlight> launch(const std::vector<StepItem>& items, const std::vector<size_t>& at) {
+    static const int32_t kPlaceholder = 0;  // a pick-fed row's token id, never read
+    InFlight f;
+    f.set = inflight_ ? 1 - inflight_->set : 0;  // the set in flight feeds this step
+    std::vector<SeqBatch> batch;
+    std::vector<int32_t> decode_tokens(items.size());
+    for (size_t j = 0; j < items.size(); ++j) {
+      const StepItem& it = items[j];
+      Running& s = running_[at[it.seq]];
+      SeqBatch b;
+      b.seq_id = s.seq_id;
+      b.first_pos = s.progress.computed;
+      if (it.prefill) {
+        b.tokens = std::span<const int32_t>(s.request.prompt.data() + s.progress.computed, size_t(it.n_tokens));
+        b.want_logits = it.last_chunk;
+      } else if (s.pending_pick >= 0) {
+        b.tokens = std::span<const int32_t>(&kPlaceholder, 1);
+        b.pick_index = s.pending_pick;
+        b.want_logits = true;
+      } else {
+        decode_tokens[j] = s.last_token;
+        b.tokens = std::span<const int32_t>(&decode_tokens[j], 1);
+        b.want_logits = true;
+      }
+      b.token_only = true;  // every running request is token_only here (not host_bound)
+      if (b.want_logits && s.sampler->samples_in_order()) {
+        b.inv_temperature = s.sampler->inv_temperature();
+        b.uniform = s.sampler->draw_uniform();
+      }
+      kv_.prepare(s.seq_id, it.n_tokens,
+                  !it.prefill ? StepPhase::Decode
+                              : (it.last_chunk ? StepPhase::LastPrefill : StepPhase::Prefill));
+      batch.push_back(b);
+    }
+    StepPicks picks;
+    picks.read_set = inflight_ ? inflight_->set : -1;
+    picks.write_set = f.set;
+    f.launched = Clock::now();
+    e_.model().forward(batch, kv_, picks);
+    for (size_t j = 0; j < items.size(); ++j) {
+      const StepItem& it = items[j];
+      Running& s = running_[at[it.seq]];
+      kv_.commit(s.seq_id);
+      const SequenceKVStats& st = kv_.stats(s.seq_id);
+      s.out.kv_peak_entries = st.peak_entries;
+      s.out.kv_peak_bytes = st.peak_blocks * PagedKVCache::block_bytes(kv_.config());
+      s.out.kv_evicted = st.evicted;
+      s.progress.computed += it.n_tokens;
+      ++s.in_flight;
+      InFlight::Row row{s.seq_id, it.n_tokens, it.prefill, -1};
+      if (batch[j].want_logits) {
+        s.progress.decoding = true;
+        row.pick = int32_t(f.n_picks++);
+        s.pending_pick = row.pick;
+      }
+      f.rows.push_back(row);
+    }
+    last_step_seqs_ = int64_t(items.size());
+    return f;
+  }
+
+  // Reads the tokens of the step in flight, accepts them and retires who finished (and
+  // is in no later step).
+  void collect() {
+    InFlight f = std::move(*inflight_);
+    inflight_.reset();
+    std::vector<int32_t> picks(size_t(f.n_picks));
+    e_.backend().fetch_picks(f.set, f.n_picks, picks.data());
+    const auto now = Clock::now();
+    prog_.step_s = seconds_between(last_collect_ && *last_collect_ > f.launched ? *last_collect_ : f.launched, now);
+    last_collect_ = now;
+    prog_.step_prefill_tokens = prog_.step_decode_tokens = 0;
+    for (const InFlight::Row& r : f.rows)
+      (r.prefill ? prog_.step_prefill_tokens : prog_.step_decode_tokens) += r.n_tokens;
+    prog_.prompt_tokens += prog_.step_prefill_tokens;
+    const ReplayCounts rc = e_.backend().replay_counts();
+    prog_.replayed_runs = rc.replayed;
+    prog_.recorded_runs = rc.recorded;
+    prog_.kv_bytes = kv_.bytes_in_use();
+    prog_.kv_peak_bytes = std::max(prog_.kv_peak_bytes, prog_.kv_bytes);
+    prog_.running = int64_t(running_.size());
+    prog_.max_running = std::max(prog_.max_running, prog_.running);
+    ++prog_.steps;
+    std::unordered_map<int64_t, size_t> index;
+    for (size_t k = 0; k < running_.size(); ++k) index[running_[k].seq_id] = k;
+    for (const InFlight::Row& r : f.rows) {
+      Running& s = running_[index.at(r.seq_id)];
+      --s.in_flight;
+      if (r.pick < 0) continue;
+      // In no later step: its newest token is this one, on the host from now on.
+      if (s.in_flight == 0) s.pending_pick = -1;
+      if (!s.out.finish_reason.empty()) continue;  // stopped before: a dropped row
+      accept_token(s, picks[size_t(r.pick)], {});
+      ++prog_.generated_tokens;
+    }
+    for (size_t k = 0; k < running_.size();) {
+      if (running_[k].out.finish_reason.empty() || running_[k].in_flight > 0) { ++k; continue; }
+      retire(k);
     }
   }
 
@@ -260,8 +449,7 @@ class EngineBatch final : public Engine::Batch {
       // draws now (as sample() would have), instead of sending the logits row here.
       const bool logits_may_stay = s.request.logprobs < 0 && !b.all_logits &&
                                    !opts.keep_last_logits && !opts.keep_step_logits;
-      b.token_only = logits_may_stay && (s.request.sampling.temperature <= 0 ||
-                                         (s.sampler->samples_in_order() && !host_sampling()));
+      b.token_only = token_only(s.request, *s.sampler);
       if (b.token_only && b.want_logits && s.sampler->samples_in_order()) {
         b.inv_temperature = s.sampler->inv_temperature();
         b.uniform = s.sampler->draw_uniform();
@@ -490,6 +678,9 @@ class EngineBatch final : public Engine::Batch {
   int64_t last_step_seqs_ = 0;
   std::optional<Clock::time_point> t0_;
   Progress prog_;
+  bool overlap_ = false;               // steps in flight (EngineOptions::overlap_steps)
+  std::optional<InFlight> inflight_;   // launched, tokens not read yet
+  std::optional<Clock::time_point> last_collect_;
 };
 
 }  // namespace

@@ -383,15 +383,22 @@ AttentionParams Model::attention_params() const {
   return ap;
 }
 
-std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) {
+std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv,
+                                  const StepPicks& picks) {
   // Flatten the step: token ids and positions of every row, in batch order.
-  std::vector<int32_t> ids, pos, want_rows, pick_rows;
+  std::vector<int32_t> ids, pos, want_rows, pick_rows, pick_index;
   std::vector<float> pick_inv_t;
   std::vector<double> pick_u;
   std::vector<int32_t> cand_rows;
   std::vector<const SeqBatch*> cand_of;
   for (const SeqBatch& s : batch) {
     if (s.tokens.empty()) throw Error("forward: empty sequence chunk");
+    if (s.pick_index >= 0 && (s.tokens.size() != 1 || picks.read_set < 0))
+      throw Error("forward: a row fed by a pick must be one decode token, with a pick set to read");
+    if (s.pick_index >= 0 || !pick_index.empty()) {  // from the first pick-fed row on
+      pick_index.resize(ids.size() + s.tokens.size(), -1);
+      pick_index.back() = s.pick_index;
+    }
     for (size_t i = 0; i < s.tokens.size(); ++i) {
       int32_t t = s.tokens[i];
       if (t < 0 || t >= hp_.n_vocab)
@@ -500,7 +507,11 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
       backend_.add(x, h);
   };
 
-  backend_.embed(w_->tok_embd, ids, x_rows);
+  pick_index.resize(pick_index.empty() ? 0 : ids.size(), -1);
+  if (pick_index.empty())
+    backend_.embed(w_->tok_embd, ids, x_rows);
+  else
+    backend_.embed_with_picks(w_->tok_embd, ids, pick_index, picks.read_set, x_rows);
   // Each residual add is fused with the norm that follows it (add_rms_norm): h holds the
   // normed input of the next block when a block starts.
   backend_.rms_norm(x, w_->layers[0].attn_norm, hp_.rms_eps, h);
@@ -520,8 +531,12 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
     });
   }
   fwd_scope.reset();
-  picked_.resize(pick_rows.size());
+  const bool kept = picks.write_set >= 0;
+  if (kept && (!want_rows.empty() || !cand_rows.empty()))
+    throw Error("forward: a step whose picks stay on the backend wants logits on the host");
+  picked_.resize(kept ? 0 : pick_rows.size());
   candidates_.resize(cand_rows.size());
+  if (kept && pick_rows.empty()) return {};
   if (want_rows.empty() && pick_rows.empty() && cand_rows.empty()) {
     backend_.synchronize();  // the step's time is spent here, not in the next step's
     return {};
@@ -545,9 +560,12 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv) 
   // Token-only rows: only the picked id leaves the backend.
   for (int64_t r0 = 0; r0 < int64_t(pick_rows.size()); r0 += ws.logit_rows) {
     const int64_t n = std::min(ws.logit_rows, int64_t(pick_rows.size()) - r0);
-    backend_.sample_rows(logits_of(pick_rows, r0, n),
-                         std::span<const float>(pick_inv_t.data() + r0, size_t(n)),
-                         std::span<const double>(pick_u.data() + r0, size_t(n)), picked_.data() + r0);
+    const std::span<const float> inv_t(pick_inv_t.data() + r0, size_t(n));
+    const std::span<const double> u(pick_u.data() + r0, size_t(n));
+    if (kept)
+      backend_.sample_rows_kept(logits_of(pick_rows, r0, n), inv_t, u, picks.write_set, r0);
+    else
+      backend_.sample_rows(logits_of(pick_rows, r0, n), inv_t, u, picked_.data() + r0);
   }
   // Top-k / top-p rows: their best entries leave the backend, and the whole row only
   // where those do not decide the draw.

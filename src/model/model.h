@@ -36,6 +36,19 @@ struct SeqBatch {
   int top_candidates_k = 0;
   int sample_top_k = 0;
   float sample_top_p = 1;
+  // >= 0 (a one-token decode row, steps in flight): the token is pick `pick_index` of
+  // StepPicks::read_set, still on the backend; tokens[0] is then only a placeholder.
+  int32_t pick_index = -1;
+};
+
+// Steps in flight (EngineOptions::overlap_steps): where the rows with
+// SeqBatch::pick_index find the previous step's picks, and where this step's stay.
+struct StepPicks {
+  int read_set = -1;   // the pick set pick_index rows read (-1: no such row)
+  // >= 0: token_only rows' picks stay in this set on the backend (Backend::fetch_picks
+  // brings them back; picked_tokens() is empty), nothing waits for the step to end, and
+  // every want_logits row must be token_only.
+  int write_set = -1;
 };
 
 struct ModelWeights;
@@ -56,7 +69,8 @@ class Model {
   // Runs one step over all sequences' tokens; returns logits on the host, n_vocab per
   // row, in batch order: every row of a sequence with all_logits, else its last row
   // when want_logits and not token_only.
-  std::vector<float> forward(std::span<const SeqBatch> batch, KVCache& kv);
+  std::vector<float> forward(std::span<const SeqBatch> batch, KVCache& kv,
+                             const StepPicks& picks = {});
   // After forward(): the token picked from each token_only row, in batch order.
   std::span<const int32_t> picked_tokens() const { return picked_; }
   // After forward(): each top_candidates_k row's candidates, in batch order.

@@ -17,6 +17,7 @@
 #include "backend/evict_work.h"
 #include "backend/cuda/cudnn_attention.h"
 #include "backend/cuda/gemm.h"
+#include "backend/cuda/kept_picks.h"
 #include "backend/cuda/op_timer.h"
 #include "backend/cuda/replay_graphs.h"
 #include "backend/cuda/row_sort.h"
@@ -478,29 +479,41 @@ class CudaBackend final : public Backend {
 
   void sample_rows(const Tensor& x, std::span<const float> inv_temperature,
                    std::span<const double> uniform, int32_t* out) override {
-    if (int64_t(inv_temperature.size()) != x.rows || int64_t(uniform.size()) != x.rows)
-      throw Error("cuda sample_rows: one temperature and one uniform per row");
     if (x.rows == 0) return;
-    if (std::none_of(inv_temperature.begin(), inv_temperature.end(), [](float t) { return t > 0; })) {
-      argmax_rows(x, out);
-      return;
-    }
-    // One staging put: the uniforms (8-byte aligned at its start), then the temperatures.
-    const size_t n = size_t(x.rows);
-    host_sample_.resize(n * (sizeof(double) + sizeof(float)));
-    std::memcpy(host_sample_.data(), uniform.data(), n * sizeof(double));
-    std::memcpy(host_sample_.data() + n * sizeof(double), inv_temperature.data(), n * sizeof(float));
-    const char* d_in = static_cast<const char*>(staging_->put(host_sample_.data(), host_sample_.size(), stream_));
-    int32_t* d = static_cast<int32_t*>(small_out_.get(n * 4));
-    {
-      BMX_OP_TIME("sample_rows");
-      cuda::launch_sample_rows(x, reinterpret_cast<const float*>(d_in + n * sizeof(double)),
-                               reinterpret_cast<const double*>(d_in), d, stream_);
-    }
-    BMX_CUDA(cudaMemcpyAsync(out, d, n * 4, cudaMemcpyDeviceToHost, stream_));
+    int32_t* d = static_cast<int32_t*>(small_out_.get(size_t(x.rows) * 4));
+    pick_rows_to(x, inv_temperature, uniform, d);
+    BMX_CUDA(cudaMemcpyAsync(out, d, size_t(x.rows) * 4, cudaMemcpyDeviceToHost, stream_));
     BMX_CUDA(cudaStreamSynchronize(stream_));
     op_timer_.drain();
   }
+
+  // Steps in flight: the picks stay in a device set, a copy follows them to pinned host
+  // memory, and nothing waits.
+  void sample_rows_kept(const Tensor& x, std::span<const float> inv_temperature,
+                        std::span<const double> uniform, int set, int64_t first) override {
+    if (x.rows == 0) return;
+    if (first < 0) throw Error("cuda sample_rows_kept: negative first pick");
+    int32_t* d = kept_picks_.device(set, first + x.rows, stream_) + first;
+    pick_rows_to(x, inv_temperature, uniform, d);
+    kept_picks_.copy_back(set, first, x.rows, stream_);
+  }
+  void fetch_picks(int set, int64_t n, int32_t* out) override {
+    kept_picks_.fetch(set, n, out);
+    op_timer_.drain();
+  }
+  void embed_with_picks(const Tensor& table, std::span<const int32_t> ids,
+                        std::span<const int32_t> pick_index, int set, Tensor& out) override {
+    BMX_OP_TIME("embed");
+    if (int64_t(ids.size()) != out.rows || pick_index.size() != ids.size())
+      throw Error("cuda embed_with_picks: ids, pick indices and output rows differ");
+    check_ids(ids, table.rows, "embed: token id");
+    if (ids.empty()) return;
+    // The staged ids are this call's own: the picks are written over them in place.
+    int32_t* d = const_cast<int32_t*>(put_ints({ids, pick_index}));
+    kept_picks_.resolve(set, d, d + ids.size(), int64_t(ids.size()), stream_);
+    cuda::launch_embed(table, d, out, stream_);
+  }
+  bool prefers_overlapped_steps() const override { return true; }
 
   void top_candidates(const Tensor& x, int k, std::span<const float> inv_temperature,
                       float* values, int32_t* ids, double* whole_mass) override {
@@ -680,6 +693,7 @@ class CudaBackend final : public Backend {
     f32_pool.head_dim = p.head_dim;
     move_scratch_.get(cuda::kv_move_scratch_bytes(f32_pool, int64_t(kMovesPerLaunch)));
     small_out_.get(size_t(1) << 20);
+    for (int set = 0; set < 2; ++set) kept_picks_.device(set, std::max<int64_t>(max_rows, 1), stream_);
     rope_table_.get(size_t(std::max<int64_t>(max_rows, 1)) * std::max(p.head_dim / 2, 1) * sizeof(float2));
     lse_.get(size_t(std::max<int64_t>(max_rows, 1)) * std::max(p.n_heads, 1) * sizeof(float));
     if (cudnn_ && cudnn_min_rows_ > 0) {
@@ -743,6 +757,27 @@ class CudaBackend final : public Backend {
                     std::to_string(n) + ")");
   }
   // Concatenates host spans into one staging put; returns the device copy.
+  // sample_rows' picks to d (device), stream-ordered: argmax where no row has a temperature.
+  void pick_rows_to(const Tensor& x, std::span<const float> inv_temperature,
+                    std::span<const double> uniform, int32_t* d) {
+    if (int64_t(inv_temperature.size()) != x.rows || int64_t(uniform.size()) != x.rows)
+      throw Error("cuda sample_rows: one temperature and one uniform per row");
+    if (std::none_of(inv_temperature.begin(), inv_temperature.end(), [](float t) { return t > 0; })) {
+      BMX_OP_TIME("argmax_rows");
+      cuda::launch_argmax_rows(x, d, stream_);
+      return;
+    }
+    // One staging put: the uniforms (8-byte aligned at its start), then the temperatures.
+    const size_t n = size_t(x.rows);
+    host_sample_.resize(n * (sizeof(double) + sizeof(float)));
+    std::memcpy(host_sample_.data(), uniform.data(), n * sizeof(double));
+    std::memcpy(host_sample_.data() + n * sizeof(double), inv_temperature.data(), n * sizeof(float));
+    const char* d_in = static_cast<const char*>(staging_->put(host_sample_.data(), host_sample_.size(), stream_));
+    BMX_OP_TIME("sample_rows");
+    cuda::launch_sample_rows(x, reinterpret_cast<const float*>(d_in + n * sizeof(double)),
+                             reinterpret_cast<const double*>(d_in), d, stream_);
+  }
+
   const int32_t* put_ints(std::initializer_list<std::span<const int32_t>> parts) {
     host_ints_.clear();
     for (auto s : parts) host_ints_.insert(host_ints_.end(), s.begin(), s.end());
@@ -855,6 +890,7 @@ class CudaBackend final : public Backend {
   DeviceBuffer cudnn_scratch_;
   DeviceBuffer weight_stage_, move_scratch_, scores_out_, attn_scratch_, small_out_, evict_keys_, scores_part_;
   DeviceBuffer sort_scratch_;  // sorted_prefix, draw_sorted_rows (reserved with the workspace)
+  cuda::KeptPicks kept_picks_;  // sample_rows_kept's pick sets
   std::vector<int32_t> host_ints_;
   std::vector<char> host_sample_;  // sample_rows', top_candidates' and draw_sorted_rows' host side
   std::vector<float> host_scores_;

@@ -1,0 +1,46 @@
+// Backend's default pick sets: picks are made at once and kept on the host.
+#include "backend/backend.h"
+
+#include <algorithm>
+#include <string>
+
+#include "core/error.h"
+
+namespace batchmax {
+namespace {
+
+std::vector<int32_t>& pick_set(std::vector<int32_t> (&sets)[2], int set) {
+  if (set < 0 || set > 1) throw Error("backend: pick set " + std::to_string(set) + " is not 0 or 1");
+  return sets[set];
+}
+
+}  // namespace
+
+void Backend::sample_rows_kept(const Tensor& x, std::span<const float> inv_temperature,
+                               std::span<const double> uniform, int set, int64_t first) {
+  std::vector<int32_t>& p = pick_set(kept_picks_, set);
+  if (first < 0) throw Error("backend: negative pick index");
+  if (p.size() < size_t(first + x.rows)) p.resize(size_t(first + x.rows), -1);
+  sample_rows(x, inv_temperature, uniform, p.data() + first);
+}
+
+void Backend::fetch_picks(int set, int64_t n, int32_t* out) {
+  const std::vector<int32_t>& p = pick_set(kept_picks_, set);
+  if (n < 0 || size_t(n) > p.size()) throw Error("backend: fetch of picks never made");
+  std::copy(p.begin(), p.begin() + n, out);
+}
+
+void Backend::embed_with_picks(const Tensor& table, std::span<const int32_t> ids,
+                               std::span<const int32_t> pick_index, int set, Tensor& out) {
+  const std::vector<int32_t>& p = pick_set(kept_picks_, set);
+  if (pick_index.size() != ids.size()) throw Error("backend: one pick index per id");
+  std::vector<int32_t> resolved(ids.begin(), ids.end());
+  for (size_t r = 0; r < ids.size(); ++r) {
+    if (pick_index[r] < 0) continue;
+    if (size_t(pick_index[r]) >= p.size()) throw Error("backend: embed of a pick never made");
+    resolved[r] = p[size_t(pick_index[r])];
+  }
+  embed(table, resolved, out);
+}
+
+}  // namespace batchmax
