@@ -110,7 +110,8 @@ int run_plan(const PlanArgs& a) {
   for (const auto& r : rows)
     if (const int64_t h = r["prefill_headroom_blocks"].get<int64_t>(); h > 0)
       std::printf("%s: a prefill step holds up to budget + chunk until its eviction; the %lld "
-                  "blocks (%s) more come from a headroom the pool keeps once, not per request.\n",
+                  "blocks (%s) more come from a headroom the pool keeps once, not per request "
+                  "(room for as many chunks at once as a step holds, up to 1/16 of the pool).\n",
                   r["mode"].get<std::string>().c_str(), static_cast<long long>(h),
                   format_bytes(h * m.kv_block_bytes).c_str());
   return 0;

@@ -102,6 +102,9 @@ void LlmEngine::plan_memory() {
   // h2o request pay nothing (EngineOptions::kv_slot_mass).
   const bool h2o_default = opts_.kv.policy == "h2o" && opts_.kv.mode != "full";
   kc.slot_mass = (opts_.kv_slot_mass || h2o_default) && eviction_on_device(*backend_);
+  // As many batchmax prefill chunks as a step holds may borrow room at once (with room for
+  // one, a W-limited 1024-token step held 121 decode rows and one 512-token chunk).
+  kc.step_tokens = opts_.step_tokens;
   m.block_tokens = kc.block_tokens;
   m.kv_block_bytes = PagedKVCache::block_bytes(kc);
   m.kv_heads_total = int64_t(kc.n_layer) * kc.n_kv_heads;
@@ -151,8 +154,9 @@ int64_t LlmEngine::prefill_headroom_blocks(const KVSettings& kv, int64_t prompt_
                                            int64_t max_tokens) const {
   const int64_t gen = std::min<int64_t>(max_tokens, context_ - prompt_tokens);
   const KVCompression c = to_compression(kv);
-  return kv_->blocks_for_entries(worst_case_entries(c, prompt_tokens, gen)) -
-         kv_->blocks_for_entries(held_entries(c, prompt_tokens, gen));
+  return kv_->burst_blocks(kv_->blocks_for_entries(worst_case_entries(c, prompt_tokens, gen)) -
+                              kv_->blocks_for_entries(held_entries(c, prompt_tokens, gen)),
+                          c);
 }
 
 const Tokenizer& LlmEngine::tokenizer() const {

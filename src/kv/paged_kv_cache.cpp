@@ -32,7 +32,8 @@ int64_t PagedKVCache::block_bytes(const KVCacheConfig& cfg) {
 
 PagedKVCache::PagedKVCache(Backend& backend, const KVCacheConfig& cfg)
     : backend_(backend), cfg_(cfg), blocks_(cfg.n_blocks) {
-  if (cfg.n_layer <= 0 || cfg.n_kv_heads <= 0 || cfg.head_dim <= 0 || cfg.block_tokens <= 0)
+  if (cfg.n_layer <= 0 || cfg.n_kv_heads <= 0 || cfg.head_dim <= 0 || cfg.block_tokens <= 0 ||
+      cfg.step_tokens < 0)
     throw Error("kv cache: bad configuration");
   pool_view_ = backend_.alloc_kv_pool(cfg.type, cfg.n_blocks, cfg.block_tokens, cfg.head_dim,
                                       cfg.slot_mass);
@@ -67,13 +68,22 @@ const PagedKVCache::Sequence& PagedKVCache::seq(int64_t id) const {
   return const_cast<PagedKVCache*>(this)->seq(id);
 }
 
+int64_t PagedKVCache::burst_blocks(int64_t one, const KVCompression& comp) const {
+  const int64_t chunk = comp.mode == KVMode::BatchMax ? comp.params.chunk : 0;
+  if (one <= 0 || cfg_.step_tokens <= 0 || chunk <= 0) return std::max<int64_t>(one, 0);
+  const int64_t per_step = std::clamp<int64_t>(cfg_.step_tokens / chunk, 1, 16);
+  const int64_t affordable = 1 + cfg_.n_blocks / 16 / one;
+  return one * std::min(per_step, affordable);
+}
+
 bool PagedKVCache::add_sequence(int64_t seq_id, int64_t max_entries, const KVCompression& comp,
                                 int64_t peak_entries) {
   if (seqs_.count(seq_id)) throw Error("kv cache: sequence " + std::to_string(seq_id) + " exists");
   comp.validate();
   const int64_t need = blocks_for_entries(max_entries);
-  const int64_t burst = std::max<int64_t>(0, blocks_for_entries(peak_entries) - need);
-  const int64_t grow = std::max<int64_t>(0, burst - headroom_);  // the headroom covers every burst
+  // The headroom covers the largest burst.
+  const int64_t burst = burst_blocks(std::max<int64_t>(0, blocks_for_entries(peak_entries) - need), comp);
+  const int64_t grow = std::max<int64_t>(0, burst - headroom_);
   if (!blocks_.reserve(need + grow)) return false;
   headroom_ += grow;
   Sequence s;

@@ -23,6 +23,9 @@ struct KVCacheConfig {
   GgmlType type = GgmlType::F32;
   // A float per slot (KVPoolView::mass): h2o's accumulated mass, kept on the backend.
   bool slot_mass = false;
+  // Tokens a step computes at most (0: unknown). The shared headroom lends room for as
+  // many of a sequence's prefill chunks as a step holds (burst_blocks).
+  int64_t step_tokens = 0;
 };
 
 // What a step does to a sequence; decides whether the step ends with an eviction.
@@ -46,6 +49,11 @@ class PagedKVCache : public KVCache {
   static int64_t block_bytes(const KVCacheConfig& cfg);
   // Blocks one sequence needs to hold `entries` entries in every (layer, head).
   int64_t blocks_for_entries(int64_t entries) const;
+  // The shared headroom a sequence asks for (add_sequence): room for as many of its
+  // prefill chunks (one needing `one` blocks past its reservation) as a step of
+  // step_tokens holds, up to 16, as long as the chunks past the first take at most 1/16
+  // of the pool (a small pool would rather admit more sequences).
+  int64_t burst_blocks(int64_t one, const KVCompression& comp) const;
 
   // Admission: reserves the blocks for up to `max_entries` per (layer, head) for the
   // sequence's life. A sequence whose own prefill steps hold more for a step
@@ -110,7 +118,7 @@ class PagedKVCache : public KVCache {
     int64_t reserved = 0;          // blocks promised but not yet taken
     int64_t held = 0;              // blocks taken
     int64_t base = 0;              // blocks promised for its life (held + reserved, between steps)
-    int64_t burst = 0;             // blocks more that one of its prefill steps may need
+    int64_t burst = 0;             // blocks more that its prefill chunks of one step may need
     int64_t lent_headroom = 0;     // of reserved: lent from the shared headroom this step
     int64_t lent_pool = 0;         // of reserved: promised from free blocks this step
     KVCompression comp;

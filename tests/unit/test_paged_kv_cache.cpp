@@ -212,6 +212,38 @@ TEST(PagedKVCache, PrefillHeadroomIsSharedAndReturned) {
   EXPECT_EQ(kv.blocks().n_unreserved(), cfg.n_blocks);
 }
 
+// With the step size known, the headroom lends room for as many chunks as a step holds,
+// as long as those past the first take at most 1/16 of the pool.
+TEST(PagedKVCache, PrefillHeadroomCoversTheChunksOfAStep) {
+  auto be = make_cpu_backend();
+  const KVCompression c = batchmax_window(8, 8, 4);  // a chunk needs 4 blocks past 12
+  KVCacheConfig cfg = small_config();
+  cfg.n_blocks = 64;
+  cfg.step_tokens = 16;  // two chunks of 8
+  {
+    PagedKVCache kv(*be, cfg);
+    EXPECT_EQ(kv.burst_blocks(4, c), 8);
+    EXPECT_EQ(kv.burst_blocks(4, KVCompression{}), 4);  // not batchmax: one burst
+    for (int64_t id : {1, 2, 3, 4}) ASSERT_TRUE(kv.add_sequence(id, 12, c, 16)) << id;
+    EXPECT_EQ(kv.headroom_blocks(), 8);
+    std::map<int64_t, int64_t> done;
+    for (int64_t id : {1, 2}) EXPECT_TRUE(kv.reserve_growth(id, 8));
+    run_items(*be, kv, {{1, 8}, {2, 8}}, done, 40);
+    // Second chunks of two sequences in one step: both from the headroom.
+    for (int64_t id : {1, 2}) EXPECT_TRUE(kv.reserve_growth(id, 8)) << id;
+    EXPECT_EQ(kv.headroom_lent(), 8);
+    run_items(*be, kv, {{1, 8}, {2, 8}}, done, 40);
+    EXPECT_EQ(kv.headroom_lent(), 0);
+    for (int64_t id : {1, 2, 3, 4}) kv.remove_sequence(id);
+    EXPECT_EQ(kv.headroom_blocks(), 0);
+    EXPECT_EQ(kv.blocks().n_unreserved(), cfg.n_blocks);
+  }
+  cfg.step_tokens = 64;  // eight chunks, but 64 / 16 blocks afford one past the first
+  EXPECT_EQ(PagedKVCache(*be, cfg).burst_blocks(4, c), 8);
+  cfg.n_blocks = 40;  // affords none past the first
+  EXPECT_EQ(PagedKVCache(*be, cfg).burst_blocks(4, c), 4);
+}
+
 // A sequence removed while it holds lent headroom (a failed step) gives it back to the
 // headroom, not to the pool, and the headroom shrinks with its last borrower.
 TEST(PagedKVCache, RemovingABorrowerRestoresTheHeadroom) {
