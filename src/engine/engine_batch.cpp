@@ -354,11 +354,7 @@ class EngineBatch final : public Engine::Batch {
     for (size_t j = 0; j < items.size(); ++j) {
       const StepItem& it = items[j];
       Running& s = running_[at[it.seq]];
-      kv_.commit(s.seq_id);
-      const SequenceKVStats& st = kv_.stats(s.seq_id);
-      s.out.kv_peak_entries = st.peak_entries;
-      s.out.kv_peak_bytes = st.peak_blocks * PagedKVCache::block_bytes(kv_.config());
-      s.out.kv_evicted = st.evicted;
+      commit_kv(s);
       s.progress.computed += it.n_tokens;
       ++s.in_flight;
       InFlight::Row row{s.seq_id, it.n_tokens, it.prefill, -1};
@@ -371,6 +367,27 @@ class EngineBatch final : public Engine::Batch {
     }
     last_step_seqs_ = int64_t(items.size());
     return f;
+  }
+
+  // A step's end in the totals (its token counts and step_s are set by the caller).
+  void count_step() {
+    const ReplayCounts rc = e_.backend().replay_counts();
+    prog_.replayed_runs = rc.replayed;
+    prog_.recorded_runs = rc.recorded;
+    prog_.kv_bytes = kv_.bytes_in_use();
+    prog_.kv_peak_bytes = std::max(prog_.kv_peak_bytes, prog_.kv_bytes);
+    prog_.running = int64_t(running_.size());
+    prog_.max_running = std::max(prog_.max_running, prog_.running);
+    ++prog_.steps;
+  }
+
+  // The step's eviction (planned by prepare) and the sequence's cache figures.
+  void commit_kv(Running& s) {
+    kv_.commit(s.seq_id);
+    const SequenceKVStats& st = kv_.stats(s.seq_id);
+    s.out.kv_peak_entries = st.peak_entries;
+    s.out.kv_peak_bytes = st.peak_blocks * PagedKVCache::block_bytes(kv_.config());
+    s.out.kv_evicted = st.evicted;
   }
 
   // Reads the tokens of the step in flight, accepts them and retires who finished (and
@@ -387,14 +404,7 @@ class EngineBatch final : public Engine::Batch {
     for (const InFlight::Row& r : f.rows)
       (r.prefill ? prog_.step_prefill_tokens : prog_.step_decode_tokens) += r.n_tokens;
     prog_.prompt_tokens += prog_.step_prefill_tokens;
-    const ReplayCounts rc = e_.backend().replay_counts();
-    prog_.replayed_runs = rc.replayed;
-    prog_.recorded_runs = rc.recorded;
-    prog_.kv_bytes = kv_.bytes_in_use();
-    prog_.kv_peak_bytes = std::max(prog_.kv_peak_bytes, prog_.kv_bytes);
-    prog_.running = int64_t(running_.size());
-    prog_.max_running = std::max(prog_.max_running, prog_.running);
-    ++prog_.steps;
+    count_step();
     std::unordered_map<int64_t, size_t> index;
     for (size_t k = 0; k < running_.size(); ++k) index[running_[k].seq_id] = k;
     for (const InFlight::Row& r : f.rows) {
@@ -475,22 +485,10 @@ class EngineBatch final : public Engine::Batch {
     prog_.step_prefill_tokens = prog_.step_decode_tokens = 0;
     for (const StepItem& it : items)
       (it.prefill ? prog_.step_prefill_tokens : prog_.step_decode_tokens) += it.n_tokens;
-    const ReplayCounts rc = e_.backend().replay_counts();
-    prog_.replayed_runs = rc.replayed;
-    prog_.recorded_runs = rc.recorded;
-    prog_.kv_bytes = kv_.bytes_in_use();
-    prog_.kv_peak_bytes = std::max(prog_.kv_peak_bytes, prog_.kv_bytes);
-    prog_.running = int64_t(running_.size());
-    prog_.max_running = std::max(prog_.max_running, prog_.running);
+    count_step();
     last_step_seqs_ = int64_t(items.size());
-    ++prog_.steps;
     for (const StepItem& it : items) {
-      Running& s = running_[it.seq];
-      kv_.commit(s.seq_id);
-      const SequenceKVStats& st = kv_.stats(s.seq_id);
-      s.out.kv_peak_entries = st.peak_entries;
-      s.out.kv_peak_bytes = st.peak_blocks * PagedKVCache::block_bytes(kv_.config());
-      s.out.kv_evicted = st.evicted;
+      commit_kv(running_[it.seq]);
     }
 
     const int64_t V = e_.model().hparams().n_vocab;
