@@ -224,8 +224,9 @@ class Engine {
     // An invalid request (empty or too long prompt, bad parameters, more KV than the pool
     // holds) finishes at once, inside add, with finish_reason "error".
     virtual Handle add(Request r, Callbacks cb) = 0;
-    // Finishes the request with "cancelled" and frees its blocks; false when it is not
-    // here (finished already or never added). A request in a step in flight finishes when
+    // Finishes the request now with "cancelled" (on_finish runs before cancel returns)
+    // and frees its blocks; false when it is not here (finished already or never added).
+    // With steps in flight, the blocks of a request in the step in flight are freed when
     // that step's tokens are read (within the next step()).
     virtual bool cancel(Handle h) = 0;
     virtual bool idle() const = 0;  // nothing waiting or running

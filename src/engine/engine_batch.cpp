@@ -81,6 +81,7 @@ struct Running {
   bool host_bound = false;
   int in_flight = 0;
   int32_t pending_pick = -1;
+  bool finished = false;  // on_finish has run; it stays until its step in flight is read
 };
 
 // A launched step whose tokens have not been read yet.
@@ -165,7 +166,7 @@ class EngineBatch final : public Engine::Batch {
       if (running_[k].handle != h) continue;
       if (!running_[k].out.finish_reason.empty()) return false;  // finished, leaving
       running_[k].out.finish_reason = "cancelled";
-      if (running_[k].in_flight == 0) retire(k);  // else when its step's tokens are read
+      leave(k);
       return true;
     }
     return false;
@@ -418,8 +419,7 @@ class EngineBatch final : public Engine::Batch {
       ++prog_.generated_tokens;
     }
     for (size_t k = 0; k < running_.size();) {
-      if (running_[k].out.finish_reason.empty() || running_[k].in_flight > 0) { ++k; continue; }
-      retire(k);
+      if (running_[k].out.finish_reason.empty() || !leave(k)) ++k;
     }
   }
 
@@ -657,7 +657,23 @@ class EngineBatch final : public Engine::Batch {
     Running s = std::move(running_[k]);
     running_.erase(running_.begin() + ptrdiff_t(k));
     kv_.remove_sequence(s.seq_id);
-    finish(std::move(s.out), s.callbacks, s.added);
+    if (!s.finished) finish(std::move(s.out), s.callbacks, s.added);
+  }
+
+  // A finished running_[k] leaves: at once, or, while a step in flight holds a row of it
+  // (whose blocks that step may still write), it finishes now and its blocks go back when
+  // the step is read. True when it was removed.
+  bool leave(size_t k) {
+    Running& s = running_[k];
+    if (s.in_flight == 0) {
+      retire(k);
+      return true;
+    }
+    if (!s.finished) {
+      finish(s.out, s.callbacks, s.added);
+      s.finished = true;
+    }
+    return false;
   }
 
   void finish(Output o, const Callbacks& cb, Clock::time_point added) {

@@ -17,8 +17,9 @@
 namespace batchmax {
 namespace {
 
-EngineOptions tiny_options() {
+EngineOptions tiny_options(int overlap_steps = 0) {
   EngineOptions o;
+  o.overlap_steps = overlap_steps;
   o.dummy_weights = "tiny";
   o.n_threads = 2;
   o.max_batch = 0;  // pool-limited
@@ -35,8 +36,11 @@ Request request(int i, int prompt_len, int max_tokens) {
   return r;
 }
 
-TEST(EngineBatch, RequestsJoiningLaterMatchOneGenerateCall) {
-  auto engine = Engine::create(tiny_options());
+class EngineBatchBothWays : public ::testing::TestWithParam<int> {};  // overlap_steps 0, 1
+INSTANTIATE_TEST_SUITE_P(OverlapSteps, EngineBatchBothWays, ::testing::Values(0, 1));
+
+TEST_P(EngineBatchBothWays, RequestsJoiningLaterMatchOneGenerateCall) {
+  auto engine = Engine::create(tiny_options(GetParam()));
   std::vector<Request> reqs;
   for (int i = 0; i < 6; ++i) reqs.push_back(request(i, 20 + 13 * i, 5 + i));
   reqs[3].kv = KVSettings{};
@@ -95,6 +99,29 @@ TEST(EngineBatch, CancelFreesBlocksAtOnce) {
   EXPECT_EQ(reasons, (std::vector<std::string>{"cancelled", "cancelled"}));
 }
 
+// With steps in flight a cancelled request finishes at once, and its blocks come back
+// when the step holding a row of it is read.
+TEST(EngineBatch, CancelInFlightFinishesAtOnceAndFreesAfterTheStep) {
+  auto engine = Engine::create(tiny_options(1));
+  auto batch = engine->open_batch();
+  std::vector<std::string> reasons;
+  Engine::Batch::Callbacks cb;
+  cb.on_finish = [&](Output o) { reasons.push_back(o.finish_reason); };
+  const auto a = batch->add(request(0, 100, 50), cb);
+  batch->add(request(1, 30, 50), cb);
+  for (int i = 0; i < 4; ++i) batch->step();
+  const BatchState before = batch->state();
+  EXPECT_TRUE(batch->cancel(a));
+  EXPECT_EQ(reasons, std::vector<std::string>{"cancelled"});  // at once
+  EXPECT_FALSE(batch->cancel(a));
+  batch->step();  // reads the step that held a row of it
+  EXPECT_EQ(batch->state().running, 1);
+  EXPECT_GT(batch->state().kv_blocks_free, before.kv_blocks_free);
+  while (!batch->idle()) batch->step();
+  EXPECT_EQ(reasons, (std::vector<std::string>{"cancelled", "length"}));
+  EXPECT_EQ(batch->state().kv_blocks_free, batch->state().kv_blocks_total);
+}
+
 TEST(EngineBatch, BadRequestFinishesInsideAdd) {
   EngineOptions o = tiny_options();
   o.kv_mem_bytes = 256 << 10;  // 128 blocks: 512 entries per layer and head
@@ -133,8 +160,8 @@ TEST(EngineBatch, LogprobsAreNormalisedAndRanked) {
   }
 }
 
-TEST(EngineLoop, ConcurrentSubmitAndCancelFinishEachOnce) {
-  auto engine = Engine::create(tiny_options());
+TEST_P(EngineBatchBothWays, LoopWithConcurrentSubmitAndCancelFinishesEachOnce) {
+  auto engine = Engine::create(tiny_options(GetParam()));
   std::vector<Request> reqs;
   for (int i = 0; i < 40; ++i) reqs.push_back(request(i, 10 + (i * 17) % 90, 3 + i % 9));
   const std::vector<Output> expected = engine->generate(reqs);
@@ -204,8 +231,8 @@ TEST(EngineLoop, BoundedQueueAndDraining) {
   EXPECT_TRUE(loop.stats().draining);
 }
 
-TEST(EngineLoop, DestructorCancelsWhatIsLeft) {
-  auto engine = Engine::create(tiny_options());
+TEST_P(EngineBatchBothWays, LoopDestructorCancelsWhatIsLeft) {
+  auto engine = Engine::create(tiny_options(GetParam()));
   std::atomic<int> cancelled{0}, finished{0};
   {
     EngineLoop loop(*engine, {});
@@ -215,6 +242,8 @@ TEST(EngineLoop, DestructorCancelsWhatIsLeft) {
       if (o.finish_reason == "cancelled") ++cancelled;
     };
     for (int i = 0; i < 8; ++i) ASSERT_TRUE(loop.submit(request(i, 200, 500), cb));
+    // Running by now (with steps in flight: some in the step in flight).
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
   }
   EXPECT_EQ(finished.load(), 8);
   EXPECT_GT(cancelled.load(), 0);
