@@ -264,7 +264,7 @@ class EngineBatch final : public Engine::Batch {
       s.progress.prompt_tokens = int64_t(w.request.prompt.size());
       if (w.comp.mode == KVMode::BatchMax && w.comp.evicts()) s.progress.chunk = w.comp.params.chunk;
       s.sampler.emplace(w.request.sampling);
-      s.host_bound = !token_only(w.request, *s.sampler) ||
+      s.host_bound = !token_only(w.request, *s.sampler) || w.request.prompt_logprobs ||
                      (w.comp.evicts() && !kv_.evicts_on_device(seq_id));
       s.out.id = w.request.id;
       s.out.prompt_tokens = int64_t(w.request.prompt.size());
@@ -275,10 +275,11 @@ class EngineBatch final : public Engine::Batch {
   }
 
   // Greedy, or temperature over the whole vocabulary, without logprobs or kept logits:
-  // the backend picks the token where the logits are (Backend::sample_rows).
+  // the backend picks a generated token where the logits are (Backend::sample_rows).
+  // (A prompt_logprobs request's prefill rows still send their logits to the host.)
   bool token_only(const Request& r, const Sampler& sampler) const {
     const EngineOptions& opts = e_.options();
-    return r.logprobs < 0 && !r.prompt_logprobs && !opts.keep_last_logits && !opts.keep_step_logits &&
+    return r.logprobs < 0 && !opts.keep_last_logits && !opts.keep_step_logits &&
            (r.sampling.temperature <= 0 || (sampler.samples_in_order() && !host_sampling()));
   }
 
@@ -459,7 +460,7 @@ class EngineBatch final : public Engine::Batch {
       // draws now (as sample() would have), instead of sending the logits row here.
       const bool logits_may_stay = s.request.logprobs < 0 && !b.all_logits &&
                                    !opts.keep_last_logits && !opts.keep_step_logits;
-      b.token_only = token_only(s.request, *s.sampler);
+      b.token_only = logits_may_stay && token_only(s.request, *s.sampler);
       if (b.token_only && b.want_logits && s.sampler->samples_in_order()) {
         b.inv_temperature = s.sampler->inv_temperature();
         b.uniform = s.sampler->draw_uniform();
