@@ -507,7 +507,6 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv,
       backend_.add(x, h);
   };
 
-  pick_index.resize(pick_index.empty() ? 0 : ids.size(), -1);
   if (pick_index.empty())
     backend_.embed(w_->tok_embd, ids, x_rows);
   else
