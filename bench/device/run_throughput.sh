@@ -22,6 +22,11 @@
 #        on the GPU; BATCHMAX_HOST_SAMPLING=1 sends the logits to the host instead).
 #        BATCHMAX_PROFILE=1 adds
 #        the per-step profile to the logs (and slows the run: it synchronises).
+#   prefill:   prefill efficiency on steps that hold only prefill rows: the whole GPU,
+#              4096 in / 1 out (the one token comes from the prefill), REQ_PREFILL (128)
+#              requests, FULL_MODES at FULL_BUDGETS, FULL_STEP_TOKENS. In W-full a mixed
+#              step's time is split by token count, so its decode rows' KV reads are
+#              charged to prefill there; here there are none.
 #   profile: stage of its own: GPU time op by op (BATCHMAX_PROFILE=ops, events only, no
 #            added synchronisation), W-limited shapes, 4096 in / 256 out, REQ_PROFILE (48)
 #            requests, LIMITED_MODES at KV budget 512.
@@ -84,6 +89,13 @@ for stage in $STAGES; do
         --chunk 512 --workload-name "W-limited n=$REQ_LIMITED in=4096 out=512" \
         --out "$OUT/w_limited$TAG.json" --plot "$OUT/w_limited$TAG.svg" > "$OUT/w_limited$TAG.log" 2>&1 || rc=1
       tail -n 20 "$OUT/w_limited$TAG.log" ;;
+    prefill)
+      "$BIN" bench "${common[@]}" -n "${REQ_PREFILL:-128}" --input-len 4096 --output-len 1 \
+        --step-tokens "$FULL_STEP_TOKENS" \
+        --mem-fraction 0.9 --modes "$FULL_MODES" --kv-budgets "$FULL_BUDGETS" --chunk 512 \
+        --workload-name "P-only n=${REQ_PREFILL:-128} in=4096 out=1" \
+        --out "$OUT/p_only$TAG.json" > "$OUT/p_only$TAG.log" 2>&1 || rc=1
+      tail -n 12 "$OUT/p_only$TAG.log" ;;
     full)
       "$BIN" bench "${common[@]}" -n "$REQ_FULL" --input-len 4096 --output-len 256 \
         --step-tokens "$FULL_STEP_TOKENS" \

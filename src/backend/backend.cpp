@@ -1,4 +1,5 @@
-// Backend's default pick sets: picks are made at once and kept on the host.
+// Backend's defaults: pick sets made at once and kept on the host; rope and KV store as
+// separate ops.
 #include "backend/backend.h"
 
 #include <algorithm>
@@ -41,6 +42,16 @@ void Backend::embed_with_picks(const Tensor& table, std::span<const int32_t> ids
     resolved[r] = p[size_t(pick_index[r])];
   }
   embed(table, resolved, out);
+}
+
+void Backend::rope_kv_store(Tensor& q, int n_q_heads, Tensor& k, const Tensor& v, int n_kv_heads,
+                            std::span<const int32_t> slots, std::span<const int32_t> pos,
+                            const RopeParams& rope, KVPoolView& pool) {
+  if (q.rows != k.rows || k.rows != int64_t(pos.size()))
+    throw Error("backend: rope_kv_store: q, k and positions differ in rows");
+  this->rope(q, n_q_heads, pos, rope);
+  this->rope(k, n_kv_heads, pos, rope);
+  kv_store(k, v, n_kv_heads, slots, pos, pool);
 }
 
 }  // namespace batchmax

@@ -235,6 +235,12 @@ class Backend {
   virtual void kv_store(const Tensor& k, const Tensor& v, int n_kv_heads,
                         std::span<const int32_t> slots, std::span<const int32_t> pos,
                         KVPoolView& pool) = 0;
+  // rope() of q's n_q_heads and of k's n_kv_heads at pos, then kv_store() of the rotated k
+  // and of v: the rope of a layer's new queries and keys and their store in one op, which a
+  // backend may fuse (one pass over q, k and v instead of three). Same results.
+  virtual void rope_kv_store(Tensor& q, int n_q_heads, Tensor& k, const Tensor& v, int n_kv_heads,
+                             std::span<const int32_t> slots, std::span<const int32_t> pos,
+                             const RopeParams& rope, KVPoolView& pool);
   // Moves entries inside the pool: slot dst[i] <- slot src[i] (K, V and position).
   virtual void kv_move(std::span<const int32_t> src, std::span<const int32_t> dst,
                        KVPoolView& pool) = 0;

@@ -20,13 +20,23 @@ struct KVAppend {
 // Backend::prefers_device_eviction(), unless BATCHMAX_EVICTION=host or =device says.
 bool eviction_on_device(const Backend& backend);
 
+// The rope that a store applies first: q's n_q_heads heads and k's heads are rotated in
+// place at the appends' positions, and k is stored rotated (Backend::rope_kv_store, which
+// a backend may fuse into one pass).
+struct StoreRope {
+  Tensor q;
+  int n_q_heads = 0;
+  const RopeParams* params = nullptr;
+};
+
 class KVCache {
  public:
   virtual ~KVCache() = default;
   // Writes this step's K and V rows of `layer` ([n, n_kv_heads * head_dim], appends in
-  // row order) into slots the engine prepared beforehand.
+  // row order) into slots the engine prepared beforehand; with `rope`, q and k are rotated
+  // first (k is a view: its rows are rotated in place).
   virtual void store(int layer, std::span<const KVAppend> appends, const Tensor& k,
-                     const Tensor& v) = 0;
+                     const Tensor& v, const StoreRope* rope = nullptr) = 0;
   // Fills `out.head_blocks` and `out.head_entries` for `seq_id` in `layer`; the spans
   // stay valid until the cache is next changed.
   virtual void attention_view(int layer, int64_t seq_id, AttentionSeq& out) const = 0;

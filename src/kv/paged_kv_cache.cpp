@@ -501,7 +501,7 @@ void PagedKVCache::evict_on_device(int l0, int l1, std::span<const int64_t> seq_
 const SequenceKVStats& PagedKVCache::stats(int64_t seq_id) const { return seq(seq_id).stats; }
 
 void PagedKVCache::store(int layer, std::span<const KVAppend> appends, const Tensor& k,
-                         const Tensor& v) {
+                         const Tensor& v, const StoreRope* rope) {
   const int nh = cfg_.n_kv_heads, bt = cfg_.block_tokens;
   slots_.clear();
   pos_.clear();
@@ -527,7 +527,13 @@ void PagedKVCache::store(int layer, std::span<const KVAppend> appends, const Ten
     }
   }
   if (int64_t(pos_.size()) != k.rows) throw Error("kv cache: store rows do not match appends");
-  backend_.kv_store(k, v, nh, slots_, pos_, pool_view_);
+  if (!rope) {
+    backend_.kv_store(k, v, nh, slots_, pos_, pool_view_);
+    return;
+  }
+  if (!rope->params || rope->q.rows != k.rows) throw Error("kv cache: store's rope does not match its rows");
+  Tensor q = rope->q, k_rotated = k;  // views: their rows are rotated in place
+  backend_.rope_kv_store(q, rope->n_q_heads, k_rotated, v, nh, slots_, pos_, *rope->params, pool_view_);
 }
 
 void PagedKVCache::attention_view(int layer, int64_t seq_id, AttentionSeq& out) const {

@@ -83,8 +83,8 @@ class PagedKVCache : public KVCache {
   std::vector<int32_t> positions(int64_t seq_id, int layer, int head) const;
   const SequenceKVStats& stats(int64_t seq_id) const;
 
-  void store(int layer, std::span<const KVAppend> appends, const Tensor& k,
-             const Tensor& v) override;
+  void store(int layer, std::span<const KVAppend> appends, const Tensor& k, const Tensor& v,
+             const StoreRope* rope = nullptr) override;
   void attention_view(int layer, int64_t seq_id, AttentionSeq& out) const override;
   const KVPoolView& pool() const override { return pool_view_; }
   void after_attention(int layer, const Tensor& q, std::span<const int64_t> seq_ids,

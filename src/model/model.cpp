@@ -438,9 +438,9 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv,
 
   Workspace& ws = *ws_;
   if (T > ws.capacity) reserve_workspace(T);
-  // The dense ops (products, norms, rope) run on Tp >= T rows, as the backend prefers
-  // (the CUDA backend rounds small steps up so nearby batch sizes share one graph); rows
-  // past T hold leftovers that no real row reads. The KV cache and attention see T rows.
+  // The dense ops (products, norms) run on Tp >= T rows, as the backend prefers (the CUDA
+  // backend rounds small steps up so nearby batch sizes share one graph); rows past T hold
+  // leftovers that no real row reads. The rope, KV cache and attention see T rows.
   const int64_t Tp = std::clamp(backend_.padded_rows(T), T, ws.capacity);
   Tensor x = ws.x.slice_rows(0, Tp), h = ws.h.slice_rows(0, Tp), q = ws.q.slice_rows(0, Tp),
          k = ws.k.slice_rows(0, Tp), v = ws.v.slice_rows(0, Tp), attn = ws.attn.slice_rows(0, Tp),
@@ -448,8 +448,6 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv,
          act = ws.act.slice_rows(0, Tp);
   const Tensor q_rows = q.slice_rows(0, T), k_rows = k.slice_rows(0, T), v_rows = v.slice_rows(0, T);
   Tensor attn_rows = attn.slice_rows(0, T), x_rows = x.slice_rows(0, T);
-  std::vector<int32_t> rope_pos(pos);
-  rope_pos.resize(size_t(Tp), pos.back());
 
   std::vector<KVAppend> appends;
   std::vector<AttentionSeq> seqs(batch.size());
@@ -469,21 +467,17 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv,
   std::vector<int64_t> seq_ids(batch.size());
   for (size_t i = 0; i < batch.size(); ++i) seq_ids[i] = batch[i].seq_id;
 
-  // Q, K, V of layer l, roped.
-  auto qkv_rope = [&](int64_t l) {
+  // Q, K, V of layer l, not yet roped: the rope runs with the KV store (kv.store below),
+  // which a backend may fuse into one pass.
+  auto qkv = [&](int64_t l) {
     const LayerWeights& L = w_->layers[l];
     if (L.wqkv.data) {
-      Tensor qkv = ws.qkv.slice_rows(0, Tp);
-      backend_.matmul(h, L.wqkv, nullptr, qkv);
-      // Q and K are adjacent columns: one rope over both.
-      Tensor qk = col_view(qkv, 0, q.cols + k.cols);
-      backend_.rope(qk, int(hp_.n_head + hp_.n_head_kv), rope_pos, rope_);
+      Tensor qkv_all = ws.qkv.slice_rows(0, Tp);
+      backend_.matmul(h, L.wqkv, nullptr, qkv_all);
     } else {
       backend_.matmul(h, L.wq, L.has_bias ? &L.bq : nullptr, q);
       backend_.matmul(h, L.wk, L.has_bias ? &L.bk : nullptr, k);
       backend_.matmul(h, L.wv, L.has_bias ? &L.bv : nullptr, v);
-      backend_.rope(q, int(hp_.n_head), rope_pos, rope_);
-      backend_.rope(k, int(hp_.n_head_kv), rope_pos, rope_);
     }
   };
   // Layer l after its attention: output projection, MLP, residuals; h ends as the next
@@ -514,10 +508,11 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv,
   // Each residual add is fused with the norm that follows it (add_rms_norm): h holds the
   // normed input of the next block when a block starts.
   backend_.rms_norm(x, w_->layers[0].attn_norm, hp_.rms_eps, h);
-  qkv_rope(0);  // its rope sets the step's positions; the replayable runs reuse them
+  qkv(0);
+  const StoreRope store_rope{q_rows, int(hp_.n_head), &rope_};
   for (int64_t l = 0; l < hp_.n_layer; ++l) {
     // The KV cache's ops read this step's block tables and slots from the host...
-    kv.store(int(l), appends, k_rows, v_rows);
+    kv.store(int(l), appends, k_rows, v_rows, &store_rope);
     for (size_t i = 0; i < batch.size(); ++i) kv.attention_view(int(l), batch[i].seq_id, seqs[i]);
     backend_.attention(q_rows, seqs, ap, kv.pool(), attn_rows);
     kv.after_attention(int(l), q_rows, seq_ids, seqs, ap, ws.scores);
@@ -526,7 +521,7 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv,
     // graphs) instead of launching one by one.
     backend_.run_replayable(ReplayKey{this, ws.generation, l, Tp}, [&] {
       attn_out_mlp(l);
-      if (l + 1 < hp_.n_layer) qkv_rope(l + 1);
+      if (l + 1 < hp_.n_layer) qkv(l + 1);
     });
   }
   fwd_scope.reset();

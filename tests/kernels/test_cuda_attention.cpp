@@ -295,5 +295,116 @@ TEST_F(CudaAttention, OddGroupsAndF32Pool) {
   run({16, 1, 64, GgmlType::BF16});    // MQA: group 16 = one whole query tile per row
 }
 
+// Backend::rope_kv_store: the fused kernel (bf16 q/k/v and pool, Q/K/V as column views of
+// one product, as the model hands them) gives the bits of rope() on q, rope() on k, then
+// kv_store(); and it is close to the CPU's. A padding row (slot -1) is roped, not stored.
+TEST_F(CudaAttention, RopeKvStoreFusedEqualsRopeThenStore) {
+  for (RopeStyle style : {RopeStyle::Interleaved, RopeStyle::Neox})
+    for (auto [nq, nkv, hd] : {std::tuple{32, 8, 128}, {9, 3, 64}, {4, 4, 96}}) {
+      const int bt = kBlockTokens;
+      const int64_t rows = randi(1, 40), n_blocks = 8 + rows * nkv / bt + 2;
+      const int64_t cols = int64_t(nq + 2 * nkv) * hd;
+      RopeParams p;
+      p.style = style;
+      p.head_dim = hd;
+      p.rotary_dim = hd;
+      for (int i = 0; i < hd / 2; ++i) p.inv_freq.push_back(float(std::pow(500000.0, -2.0 * i / hd)));
+      std::vector<int32_t> pos(static_cast<size_t>(rows)), slots;
+      for (int32_t& x : pos) x = randi(0, 130000);
+      std::vector<int32_t> free_slots(static_cast<size_t>(n_blocks * bt));
+      std::iota(free_slots.begin(), free_slots.end(), 0);
+      std::shuffle(free_slots.begin(), free_slots.end(), rng);
+      for (int64_t r = 0; r < rows * nkv; ++r) slots.push_back(free_slots[size_t(r)]);
+      for (int h = 0; h < nkv; ++h) slots[size_t((rows - 1) * nkv + h)] = -1;  // padding row
+      const std::vector<float> vals = randv(size_t(rows * cols), -2, 2);
+      const std::string tag = std::string(style == RopeStyle::Neox ? "neox" : "interleaved") +
+                              " H=" + std::to_string(nq) + " KV=" + std::to_string(nkv) +
+                              " hd=" + std::to_string(hd) + " rows=" + std::to_string(rows);
+      auto views = [&](const Tensor& all) {
+        Tensor q = all, k = all, v = all;
+        q.cols = int64_t(nq) * hd;
+        k.cols = v.cols = int64_t(nkv) * hd;
+        k.data = static_cast<char*>(all.data) + row_bytes(all.type, int64_t(nq) * hd);
+        v.data = static_cast<char*>(all.data) + row_bytes(all.type, int64_t(nq + nkv) * hd);
+        return std::tuple{q, k, v};
+      };
+      auto pool_contents = [&](KVPoolView& pool, Backend& b, bool gpu_side) {
+        Tensor t;
+        t.data = pool.k;
+        t.type = pool.type;
+        t.rows = pool.n_blocks * pool.block_tokens;
+        t.cols = pool.head_dim;
+        t.row_stride = row_bytes(pool.type, pool.head_dim);
+        Tensor tv = t;
+        tv.data = pool.v;
+        std::vector<float> k = gpu_side ? down_gpu(t) : down_cpu(t), v = gpu_side ? down_gpu(tv) : down_cpu(tv);
+        std::vector<int32_t> ps(size_t(t.rows));
+        Tensor tp;
+        tp.data = pool.pos;
+        tp.type = GgmlType::F32;  // 4-byte elements: downloaded as raw bytes
+        tp.rows = t.rows;
+        tp.cols = 1;
+        tp.row_stride = 4;
+        b.download(tp, ps.data());
+        return std::tuple{k, v, ps};
+      };
+      // Fused on the GPU, separate ops on the GPU, and the CPU reference.
+      Pair fused = make(rows, cols, vals), separate = make(rows, cols, vals);
+      KVPoolView pf = gpu->alloc_kv_pool(GgmlType::BF16, n_blocks, bt, hd);
+      KVPoolView ps = gpu->alloc_kv_pool(GgmlType::BF16, n_blocks, bt, hd);
+      KVPoolView pc = cpu->alloc_kv_pool(GgmlType::F32, n_blocks, bt, hd);
+      for (KVPoolView* pool : {&pf, &ps}) {  // empty slots read as zeros on both
+        std::vector<float> zeros(size_t(n_blocks * bt * hd), 0.0f);
+        Tensor t{pool->k, GgmlType::BF16, n_blocks * bt, hd, row_bytes(GgmlType::BF16, hd)};
+        upload_gpu(zeros, t);
+        t.data = pool->v;
+        upload_gpu(zeros, t);
+      }
+      {
+        auto [q, k, v] = views(fused.g);
+        gpu->rope_kv_store(q, nq, k, v, nkv, slots, pos, p, pf);
+      }
+      {
+        auto [q, k, v] = views(separate.g);
+        gpu->rope(q, nq, pos, p);
+        gpu->rope(k, nkv, pos, p);
+        gpu->kv_store(k, v, nkv, slots, pos, ps);
+      }
+      {
+        auto [q, k, v] = views(fused.c);
+        cpu->rope_kv_store(q, nq, k, v, nkv, slots, pos, p, pc);
+      }
+      expect_close("rope_kv_store q/k/v, fused vs separate " + tag, down_gpu(fused.g), down_gpu(separate.g), 0.0);
+      expect_close("rope_kv_store q/k/v vs cpu " + tag, down_gpu(fused.g), down_cpu(fused.c), kBf16OpBound);
+      // The written slots' rows (the CPU pool's other slots hold whatever it was made with).
+      auto at_slots = [&](const std::vector<float>& all) {
+        std::vector<float> out;
+        for (int32_t sl : slots)
+          if (sl >= 0) out.insert(out.end(), all.begin() + int64_t(sl) * hd, all.begin() + int64_t(sl + 1) * hd);
+        return out;
+      };
+      auto [kf_all, vf, posf] = pool_contents(pf, *gpu, true);
+      auto [ks, vs, poss] = pool_contents(ps, *gpu, true);
+      auto [kc_all, vc_all, posc] = pool_contents(pc, *cpu, false);
+      const std::vector<float> kf = at_slots(kf_all), kc = at_slots(kc_all), vc = at_slots(vc_all);
+      expect_close("rope_kv_store pool k, fused vs separate " + tag, kf_all, ks, 0.0);
+      expect_close("rope_kv_store pool v, fused vs separate " + tag, vf, vs, 0.0);
+      expect_close("rope_kv_store pool k vs cpu " + tag, kf, kc, kBf16OpBound);
+      expect_close("rope_kv_store pool v vs cpu " + tag, at_slots(vf), vc, kExactBound);
+      for (size_t i = 0; i < slots.size(); ++i) {
+        if (slots[i] < 0) continue;
+        EXPECT_EQ(posf[size_t(slots[i])], pos[i / size_t(nkv)]) << tag << " slot " << slots[i];
+        EXPECT_EQ(poss[size_t(slots[i])], pos[i / size_t(nkv)]) << tag << " slot " << slots[i];
+        EXPECT_EQ(posc[size_t(slots[i])], pos[i / size_t(nkv)]) << tag << " slot " << slots[i];
+      }
+      double stored = 0;  // the check is not vacuous: the stored keys are not all zero
+      for (float x : kf) stored += std::fabs(x);
+      EXPECT_GT(stored, 0.0) << tag;
+      gpu->free_kv_pool(pf);
+      gpu->free_kv_pool(ps);
+      cpu->free_kv_pool(pc);
+    }
+}
+
 }  // namespace
 }  // namespace batchmax::cudatest

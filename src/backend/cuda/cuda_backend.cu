@@ -102,6 +102,8 @@ class CudaBackend final : public Backend {
 #endif
     if (const char* e = std::getenv("BATCHMAX_CUDA_CUDNN_MIN_ROWS"))
       cudnn_min_rows_ = std::max(1, std::atoi(e));
+    // BATCHMAX_CUDA_FUSE_ROPE_STORE=0: rope and kv_store as two launches (A/B).
+    if (const char* e = std::getenv("BATCHMAX_CUDA_FUSE_ROPE_STORE")) fuse_rope_store_ = *e != '0';
   }
 
   ~CudaBackend() override {
@@ -318,6 +320,25 @@ class CudaBackend final : public Backend {
     if (n == 0) return;
     const int32_t* d = put_ints({slots, pos});
     cuda::launch_kv_store(k, v, n_kv_heads, d, d + slots.size(), n, pool, stream_);
+  }
+
+  void rope_kv_store(Tensor& q, int n_q_heads, Tensor& k, const Tensor& v, int n_kv_heads,
+                     std::span<const int32_t> slots, std::span<const int32_t> pos,
+                     const RopeParams& p, KVPoolView& pool) override {
+    if (!fuse_rope_store_ || !cuda::rope_kv_store_fusable(q, n_q_heads, k, v, n_kv_heads, p, pool))
+      return Backend::rope_kv_store(q, n_q_heads, k, v, n_kv_heads, slots, pos, p, pool);
+    const int64_t n = int64_t(pos.size());
+    if (k.rows != n) throw Error("cuda rope_kv_store: positions and rows differ");
+    if (int64_t(slots.size()) != n * n_kv_heads) throw Error("cuda rope_kv_store: slots size");
+    if (int(p.inv_freq.size()) != p.rotary_dim / 2) throw Error("cuda rope_kv_store: inv_freq size");
+    for (int32_t sl : slots)  // negative: a padding row/head, skipped
+      if (sl >= n_slots(pool)) throw Error("cuda rope_kv_store: slot " + std::to_string(sl) + " is out of range");
+    if (n == 0) return;
+    const float2* table = rope_table(pos, p);
+    BMX_OP_TIME("rope_kv_store");
+    const int32_t* d = put_ints({slots, pos});
+    cuda::launch_rope_kv_store(q, n_q_heads, k, v, n_kv_heads, table, p, d, d + slots.size(), pool,
+                               stream_);
   }
 
   void kv_move(std::span<const int32_t> src, std::span<const int32_t> dst,
@@ -885,6 +906,7 @@ class CudaBackend final : public Backend {
   cudaStream_t cudnn_stream_ = nullptr;
   cudaEvent_t cudnn_fork_ = nullptr, cudnn_join_ = nullptr;
   int cudnn_min_rows_ = 64;
+  bool fuse_rope_store_ = true;
   std::vector<char> to_cudnn_;
   std::vector<cuda::SdpaEntry> sdpa_entries_;
   DeviceBuffer cudnn_scratch_;

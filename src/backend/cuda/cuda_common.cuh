@@ -158,6 +158,13 @@ void launch_dequant(GgmlType src_type, const void* d_src, int64_t rows, int64_t 
 // kv_kernels.cu
 void launch_kv_store(const Tensor& k, const Tensor& v, int n_kv_heads, const int32_t* d_slots,
                      const int32_t* d_pos, int64_t n_rows, KVPoolView& pool, cudaStream_t s);
+// rope_kv_store.cu: rope of q and k (table of launch_rope_table) and the store of k and v,
+// fused; only where rope_kv_store_fusable() (else rope and kv_store run separately).
+bool rope_kv_store_fusable(const Tensor& q, int n_q_heads, const Tensor& k, const Tensor& v,
+                           int n_kv_heads, const RopeParams& p, const KVPoolView& pool);
+void launch_rope_kv_store(Tensor& q, int n_q_heads, Tensor& k, const Tensor& v, int n_kv_heads,
+                          const float2* d_table, const RopeParams& p, const int32_t* d_slots,
+                          const int32_t* d_pos, KVPoolView& pool, cudaStream_t s);
 // Parallel assignment: every source is read (into `scratch`) before any slot is written.
 // pool.mass[slot of entry e of row r] += mass_rows[r * stride + e] (meta: see kv_kernels.cu).
 void launch_add_mass(const int32_t* d_meta, int n_rows, const float* d_mass_rows, int64_t stride,
