@@ -171,6 +171,29 @@ int main(int argc, char** argv) {
                               {"heads", H}, {"kv_heads", KVH}, {"head_dim", HD}, {"ms", ms},
                               {"kv_gbps", gbps}, {"pct_copy", 100 * gbps / c.copy_gbps},
                               {"tflops", tflops}, {"pct_peak", 100 * tflops / c.bf16_gemm_tflops}});
+    // Batch-Max's scoring after a chunk (snapkv: its last 32 queries' attention mass over
+    // every entry, one row per (sequence, KV head)), alone and after the attention whose
+    // log-sum-exps it reuses; through the Backend, staging and memset included.
+    if (n_q >= 32 && E <= 2048) {
+      std::vector<AttentionSeq> obs = seqs;
+      for (int s = 0; s < n_seq; ++s) {
+        obs[s].q_begin = seqs[s].q_begin + n_q - 32;
+        obs[s].n_q = 32;
+        obs[s].q_pos = qp[s].data() + n_q - 32;
+      }
+      Tensor mass = b.alloc(GgmlType::F32, int64_t(n_seq) * KVH, E);
+      b.attention(q, seqs, ap, pool, o);
+      const double scores_ms = time_ms(b, [&](int) { b.attention_scores_to(q, obs, ap, pool, mass); }, 20, 5);
+      const double both_ms = time_ms(b, [&](int) {
+        b.attention(q, seqs, ap, pool, o);
+        b.attention_scores_to(q, obs, ap, pool, mass);
+      }, 10, 5);
+      std::printf("scores  %-7s seqs=%-3d obs=32   E=%d  %9.4f ms alone, attention + scores %9.4f ms (attention alone %9.4f)\n",
+                  kind, n_seq, E, scores_ms, both_ms, ms);
+      j["scores"].push_back({{"seqs", n_seq}, {"obs", 32}, {"entries", E}, {"ms", scores_ms},
+                             {"with_attention_ms", both_ms}, {"attention_ms", ms}});
+      b.free(mass);
+    }
     b.free(q);
     b.free(o);
     b.free_kv_pool(pool);
@@ -184,6 +207,8 @@ int main(int argc, char** argv) {
   attention_case(1, 4096, "prefill");  // a whole 4096-token prompt in one causal chunk
   attention_case(8, 512, "prefill", 1024);  // batchmax 512: kept entries + a 512 chunk
   attention_case(8, 512, "prefill", 2048);
+  attention_case(4, 512, "prefill", 1024);  // W-full's ~4 batchmax chunks a step
+  attention_case(1, 512, "prefill", 1024);  // W-limited's one chunk
 
   // ---- small fused ops at a 4096-token step ----
   if (!attention_only) {
