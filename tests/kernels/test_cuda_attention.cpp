@@ -5,6 +5,7 @@
 // positions have gaps, block tables are shuffled, non-contiguous and end in partial
 // blocks, and one padding row (slot -1) is skipped. Then entries are compacted with
 // kv_move, as eviction does, and everything is checked again.
+#include <cstdlib>
 #include <numeric>
 
 #include "kernels/cuda_test_util.h"
@@ -288,6 +289,18 @@ TEST_F(CudaAttention, PrefillWithNewestKeysLastCudnn) {
   run({16, 1, 64, GgmlType::BF16}, true);
   run({28, 4, 128, GgmlType::F32}, true);  // F32 pool: our kernel, whatever the promise
 }
+// A cuDNN call whose dense K/V would pass the reserved cap runs as several calls (groups of
+// entries) that each fit; a 1 MiB cap makes every step here several groups.
+TEST_F(CudaAttention, PrefillCudnnSplitIntoGroupsUnderTheDenseCap) {
+  setenv("BATCHMAX_CUDA_CUDNN_DENSE_CAP_MIB", "1", 1);
+  struct Unset {
+    ~Unset() { unsetenv("BATCHMAX_CUDA_CUDNN_DENSE_CAP_MIB"); }
+  } unset;
+  gpu = new_gpu();  // the cap is read when the backend opens cuDNN
+  std::printf("[ info ] backend: %s\n", gpu->name().c_str());
+  run({32, 8, 128, GgmlType::BF16}, true);
+  run({9, 3, 64, GgmlType::BF16}, true);
+}
 TEST_F(CudaAttention, OddGroupsAndF32Pool) {
   run({9, 3, 64, GgmlType::BF16});     // SmolLM2-135M: group 3
   run({28, 4, 128, GgmlType::F32});    // Qwen2-7B: group 7, F32 pool
@@ -302,7 +315,7 @@ TEST_F(CudaAttention, RopeKvStoreFusedEqualsRopeThenStore) {
   for (RopeStyle style : {RopeStyle::Interleaved, RopeStyle::Neox})
     for (auto [nq, nkv, hd] : {std::tuple{32, 8, 128}, {9, 3, 64}, {4, 4, 96}}) {
       const int bt = kBlockTokens;
-      const int64_t rows = randi(1, 40), n_blocks = 8 + rows * nkv / bt + 2;
+      const int64_t rows = randi(2, 40), n_blocks = 8 + rows * nkv / bt + 2;
       const int64_t cols = int64_t(nq + 2 * nkv) * hd;
       RopeParams p;
       p.style = style;
@@ -315,7 +328,8 @@ TEST_F(CudaAttention, RopeKvStoreFusedEqualsRopeThenStore) {
       std::iota(free_slots.begin(), free_slots.end(), 0);
       std::shuffle(free_slots.begin(), free_slots.end(), rng);
       for (int64_t r = 0; r < rows * nkv; ++r) slots.push_back(free_slots[size_t(r)]);
-      for (int h = 0; h < nkv; ++h) slots[size_t((rows - 1) * nkv + h)] = -1;  // padding row
+      // The last row pads (slot -1); rows >= 2, so at least one row is stored.
+      for (int h = 0; h < nkv; ++h) slots[size_t((rows - 1) * nkv + h)] = -1;
       const std::vector<float> vals = randv(size_t(rows * cols), -2, 2);
       const std::string tag = std::string(style == RopeStyle::Neox ? "neox" : "interleaved") +
                               " H=" + std::to_string(nq) + " KV=" + std::to_string(nkv) +

@@ -63,23 +63,104 @@ class CudnnAttentionImpl final : public CudnnAttention {
   ~CudnnAttentionImpl() override { fe::detail::destroy_handle(handle_); }
 
   bool run(const SdpaCall& c, const PutInts& put, const Scratch& scratch) override {
-    const int B = int(c.entries.size());
-    if (B == 0) return true;
-    const int group = c.n_heads / c.n_kv_heads;
-    int64_t max_q = 0, max_blocks = 1;
-    for (const SdpaEntry& e : c.entries) {
-      max_q = std::max<int64_t>(max_q, e.n_q);
-      max_blocks = std::max<int64_t>(max_blocks, int64_t(e.blocks.size()));
-    }
-    const int64_t S = round_up_pow2(max_q, 64), T = round_up_pow2(max_blocks, 16);
-    // Host metadata: seq_q, seq_kv, q_begin, kv_head, offsets q (B+1), offsets o (B+1),
-    // then the page table [B][T] (unused pages repeat the first: any valid block).
+    if (c.entries.empty()) return true;
+    const std::vector<Group> groups = split(c);
+    // Every group's metadata in one put: the call's last put (see run_cudnn in
+    // cuda_backend_attention.cu), so nothing recycles staging that cuDNN has yet to read.
     std::vector<int32_t>& m = meta_;
-    m.assign(size_t(4 * B + 2 * (B + 1)) + size_t(B) * T, 0);
-    int32_t *seq_q = m.data(), *seq_kv = seq_q + B, *q_begin = seq_kv + B, *kvh = q_begin + B;
+    m.clear();
+    std::vector<size_t> at;
+    for (const Group& g : groups) {
+      at.push_back(m.size());
+      if (!append_meta(c, g, m)) return false;
+    }
+    const int32_t* d_all = put(std::span<const int32_t>(m));
+    for (size_t i = 0; i < groups.size(); ++i)
+      if (!run_group(c, groups[i], d_all + at[i], scratch)) return false;
+    return true;
+  }
+
+  size_t scratch_bound(int64_t rows, int64_t entries, int n_heads, int head_dim) const override {
+    // Padding to a power of two at most doubles the rows; the gathered layout holds q and out.
+    const size_t padded = size_t(2 * rows + 64 * entries) * size_t(n_heads);
+    const size_t gathered_q = ragged_ok_ ? 0 : 2 * padded * size_t(head_dim) * 2;
+    return padded * sizeof(float) + gathered_q + (paged_kv_ ? 0 : dense_kv_cap()) + max_workspace_ +
+           (1 << 20);
+  }
+
+  std::string describe() const override {
+    return "cuDNN " + std::to_string(version_) + " (" +
+           (ragged_ok_ ? "rows in place" : "rows gathered") + ", " +
+           (paged_kv_ ? "paged K/V" : "dense K/V") + ")";
+  }
+
+  void set_stream(cudaStream_t s) {
+    stream_ = s;
+    fe::detail::set_stream(handle_, s);
+  }
+
+ private:
+  // Consecutive entries of a call that run as one cuDNN call: S (padded query rows) and T
+  // (page-table width) over its entries; s_kv > 0 when K/V are gathered dense.
+  struct Group {
+    int begin = 0, end = 0;
+    int64_t S = 0, T = 0, s_kv = 0;
+  };
+
+  // cuDNN reads dense K/V on its Hopper (wgmma) kernel and pages on an Ampere (wmma) one:
+  // on an H100, 85 us for 1 x 512 queries over 4096 keys dense against 652 us for 4 x 512
+  // paged (bench/results/rope_store_2026-11-27/ncu_attention_kernels.txt). So a call whose
+  // dense K/V would pass the reserved cap is split into groups of entries that each fit it.
+  // Paged, as one group: BATCHMAX_CUDA_CUDNN_KV=paged, or an entry that alone passes the cap.
+  std::vector<Group> split(const SdpaCall& c) const {
+    const int B = int(c.entries.size());
+    auto finish = [&](Group g, int64_t max_e, bool dense) {
+      int64_t max_q = 0, max_blocks = 1;
+      for (int b = g.begin; b < g.end; ++b) {
+        max_q = std::max<int64_t>(max_q, c.entries[b].n_q);
+        max_blocks = std::max<int64_t>(max_blocks, int64_t(c.entries[b].blocks.size()));
+      }
+      g.S = round_up_pow2(max_q, 64);
+      g.T = round_up_pow2(max_blocks, 16);
+      g.s_kv = dense ? round_up_pow2(max_e, 64) : 0;
+      return g;
+    };
+    int64_t largest = 0;
+    for (const SdpaEntry& e : c.entries) largest = std::max<int64_t>(largest, e.entries);
+    const size_t cap = dense_kv_cap();
+    if (paged_kv_ || dense_kv_bytes(1, round_up_pow2(largest, 64), c.head_dim) > cap)
+      return {finish({0, B}, largest, false)};
+    std::vector<Group> out;
+    Group g{0, 0};
+    int64_t max_e = 0;
+    for (int b = 0; b < B; ++b) {
+      const int64_t e = std::max<int64_t>(max_e, c.entries[b].entries);
+      if (g.end > g.begin &&
+          dense_kv_bytes(g.end - g.begin + 1, round_up_pow2(e, 64), c.head_dim) > cap) {
+        out.push_back(finish(g, max_e, true));
+        g = Group{b, b};
+        max_e = 0;
+      }
+      max_e = std::max<int64_t>(max_e, c.entries[b].entries);
+      g.end = b + 1;
+    }
+    out.push_back(finish(g, max_e, true));
+    return out;
+  }
+
+  // Host metadata of a group, appended to m: seq_q, seq_kv, q_begin, kv_head, offsets q
+  // (B+1), offsets o (B+1), then the page table [B][T] (unused pages repeat the first: any
+  // valid block). False where an entry does not fit cuDNN's (or this layout's) limits.
+  static bool append_meta(const SdpaCall& c, const Group& g, std::vector<int32_t>& m) {
+    const int B = g.end - g.begin;
+    const int64_t T = g.T;
+    const int group = c.n_heads / c.n_kv_heads;
+    const size_t base = m.size();
+    m.resize(base + size_t(4 * B + 2 * (B + 1)) + size_t(B) * T, 0);
+    int32_t *seq_q = m.data() + base, *seq_kv = seq_q + B, *q_begin = seq_kv + B, *kvh = q_begin + B;
     int32_t *off_q = kvh + B, *off_o = off_q + B + 1, *pages = off_o + B + 1;
     for (int b = 0; b < B; ++b) {
-      const SdpaEntry& e = c.entries[b];
+      const SdpaEntry& e = c.entries[g.begin + b];
       if (e.n_q <= 0 || e.entries < e.n_q || int64_t(e.entries) > int64_t(e.blocks.size()) * c.block_tokens)
         return false;
       seq_q[b] = e.n_q;
@@ -97,17 +178,19 @@ class CudnnAttentionImpl final : public CudnnAttention {
     }
     off_q[B] = off_q[B - 1];
     off_o[B] = off_o[B - 1];
+    return true;
+  }
 
-    // K/V gathered to dense rows when they fit the reserved scratch: cuDNN's kernels read
-    // dense K/V faster than pages of 16 entries (measured: bench/results/cudnn_prefill_*).
-    int64_t max_e = 0;
-    for (const SdpaEntry& e : c.entries) max_e = std::max<int64_t>(max_e, e.entries);
-    const int64_t s_kv = round_up_pow2(max_e, 64);
-    const bool dense = !paged_kv_ && dense_kv_bytes(B, s_kv, c.head_dim) <= kDenseKvCap;
+  // One group through cuDNN; d: its metadata on the device (append_meta's layout).
+  bool run_group(const SdpaCall& c, const Group& g, const int32_t* d, const Scratch& scratch) {
+    const int B = g.end - g.begin;
+    const int64_t S = g.S, T = g.T;
+    const int group = c.n_heads / c.n_kv_heads;
+    const bool dense = g.s_kv > 0;
     // Dense plans do not depend on the pool or the page count: zeros, so they are shared.
     PlanKey key{B, S, dense ? 0 : T, group, c.head_dim, dense ? 0 : c.n_blocks,
                 dense ? 0 : c.block_tokens, c.q_row_stride, c.out_row_stride, c.scale, ragged_ok_,
-                dense ? s_kv : 0};
+                g.s_kv};
     const Plan* plan = find_or_build(key);
     if (!plan->graph && key.ragged) {  // no plan for in-place rows: gather them
       ragged_ok_ = false;
@@ -116,7 +199,6 @@ class CudnnAttentionImpl final : public CudnnAttention {
     }
     if (!plan->graph) return false;
 
-    const int32_t* d = put(std::span<const int32_t>(m));
     const int32_t *d_seq_q = d, *d_seq_kv = d + B, *d_q_begin = d + 2 * B, *d_kvh = d + 3 * B;
     const int32_t *d_off_q = d + 4 * B, *d_off_o = d_off_q + B + 1, *d_pages = d_off_o + B + 1;
     const size_t stats_bytes = size_t(B) * group * S * sizeof(float);
@@ -171,26 +253,6 @@ class CudnnAttentionImpl final : public CudnnAttention {
     return true;
   }
 
-  size_t scratch_bound(int64_t rows, int64_t entries, int n_heads, int head_dim) const override {
-    // Padding to a power of two at most doubles the rows; the gathered layout holds q and out.
-    const size_t padded = size_t(2 * rows + 64 * entries) * size_t(n_heads);
-    const size_t gathered_q = ragged_ok_ ? 0 : 2 * padded * size_t(head_dim) * 2;
-    return padded * sizeof(float) + gathered_q + (paged_kv_ ? 0 : kDenseKvCap) + max_workspace_ +
-           (1 << 20);
-  }
-
-  std::string describe() const override {
-    return "cuDNN " + std::to_string(version_) + " (" +
-           (ragged_ok_ ? "rows in place" : "rows gathered") + ", " +
-           (paged_kv_ ? "paged K/V" : "dense K/V") + ")";
-  }
-
-  void set_stream(cudaStream_t s) {
-    stream_ = s;
-    fe::detail::set_stream(handle_, s);
-  }
-
- private:
   const Plan* find_or_build(const PlanKey& k) {
     for (auto it = plans_.begin(); it != plans_.end(); ++it)
       if (it->key == k) {
@@ -280,8 +342,16 @@ class CudnnAttentionImpl final : public CudnnAttention {
   static size_t dense_kv_bytes(int64_t entries, int64_t s_kv, int head_dim) {
     return size_t(entries) * size_t(s_kv) * size_t(head_dim) * 2 * 2;  // K and V, bf16
   }
-  // Dense K/V larger than this read through the pages instead (scratch the plan reserves).
+  // Dense K/V of one cuDNN call at most this (scratch the plan reserves); larger calls are
+  // split (split()). BATCHMAX_CUDA_CUDNN_DENSE_CAP_MIB=n lowers it (tests: many groups).
   static constexpr size_t kDenseKvCap = size_t(32) << 20;
+  static size_t dense_cap_from_env() {
+    const char* e = std::getenv("BATCHMAX_CUDA_CUDNN_DENSE_CAP_MIB");
+    const long mib = e ? std::atol(e) : 0;
+    return mib > 0 ? std::min(size_t(mib) << 20, kDenseKvCap) : kDenseKvCap;
+  }
+  size_t dense_kv_cap() const { return dense_cap_; }
+  const size_t dense_cap_ = dense_cap_from_env();
   static constexpr size_t kMaxPlans = 64;
   cudnnHandle_t handle_;
   int64_t version_;

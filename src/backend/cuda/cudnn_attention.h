@@ -1,7 +1,8 @@
 // Prefill attention through cuDNN's fused SDPA (flash attention on Hopper's wgmma/TMA).
 // K and V are gathered from the KV pool's per-head block tables into dense rows (2x our
-// kernel); past a 32 MiB cap, or with BATCHMAX_CUDA_CUDNN_KV=paged, cuDNN reads the
-// pages itself (1.3x). Our own flash kernel stays for decode rows, other types and when
+// kernel); a call whose dense K/V would pass a 32 MiB cap runs as several calls that fit.
+// With BATCHMAX_CUDA_CUDNN_KV=paged, or one entry past the cap alone, cuDNN reads the pages
+// itself (1.3x our kernel: cuDNN picks an sm80 kernel for pages). Our own flash kernel stays for decode rows, other types and when
 // cuDNN is absent: libcudnn is opened at run time, so the program runs without it.
 #pragma once
 
