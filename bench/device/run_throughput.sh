@@ -11,7 +11,7 @@
 # usage: bench/device/run_throughput.sh [bin-dir]
 # env:   REQ_LIMITED (512), REQ_FULL (512): requests per workload; TIME_LIMIT (0): seconds
 #        per configuration before it stops and reports what it did; COMMIT; SKIP_SMOKE=1;
-#        STAGES (default "smoke limited full"); LIMITED_MODES, LIMITED_BUDGETS, FULL_MODES,
+#        STAGES (default "smoke limited full prefill"); LIMITED_MODES, LIMITED_BUDGETS, FULL_MODES,
 #        FULL_BUDGETS (the defaults above); TAG (file name suffix); tokens per forward step:
 #        LIMITED_STEP_TOKENS (512), FULL_STEP_TOKENS (2048, the engine's CUDA default),
 #        STEP_TOKENS (sets both; the profile stage takes the W-limited one). Each is the
@@ -39,7 +39,7 @@ OUT=${OUT:-throughput_out}
 REQ_LIMITED=${REQ_LIMITED:-512}
 REQ_FULL=${REQ_FULL:-512}
 TIME_LIMIT=${TIME_LIMIT:-0}
-STAGES=${STAGES:-smoke limited full}
+STAGES=${STAGES:-smoke limited full prefill}
 LIMITED_MODES=${LIMITED_MODES:-full,post-prefill,batchmax}
 LIMITED_BUDGETS=${LIMITED_BUDGETS:-256,512,1024}
 FULL_MODES=${FULL_MODES:-full,batchmax}

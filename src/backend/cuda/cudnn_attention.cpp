@@ -65,6 +65,11 @@ class CudnnAttentionImpl final : public CudnnAttention {
   bool run(const SdpaCall& c, const PutInts& put, const Scratch& scratch) override {
     if (c.entries.empty()) return true;
     const std::vector<Group> groups = split(c);
+    // Every group's plan before anything is launched: false (the caller's kernel takes the
+    // call) only while nothing of it runs on cuDNN's stream.
+    std::vector<Ready> ready(groups.size());
+    for (size_t i = 0; i < groups.size(); ++i)
+      if (!plan_for(c, groups[i], ready[i])) return false;
     // Every group's metadata in one put: the call's last put (see run_cudnn in
     // cuda_backend_attention.cu), so nothing recycles staging that cuDNN has yet to read.
     std::vector<int32_t>& m = meta_;
@@ -76,7 +81,7 @@ class CudnnAttentionImpl final : public CudnnAttention {
     }
     const int32_t* d_all = put(std::span<const int32_t>(m));
     for (size_t i = 0; i < groups.size(); ++i)
-      if (!run_group(c, groups[i], d_all + at[i], scratch)) return false;
+      run_group(c, groups[i], ready[i], d_all + at[i], scratch);
     return true;
   }
 
@@ -181,16 +186,19 @@ class CudnnAttentionImpl final : public CudnnAttention {
     return true;
   }
 
-  // One group through cuDNN; d: its metadata on the device (append_meta's layout).
-  bool run_group(const SdpaCall& c, const Group& g, const int32_t* d, const Scratch& scratch) {
-    const int B = g.end - g.begin;
-    const int64_t S = g.S, T = g.T;
-    const int group = c.n_heads / c.n_kv_heads;
+  // A group's plan, held for its launch (the cache may drop its entry meanwhile).
+  struct Ready {
+    PlanKey key{};
+    std::shared_ptr<fe::graph::Graph> graph;
+    int64_t workspace = 0;
+  };
+  // False when cuDNN has no plan for the group's shape.
+  bool plan_for(const SdpaCall& c, const Group& g, Ready& r) {
     const bool dense = g.s_kv > 0;
     // Dense plans do not depend on the pool or the page count: zeros, so they are shared.
-    PlanKey key{B, S, dense ? 0 : T, group, c.head_dim, dense ? 0 : c.n_blocks,
-                dense ? 0 : c.block_tokens, c.q_row_stride, c.out_row_stride, c.scale, ragged_ok_,
-                g.s_kv};
+    PlanKey key{g.end - g.begin, g.S, dense ? 0 : g.T, c.n_heads / c.n_kv_heads, c.head_dim,
+                dense ? 0 : c.n_blocks, dense ? 0 : c.block_tokens, c.q_row_stride,
+                c.out_row_stride, c.scale, ragged_ok_, g.s_kv};
     const Plan* plan = find_or_build(key);
     if (!plan->graph && key.ragged) {  // no plan for in-place rows: gather them
       ragged_ok_ = false;
@@ -198,7 +206,17 @@ class CudnnAttentionImpl final : public CudnnAttention {
       plan = find_or_build(key);
     }
     if (!plan->graph) return false;
+    r = Ready{key, plan->graph, plan->workspace};
+    return true;
+  }
 
+  // One group through cuDNN; d: its metadata on the device (append_meta's layout).
+  void run_group(const SdpaCall& c, const Group& g, const Ready& r, const int32_t* d,
+                 const Scratch& scratch) {
+    const int B = g.end - g.begin;
+    const int64_t S = g.S, T = g.T;
+    const int group = c.n_heads / c.n_kv_heads;
+    const PlanKey& key = r.key;
     const int32_t *d_seq_q = d, *d_seq_kv = d + B, *d_q_begin = d + 2 * B, *d_kvh = d + 3 * B;
     const int32_t *d_off_q = d + 4 * B, *d_off_o = d_off_q + B + 1, *d_pages = d_off_o + B + 1;
     const size_t stats_bytes = size_t(B) * group * S * sizeof(float);
@@ -206,7 +224,7 @@ class CudnnAttentionImpl final : public CudnnAttention {
     const size_t kv_bytes = key.s_kv ? dense_kv_bytes(B, key.s_kv, c.head_dim) / 2 : 0;
     const size_t kv_at = (stats_bytes + 2 * packed_bytes + 255) / 256 * 256;
     const size_t ws_at = kv_at + 2 * kv_bytes;
-    char* base = static_cast<char*>(scratch(ws_at + size_t(plan->workspace)));
+    char* base = static_cast<char*>(scratch(ws_at + size_t(r.workspace)));
     float* stats = reinterpret_cast<float*>(base);
     void* q_ptr = const_cast<void*>(c.q);
     void* o_ptr = c.out;
@@ -242,7 +260,7 @@ class CudnnAttentionImpl final : public CudnnAttention {
       pack[kOffQ] = const_cast<int32_t*>(d_off_q);
       pack[kOffO] = const_cast<int32_t*>(d_off_o);
     }
-    auto st = plan->graph->execute(handle_, pack, base + ws_at);
+    auto st = r.graph->execute(handle_, pack, base + ws_at);
     if (st.is_bad()) throw Error("cuDNN SDPA failed to run: " + st.get_message());
     if (!key.ragged)
       launch_sdpa_scatter(o_ptr, B, group, int(S), c.head_dim, d_q_begin, d_seq_q, d_kvh, c.out,
@@ -250,7 +268,6 @@ class CudnnAttentionImpl final : public CudnnAttention {
     if (c.lse)
       launch_sdpa_stats_to_lse(stats, B, group, int(S), d_q_begin, d_seq_q, d_kvh, c.lse,
                                c.lse_stride, stream_);
-    return true;
   }
 
   const Plan* find_or_build(const PlanKey& k) {
