@@ -15,6 +15,7 @@
 
 #include <cudnn_frontend.h>
 
+#include "backend/sdpa_groups.h"
 #include "core/error.h"
 
 // The frontend reaches cuDNN through this handle (NV_CUDNN_FRONTEND_USE_DYNAMIC_LOADING).
@@ -44,12 +45,6 @@ struct Plan {
   std::shared_ptr<fe::graph::Graph> graph;  // null: cuDNN has no plan for this key
   int64_t workspace = 0;
 };
-
-int64_t round_up_pow2(int64_t v, int64_t lo) {
-  int64_t r = lo;
-  while (r < v) r *= 2;
-  return r;
-}
 
 bool env_off(const char* name) {
   const char* e = std::getenv(name);
@@ -115,11 +110,15 @@ class CudnnAttentionImpl final : public CudnnAttention {
   // cuDNN reads dense K/V on its Hopper (wgmma) kernel and pages on an Ampere (wmma) one:
   // on an H100, 85 us for 1 x 512 queries over 4096 keys dense against 652 us for 4 x 512
   // paged (bench/results/rope_store_2026-11-27/ncu_attention_kernels.txt). So a call whose
-  // dense K/V would pass the reserved cap is split into groups of entries that each fit it.
-  // Paged, as one group: BATCHMAX_CUDA_CUDNN_KV=paged, or an entry that alone passes the cap.
+  // dense K/V would pass the reserved cap runs as groups of entries that each fit it
+  // (sdpa_groups.h); paged as one group only with BATCHMAX_CUDA_CUDNN_KV=paged, or when an
+  // entry alone passes the cap.
   std::vector<Group> split(const SdpaCall& c) const {
-    const int B = int(c.entries.size());
-    auto finish = [&](Group g, int64_t max_e, bool dense) {
+    std::vector<int32_t> kv(c.entries.size());
+    for (size_t b = 0; b < kv.size(); ++b) kv[b] = c.entries[b].entries;
+    std::vector<Group> out;
+    for (const SdpaGroup& sg : sdpa_dense_groups(kv, c.head_dim, dense_kv_cap(), paged_kv_)) {
+      Group g{sg.begin, sg.end, 0, 0, sg.s_kv};
       int64_t max_q = 0, max_blocks = 1;
       for (int b = g.begin; b < g.end; ++b) {
         max_q = std::max<int64_t>(max_q, c.entries[b].n_q);
@@ -127,29 +126,8 @@ class CudnnAttentionImpl final : public CudnnAttention {
       }
       g.S = round_up_pow2(max_q, 64);
       g.T = round_up_pow2(max_blocks, 16);
-      g.s_kv = dense ? round_up_pow2(max_e, 64) : 0;
-      return g;
-    };
-    int64_t largest = 0;
-    for (const SdpaEntry& e : c.entries) largest = std::max<int64_t>(largest, e.entries);
-    const size_t cap = dense_kv_cap();
-    if (paged_kv_ || dense_kv_bytes(1, round_up_pow2(largest, 64), c.head_dim) > cap)
-      return {finish({0, B}, largest, false)};
-    std::vector<Group> out;
-    Group g{0, 0};
-    int64_t max_e = 0;
-    for (int b = 0; b < B; ++b) {
-      const int64_t e = std::max<int64_t>(max_e, c.entries[b].entries);
-      if (g.end > g.begin &&
-          dense_kv_bytes(g.end - g.begin + 1, round_up_pow2(e, 64), c.head_dim) > cap) {
-        out.push_back(finish(g, max_e, true));
-        g = Group{b, b};
-        max_e = 0;
-      }
-      max_e = std::max<int64_t>(max_e, c.entries[b].entries);
-      g.end = b + 1;
+      out.push_back(g);
     }
-    out.push_back(finish(g, max_e, true));
     return out;
   }
 
@@ -356,9 +334,6 @@ class CudnnAttentionImpl final : public CudnnAttention {
     return g;
   }
 
-  static size_t dense_kv_bytes(int64_t entries, int64_t s_kv, int head_dim) {
-    return size_t(entries) * size_t(s_kv) * size_t(head_dim) * 2 * 2;  // K and V, bf16
-  }
   // Dense K/V of one cuDNN call at most this (scratch the plan reserves); larger calls are
   // split (split()). BATCHMAX_CUDA_CUDNN_DENSE_CAP_MIB=n lowers it (tests: many groups).
   static constexpr size_t kDenseKvCap = size_t(32) << 20;
