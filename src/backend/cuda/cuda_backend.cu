@@ -265,7 +265,9 @@ void CudaBackend::run_replayable(const ReplayKey& key, const std::function<void(
     ops();
     return;
   }
-  replay_->run(key, reinterpret_cast<uintptr_t>(rope_table_.p), ops, stream_);
+  // Tag 0: the replayed ops read only weights and the model's workspace (whose generation
+  // is in the key); the rope, whose table is the backend's own, runs with the KV store.
+  replay_->run(key, 0, ops, stream_);
 }
 
 void CudaBackend::reserve_step_scratch(int64_t max_rows, const AttentionParams& p) {

@@ -4,8 +4,9 @@
 // captured into a graph, instantiated and launched; later ones launch the graph. At
 // most `max_graphs` instantiated graphs are kept, the least recently used go first.
 //
-// `tag` is the backend's own state a record depends on (the address of the rope table
-// it reads): a record made under another tag is captured again.
+// `tag` is the backend's own state a record depends on (it was the address of the rope
+// table while the rope ran inside the layer's graph; the backend now passes 0): a record
+// made under another tag is captured again.
 #include <cuda_runtime.h>
 
 #include <cstdint>
