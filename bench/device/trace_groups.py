@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+"""Per-step time by kind of work from kernel_trace.cpp summaries (trace_run.sh's files).
+
+usage: bench/device/trace_groups.py trace_*.txt
+
+A step is one argmax launch (one per forward of a greedy run). Where the summary has the
+exclusive column (the time after the previous record of the stream ended), it is used:
+kernels launched with programmatic dependent launch wait inside while their predecessor
+runs, and their total counts that wait. Copies run on the copy engines, beside the SMs.
+"""
+import re
+import sys
+
+GROUPS = [  # (name, substrings of the kernel name), first match wins
+    ("products (cuBLASLt)", ["nvjet", "splitKreduce"]),
+    ("decode attention", ["flash_kernel<128, 1, 4", "flash_combine"]),
+    ("prefill attention (cuDNN, K/V gather; ours)", ["cudnn", "sdpa_gather", "stats_to_lse", "flash_kernel<128, 8"]),
+    ("swiglu", ["SwigluOp"]),
+    ("add+norm", ["add_rms_norm"]),
+    ("rope + kv store", ["rope_kv_store"]),
+    ("scores", ["flash_scores", "gather_score_rows"]),
+    ("eviction", ["evict_kernel"]),
+    ("(copies to the GPU, copy engine)", ["memcpy HtoD"]),
+]
+
+
+def summarise(path):
+    lines = open(path).read().split("\n")
+    window = float(re.search(r"window ([0-9.]+) s", lines[0]).group(1)) * 1e3
+    busy = float(re.search(r"busy ([0-9.]+)%", lines[0]).group(1))
+    exclusive = "excl ms" in lines[1]
+    sums, steps = {}, None
+    for line in lines[2:]:
+        if line.startswith("timeline"):
+            break
+        if not re.match(r"^ +\d+ ", line):
+            continue
+        p = line.split()
+        ms = float(p[4]) if exclusive else float(p[1])
+        name = " ".join(p[6:] if exclusive else p[4:])
+        if "argmax_kernel" in name:
+            steps = int(p[0])
+        group = next((g for g, keys in GROUPS if any(k in name for k in keys)), "other")
+        sums[group] = sums.get(group, 0.0) + ms
+    if not steps:
+        sys.exit(f"{path}: no argmax launches (not a greedy run?)")
+    print(f"{path}: {steps} steps in {window / 1e3:.0f} s = {window / steps:.2f} ms/step, GPU busy {busy}%"
+          + ("" if exclusive else " (totals: PDL kernels include their waits)"))
+    for group, ms in sorted(sums.items(), key=lambda x: -x[1]):
+        print(f"  {group:45s} {ms / steps:7.2f} ms/step {100 * ms / window:5.1f}%")
+    print(f"  {'idle (no kernel, copy or memset)':45s} {(100 - busy) / 100 * window / steps:7.2f} ms/step {100 - busy:5.1f}%")
+
+
+for f in sys.argv[1:]:
+    summarise(f)
