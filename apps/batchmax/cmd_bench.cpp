@@ -3,6 +3,8 @@
 // plot (--plot) after every configuration, so a run cut short keeps what it measured.
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
+#include <map>
 #include <optional>
 #include <filesystem>
 #include <fstream>
@@ -36,6 +38,7 @@ struct BenchArgs {
   uint64_t seed = 1;
   std::string modes = "full,post-prefill,batchmax", policies = "snapkv", kv_budgets = "512";
   std::string chunks = "512", mem_budgets;
+  std::string mode_steps;  // --mode-step-tokens: MODE=N,...
   double mem_fraction = 0;
   KVSettings kv;  // slack, sinks, window, obs_window
   int warmup = 0;
@@ -123,10 +126,30 @@ std::vector<KVSettings> sweep(const BenchArgs& a) {
   return out;
 }
 
+// --mode-step-tokens "batchmax=1024,full=512": a mode's tokens per step where it differs
+// from --step-tokens (each mode at the step it runs fastest at: bench/results/step_tokens_*).
+std::map<std::string, int> mode_step_tokens(const std::string& s) {
+  std::map<std::string, int> out;
+  for (const std::string& item : split_list(s)) {
+    const size_t eq = item.find('=');
+    const std::string mode = item.substr(0, eq);
+    if (eq == std::string::npos || (mode != "full" && mode != "post-prefill" && mode != "batchmax"))
+      throw UsageError("--mode-step-tokens: '" + item + "' is not MODE=N with MODE full, post-prefill or batchmax");
+    const std::string n = item.substr(eq + 1);
+    char* end = nullptr;
+    const long v = std::strtol(n.c_str(), &end, 10);
+    if (n.empty() || *end != '\0' || v <= 0 || v > (1 << 20))
+      throw UsageError("--mode-step-tokens: '" + item + "' needs a positive token count");
+    out[mode] = int(v);
+  }
+  return out;
+}
+
 int run_bench(const BenchArgs& a) {
   if (a.model.empty() == a.dummy.empty())
     throw UsageError("give exactly one of --model PATH and --dummy-weights PRESET");
   const std::vector<KVSettings> configs = sweep(a);
+  const std::map<std::string, int> mode_steps = mode_step_tokens(a.mode_steps);
   bench::WorkloadSpec spec;
   spec.requests = a.requests;
   spec.input = bench::LengthDist::parse(a.input_len);
@@ -213,6 +236,11 @@ int run_bench(const BenchArgs& a) {
     bo.mem_budget_bytes = budget;
     std::unique_ptr<Engine> engine;
     for (size_t ci = 0; ci < configs.size(); ++ci) {
+      // A mode with a step of its own gets an engine (and memory plan) of its own.
+      const auto own = mode_steps.find(configs[ci].mode);
+      const int step = own != mode_steps.end() ? own->second : a.step_tokens;
+      if (engine && step != eo.step_tokens) engine.reset();
+      eo.step_tokens = step;
       if (!engine) {
         engine = Engine::create(eo);
         const MemoryPlan& m = engine->memory_plan();
@@ -275,10 +303,20 @@ int run_bench(const BenchArgs& a) {
     if (a.top_k > 0) sampling += " top-k " + std::to_string(a.top_k);
     if (a.top_p < 1) sampling += " top-p " + std::to_string(a.top_p).substr(0, 4);
   }
-  std::printf("workload: %s | model %s | backend %s (%s) | step %lld tokens%s | commit %s\n",
+  std::string steps;  // "step 2048 tokens", or each mode's where they differ
+  for (const bench::BenchRow& r : rows) {
+    const std::string one = r.mode + " " + std::to_string(r.step_tokens);
+    if (steps.find(one) == std::string::npos) steps += (steps.empty() ? "" : ", ") + one;
+  }
+  bool same = true;
+  for (const bench::BenchRow& r : rows) same = same && r.step_tokens == rows.front().step_tokens;
+  if (rows.empty() || same)
+    steps = "step " + std::to_string(rows.empty() ? a.step_tokens : rows.front().step_tokens) + " tokens";
+  else
+    steps = "steps " + steps + " tokens";
+  std::printf("workload: %s | model %s | backend %s (%s) | %s%s | commit %s\n",
               work->name.c_str(), bo.model.c_str(), a.backend.c_str(), ceil.gpu.c_str(),
-              static_cast<long long>(rows.empty() ? a.step_tokens : rows.back().step_tokens),
-              sampling.c_str(), bo.commit.c_str());
+              steps.c_str(), sampling.c_str(), bo.commit.c_str());
   if (ceil.gemm_tflops > 0)
     std::printf("measured ceilings: bf16 GEMM %.1f TFLOP/s, copy %.0f GB/s\n", ceil.gemm_tflops,
                 ceil.copy_gbps);
@@ -305,6 +343,8 @@ Command add_bench(CLI::App& root) {
   cmd->add_option("--step-tokens", a->step_tokens,
                   "tokens per forward step (0: 2048 on CUDA, 512 on the CPU)")
       ->check(CLI::NonNegativeNumber)->capture_default_str();
+  cmd->add_option("--mode-step-tokens", a->mode_steps,
+                  "tokens per step for some modes, e.g. batchmax=1024 (the others: --step-tokens)");
   cmd->add_option("--overlap-steps", a->overlap_steps,
                   "launch each step before reading the last one's tokens: 1 on, 0 off, -1 the "
                   "backend's choice (on for CUDA)")

@@ -16,7 +16,10 @@
 #        LIMITED_STEP_TOKENS (512), FULL_STEP_TOKENS (2048, the engine's CUDA default),
 #        STEP_TOKENS (sets both; the profile stage takes the W-limited one). Each is the
 #        size that ran `full` fastest in its workload on an H100
-#        (bench/results/step_tokens_2026-11-27/); every mode of a workload gets the same.
+#        (bench/results/step_tokens_2026-11-27/). W-limited runs batchmax at
+#        LIMITED_BATCHMAX_STEP_TOKENS (1024, its fastest there: v11-v12 of
+#        bench/device/cuda_notes.md) unless STEP_TOKENS or LIMITED_STEP_TOKENS is given;
+#        every other mode of a workload gets the workload's step.
 #        OVERLAP_STEPS (-1: the engine's choice, on for CUDA; 0 off; 1 on): steps in flight.
 #        TEMPERATURE (0: greedy), TOP_K (0), TOP_P (1): every request's sampling (picked
 #        on the GPU; BATCHMAX_HOST_SAMPLING=1 sends the logits to the host instead).
@@ -61,6 +64,9 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv
 common=(--backend cuda --dummy-weights llama3-8b --commit "$COMMIT" --warmup 2 --time-limit "$TIME_LIMIT"
         --temperature "${TEMPERATURE:-0}" --top-k "${TOP_K:-0}" --top-p "${TOP_P:-1}"
         --overlap-steps "${OVERLAP_STEPS:--1}")
+limited_mode_steps=()
+[ -z "${STEP_TOKENS:-}${LIMITED_STEP_TOKENS:-}" ] &&
+  limited_mode_steps=(--mode-step-tokens "batchmax=${LIMITED_BATCHMAX_STEP_TOKENS:-1024}")
 LIMITED_STEP_TOKENS=${STEP_TOKENS:-${LIMITED_STEP_TOKENS:-512}}
 FULL_STEP_TOKENS=${STEP_TOKENS:-${FULL_STEP_TOKENS:-2048}}
 rc=0
@@ -84,7 +90,7 @@ for stage in $STAGES; do
         --out "$OUT/smoke.json" 2>&1 | tee "$OUT/smoke.log" || rc=1 ;;
     limited)
       "$BIN" bench "${common[@]}" -n "$REQ_LIMITED" --input-len 4096 --output-len 512 \
-        --step-tokens "$LIMITED_STEP_TOKENS" \
+        --step-tokens "$LIMITED_STEP_TOKENS" "${limited_mode_steps[@]}" \
         --mem-budget 24GiB --modes "$LIMITED_MODES" --kv-budgets "$LIMITED_BUDGETS" \
         --chunk 512 --workload-name "W-limited n=$REQ_LIMITED in=4096 out=512" \
         --out "$OUT/w_limited$TAG.json" --plot "$OUT/w_limited$TAG.svg" > "$OUT/w_limited$TAG.log" 2>&1 || rc=1

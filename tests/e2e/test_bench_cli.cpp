@@ -93,6 +93,27 @@ TEST_F(BenchCli, DecodeBandwidthAtLargeBatchesCountsOnlyThoseSteps) {
   }
 }
 
+TEST_F(BenchCli, ModeStepTokensGiveThatModeItsOwnStep) {
+  // Each mode at its own step size, as W-limited's table runs them (batchmax at 1024,
+  // the others at 512 on the H100): the rows say which step they ran.
+  const fs::path json = dir_ / "rows.json";
+  batchmax::test::CliResult r =
+      run({"bench", "--dummy-weights", "tiny", "-t", "2", "-n", "4", "--input-len", "96",
+           "--output-len", "4", "--modes", "full,batchmax", "--kv-budgets", "48", "--chunk", "32",
+           "--step-tokens", "64", "--mode-step-tokens", "batchmax=160", "--mem-budgets", "4MiB",
+           "--commit", "test", "--out", json.string()});
+  ASSERT_EQ(r.code, 0) << r.err;
+  check_rows(json, 2);
+  const auto rows = nlohmann::json::parse(slurp(json));
+  EXPECT_EQ(rows[0]["mode"], "full");
+  EXPECT_EQ(rows[0]["step_tokens"], 64);
+  EXPECT_EQ(rows[1]["mode"], "batchmax");
+  EXPECT_EQ(rows[1]["step_tokens"], 160);
+  EXPECT_NE(r.out.find("steps full 64, batchmax 160 tokens"), std::string::npos) << r.out;
+  for (const char* bad : {"batchmax", "lossy=64", "batchmax=0", "batchmax=12x"})
+    EXPECT_EQ(run({"bench", "--dummy-weights", "tiny", "--mode-step-tokens", bad}).code, 2) << bad;
+}
+
 TEST_F(BenchCli, BadFlagsAreUsageErrors) {
   EXPECT_EQ(run({"bench", "--input-len", "4"}).code, 2);  // neither --model nor --dummy-weights
   EXPECT_EQ(run({"bench", "--dummy-weights", "tiny", "--modes", "lossy"}).code, 2);
