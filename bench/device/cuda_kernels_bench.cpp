@@ -202,6 +202,10 @@ int main(int argc, char** argv) {
   attention_case(16, 1, "decode");
   attention_case(32, 1, "decode");
   attention_case(64, 1, "decode");
+  // Batch-Max's decode rows: budget 512 plus slack, ~100-200 sequences a W-full step.
+  attention_case(64, 1, "decode", 576);
+  attention_case(128, 1, "decode", 576);
+  attention_case(256, 1, "decode", 576);
   attention_case(1, 512, "prefill");
   attention_case(4, 512, "prefill");
   attention_case(1, 4096, "prefill");  // a whole 4096-token prompt in one causal chunk

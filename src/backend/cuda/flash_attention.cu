@@ -418,6 +418,16 @@ int resident_ctas(K kernel, size_t smem, int threads = kThreads) {
   return std::max(1, per_sm * sms);
 }
 
+// BATCHMAX_CUDA_DECODE_SPLITS=n: every decode launch splits each item's entries n ways
+// (A/B timings of choose_splits; 0 or unset: chosen).
+int forced_decode_splits() {
+  static const int n = [] {
+    const char* e = std::getenv("BATCHMAX_CUDA_DECODE_SPLITS");
+    return e ? std::max(0, std::atoi(e)) : 0;
+  }();
+  return n;
+}
+
 // Splits per decode item: the fewest that fill >= 90% of the last wave, each split
 // keeping >= 2 tiles; none when there are many waves anyway.
 int choose_splits(int n_items, int max_entries, int slots) {
@@ -439,7 +449,9 @@ void launch_hd(const FlashArgs& base, const AttentionLaunch& L, cudaStream_t s) 
   if (L.n_small > 0) {  // decode items
     using S = Shape<HD, 1, 4>;
     static const int slots = resident_ctas(flash_kernel<HD, 1, 4, 1>, S::kSmem);
-    const int n_split = choose_splits(L.n_small, L.max_small_entries, slots);
+    const int n_split = forced_decode_splits() > 0
+                            ? std::min(forced_decode_splits(), kMaxSplit)
+                            : choose_splits(L.n_small, L.max_small_entries, slots);
     FlashArgs a = base;
     if (n_split > 1) {
       const size_t n_part = size_t(L.n_small) * n_split * kDecodeM;
