@@ -10,9 +10,10 @@
 // go through warp shuffles and shared-memory atomics.
 //
 // A CTA (4 warps, 16 query vectors each) takes one work item (sequence, KV head, 64
-// vectors; metadata as in attention_kernels.cu) and one split of kSplitKeys entries
+// vectors; metadata as in attention_kernels.cu) and one split of split_keys() entries
 // (blockIdx.y).
 #include <climits>
+#include <cstdlib>
 
 #include "backend/cuda/cuda_common.cuh"
 #include "backend/cuda/mma_helpers.cuh"
@@ -23,7 +24,16 @@ namespace {
 constexpr int kThreads = 128;
 constexpr int kRows = 64;       // query vectors per CTA
 constexpr int kKeys = 64;       // entries per shared-memory tile
-constexpr int kSplitKeys = 128; // entries per CTA
+
+// Entries per CTA: BATCHMAX_CUDA_SCORES_SPLIT_KEYS (a multiple of kKeys; default 128).
+int split_keys() {
+  static const int n = [] {
+    const char* e = std::getenv("BATCHMAX_CUDA_SCORES_SPLIT_KEYS");
+    const int v = e ? std::atoi(e) : 0;
+    return v > 0 && v % kKeys == 0 ? v : 128;
+  }();
+  return n;
+}
 constexpr int kPad = 8;         // bf16 per shared row: ldmatrix rows hit distinct banks
 
 struct ScoresArgs {
@@ -37,6 +47,7 @@ struct ScoresArgs {
   int block_tokens;
   float2* part;  // [item of this launch][split][kRows]: (max, sum), log2 units
   int n_splits, item0;
+  int split_keys;  // entries per split (blockIdx.y)
   float* out;
   int64_t out_stride;
   const float* lse;  // optional: each vector's log2-sum-exp from the attention pass
@@ -57,8 +68,8 @@ __global__ void __launch_bounds__(kThreads) flash_scores_kernel(const ScoresArgs
   const int32_t* qpos = wi.qpos;
   const int32_t* blocks = wi.blocks;
   const int bt = a.block_tokens;
-  const int e_begin = int(blockIdx.y) * kSplitKeys;
-  const int e_end = min(entries, e_begin + kSplitKeys);
+  const int e_begin = int(blockIdx.y) * a.split_keys;
+  const int e_end = min(entries, e_begin + a.split_keys);
   float2* part = a.part + int64_t(blockIdx.x) * a.n_splits * kRows;
   // This thread's two rows of its warp's 16 (mma accumulator layout).
   const int ra = 16 * warp + (lane >> 2), rb = ra + 8;
@@ -221,7 +232,7 @@ void launch_flash_scores(const Tensor& q, const AttentionLaunch& L, const Attent
   if (L.n_big != 0) throw Error("cuda attention_scores: one list of work items expected");
   if (reinterpret_cast<uintptr_t>(q.data) % 4 || q.row_stride % 4)
     throw Error("cuda attention_scores: q rows must be 4-byte aligned");
-  const int n_splits = std::max(1, (L.max_small_entries + kSplitKeys - 1) / kSplitKeys);
+  const int n_splits = std::max(1, (L.max_small_entries + split_keys() - 1) / split_keys());
   if (n_splits > 65535) throw Error("cuda attention_scores: too many entries");
   ScoresArgs a{};
   a.q = static_cast<const bf16*>(q.data);
@@ -236,6 +247,7 @@ void launch_flash_scores(const Tensor& q, const AttentionLaunch& L, const Attent
   a.ppos = pool.pos;
   a.block_tokens = pool.block_tokens;
   a.n_splits = n_splits;
+  a.split_keys = split_keys();
   a.out = d_out;
   a.out_stride = stride;
   a.lse = L.lse;
