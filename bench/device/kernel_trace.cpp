@@ -120,6 +120,7 @@ void summarise() {
   FILE* out = stderr;
   if (const char* path = std::getenv("BMX_TRACE_OUT"); path && *path) {
     if (FILE* f = std::fopen(path, "w")) out = f;
+    else std::fprintf(stderr, "kernel_trace: cannot write %s; the summary follows here\n", path);
   }
   std::vector<Record>& rs = t.records;
   std::sort(rs.begin(), rs.end(), [](const Record& a, const Record& b) { return a.start < b.start; });
