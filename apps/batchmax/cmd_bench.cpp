@@ -303,17 +303,21 @@ int run_bench(const BenchArgs& a) {
     if (a.top_k > 0) sampling += " top-k " + std::to_string(a.top_k);
     if (a.top_p < 1) sampling += " top-p " + std::to_string(a.top_p).substr(0, 4);
   }
-  std::string steps;  // "step 2048 tokens", or each mode's where they differ
+  // "step 2048 tokens", or "steps full 512, batchmax 1024 tokens" where modes differ.
+  std::vector<std::pair<std::string, int64_t>> mode_step;
   for (const bench::BenchRow& r : rows) {
-    const std::string one = r.mode + " " + std::to_string(r.step_tokens);
-    if (steps.find(one) == std::string::npos) steps += (steps.empty() ? "" : ", ") + one;
+    const auto ms = std::make_pair(r.mode, r.step_tokens);
+    if (std::find(mode_step.begin(), mode_step.end(), ms) == mode_step.end()) mode_step.push_back(ms);
   }
-  bool same = true;
-  for (const bench::BenchRow& r : rows) same = same && r.step_tokens == rows.front().step_tokens;
-  if (rows.empty() || same)
-    steps = "step " + std::to_string(rows.empty() ? a.step_tokens : rows.front().step_tokens) + " tokens";
-  else
-    steps = "steps " + steps + " tokens";
+  const int64_t first_step = rows.empty() ? a.step_tokens : rows.front().step_tokens;
+  std::string steps = "step " + std::to_string(first_step) + " tokens";
+  if (std::any_of(rows.begin(), rows.end(),
+                  [&](const bench::BenchRow& r) { return r.step_tokens != first_step; })) {
+    steps = "steps";
+    for (size_t i = 0; i < mode_step.size(); ++i)
+      steps += (i ? ", " : " ") + mode_step[i].first + " " + std::to_string(mode_step[i].second);
+    steps += " tokens";
+  }
   std::printf("workload: %s | model %s | backend %s (%s) | %s%s | commit %s\n",
               work->name.c_str(), bo.model.c_str(), a.backend.c_str(), ceil.gpu.c_str(),
               steps.c_str(), sampling.c_str(), bo.commit.c_str());

@@ -8,7 +8,7 @@
 #   limited: W-limited batchmax 512 (run_throughput.sh's step: 1024) for each value;
 #   prefill: run_throughput.sh's P-only stage (prefill-only steps), full and batchmax 512.
 # usage: bench/device/switch_ab.sh BIN_DIR VARIABLE LABEL   (batchmax and lib/ in BIN_DIR)
-#        e.g. switch_ab.sh .devwork BATCHMAX_CUDA_SIDE_SCORES side; writes to $OUT.
+#        e.g. switch_ab.sh .devwork BATCHMAX_CUDA_FUSE_ROPE_STORE fuse; writes to $OUT.
 # env: STAGES ("decode wfull prefill"), COMMIT, AB_VALUES ("0 1": the values, in order),
 #      AB_BASELINE (1; 0 skips wfull's `full` run where the switch cannot change it).
 set -uo pipefail
