@@ -29,7 +29,9 @@ class CudaAttention : public CudaFixture {
 
   // newest: the caller vouches that each step's keys are the tables' last entries
   // (AttentionParams::queries_newest), so prefill rows may go to cuDNN's SDPA.
-  void run(const Config& c, bool newest = false);
+  // long_decode: a decode row over more entries than the short-cache decode tile takes
+  // (flash_attention.cu's kShortCache), so that launch runs the 64-key shape.
+  void run(const Config& c, bool newest = false, bool long_decode = false);
 
   Config cfg{};
   bool newest_ = false;
@@ -169,7 +171,7 @@ void CudaAttention::compact(int s, int h) {
   d = std::move(nd);
 }
 
-void CudaAttention::run(const Config& c, bool newest) {
+void CudaAttention::run(const Config& c, bool newest, bool long_decode) {
   cfg = c;
   newest_ = newest;
   const int nkv = c.n_kv_heads, hd = c.head_dim, bt = kBlockTokens;
@@ -177,8 +179,9 @@ void CudaAttention::run(const Config& c, bool newest) {
   // long decode spanning many key tiles. With `newest`, three chunks of >= 64 rows (the
   // cuDNN path's default minimum) next to rows that stay on our kernel.
   const std::vector<std::pair<int, int>> spec =
-      newest ? std::vector<std::pair<int, int>>{{37, 50}, {1, 300}, {200, 0}, {1, 0}, {64, 1100}, {130, 20}}
-             : std::vector<std::pair<int, int>>{{37, 50}, {1, 300}, {5, 0}, {1, 0}, {1, 1100}, {70, 20}};
+      long_decode ? std::vector<std::pair<int, int>>{{20, 50}, {1, 300}, {1, 2300}, {1, 0}, {3, 90}}
+      : newest    ? std::vector<std::pair<int, int>>{{37, 50}, {1, 300}, {200, 0}, {1, 0}, {64, 1100}, {130, 20}}
+                  : std::vector<std::pair<int, int>>{{37, 50}, {1, 300}, {5, 0}, {1, 0}, {1, 1100}, {70, 20}};
   const int n_seq = int(spec.size());
   heads.assign(n_seq, std::vector<HeadData>(nkv));
   q_pos.assign(n_seq, {});
@@ -300,6 +303,12 @@ TEST_F(CudaAttention, PrefillCudnnSplitIntoGroupsUnderTheDenseCap) {
   std::printf("[ info ] backend: %s\n", gpu->name().c_str());
   run({32, 8, 128, GgmlType::BF16}, true);
   run({9, 3, 64, GgmlType::BF16}, true);
+}
+// Decode rows over short caches run 32-key tiles; a launch with a cache past 2048 entries
+// runs 64-key tiles (flash_attention.cu). The other tests cover the first.
+TEST_F(CudaAttention, LongDecodeCacheTakesTheWideTile) {
+  run({32, 8, 128, GgmlType::BF16}, false, true);
+  run({9, 3, 64, GgmlType::BF16}, false, true);
 }
 TEST_F(CudaAttention, OddGroupsAndF32Pool) {
   run({9, 3, 64, GgmlType::BF16});     // SmolLM2-135M: group 3

@@ -73,31 +73,32 @@ struct FlashArgs {
   int64_t lse_stride;
 };
 
-template <int HD, int WM, int WN>
+// KEYS entries per shared-memory tile, STAGES tiles in the cp.async ring.
+template <int HD, int WM, int WN, int KEYS = kKeys, int STAGES = 2>
 struct Shape {
   static constexpr int kRows = 16 * WM;       // query vectors per CTA
-  static constexpr int kN = kKeys / WN;       // keys per warp per tile
+  static constexpr int kN = KEYS / WN;        // keys per warp per tile
   static constexpr int kStride = HD + kPad;   // shared row, bf16
-  static constexpr int kTile = kKeys * kStride;
-  static constexpr size_t kSmem = 4 * kTile * sizeof(bf16) + 2 * kKeys * sizeof(int) + 16;
+  static constexpr int kTile = KEYS * kStride;
+  static constexpr size_t kSmem = 2 * STAGES * kTile * sizeof(bf16) + STAGES * KEYS * sizeof(int) + 16;
   static constexpr int kCtaThreads = WM * WN * 32;
-  static_assert(HD % 16 == 0 && kN % 16 == 0 && kCtaThreads <= 256, "tile shape");
+  static_assert(HD % 16 == 0 && kN % 16 == 0 && kCtaThreads <= 256 && STAGES >= 2, "tile shape");
   // The decode merge reuses the K/V buffers.
-  static_assert(WN == 1 || WN * 16 * (HD + 2) * 4 <= 4 * kTile * 2, "merge fits");
+  static_assert(WN == 1 || WN * 16 * (HD + 2) * 4 <= 2 * STAGES * kTile * 2, "merge fits");
 };
 
 // kMinCtas: CTAs per SM the register allocation must allow (1: unbounded).
-template <int HD, int WM, int WN, int kMinCtas>
+template <int HD, int WM, int WN, int kMinCtas, int KEYS = kKeys, int STAGES = 2>
 __global__ void __launch_bounds__(WM * WN * 32, kMinCtas) flash_kernel(const FlashArgs a) {
   pdl_begin();
-  using S = Shape<HD, WM, WN>;
+  using S = Shape<HD, WM, WN, KEYS, STAGES>;
   constexpr int kThreads = S::kCtaThreads;
   constexpr int kN = S::kN, kStride = S::kStride;
   extern __shared__ __align__(16) unsigned char smem[];
-  bf16* Ks = reinterpret_cast<bf16*>(smem);  // [2][kKeys][kStride]
-  bf16* Vs = Ks + 2 * S::kTile;              // [2][kKeys][kStride]
-  int* kpos_s = reinterpret_cast<int*>(Vs + 2 * S::kTile);  // [2][kKeys]
-  int* red_s = kpos_s + 2 * kKeys;                          // [2]
+  bf16* Ks = reinterpret_cast<bf16*>(smem);  // [STAGES][KEYS][kStride]
+  bf16* Vs = Ks + STAGES * S::kTile;         // [STAGES][KEYS][kStride]
+  int* kpos_s = reinterpret_cast<int*>(Vs + STAGES * S::kTile);  // [STAGES][KEYS]
+  int* red_s = kpos_s + STAGES * KEYS;                           // [2]
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wm = warp % WM, wn = warp / WM;
@@ -118,7 +119,7 @@ __global__ void __launch_bounds__(WM * WN * 32, kMinCtas) flash_kernel(const Fla
   // This CTA's entries: a split's share (decode), cut at the last one any row sees.
   int e_begin = 0, e_end = entries;
   if (gridDim.y > 1) {
-    const int chunk = ((entries + gridDim.y - 1) / gridDim.y + kKeys - 1) / kKeys * kKeys;
+    const int chunk = ((entries + gridDim.y - 1) / gridDim.y + KEYS - 1) / KEYS * KEYS;
     e_begin = min(entries, int(blockIdx.y) * chunk);
     e_end = min(entries, e_begin + chunk);
   }
@@ -140,27 +141,27 @@ __global__ void __launch_bounds__(WM * WN * 32, kMinCtas) flash_kernel(const Fla
     __syncthreads();
     e_end = red_s[1] + 1;
   }
-  const int n_tiles = e_end > e_begin ? (e_end - e_begin + kKeys - 1) / kKeys : 0;
+  const int n_tiles = e_end > e_begin ? (e_end - e_begin + KEYS - 1) / KEYS : 0;
 
   // A tile's slots come from the block table in global memory: a dependent load before
   // each cp.async. They are fetched one tile ahead (fetch_slots(t + 2) while tile t is
   // computed), so that latency hides behind the math instead of delaying the loads.
   constexpr int kChunks = HD / 8;  // 16-byte pieces per row
-  constexpr int kPer = kKeys * kChunks / kThreads;
-  static_assert(kKeys * kChunks % kThreads == 0 && kKeys <= kThreads, "tile load shape");
+  constexpr int kPer = KEYS * kChunks / kThreads;
+  static_assert(KEYS * kChunks % kThreads == 0 && KEYS <= kThreads, "tile load shape");
   int32_t slot_k[kPer], slot_p = -1;  // -1: past the last entry (< 2^31 slots: checked at launch)
   auto fetch_slots = [&](int t) {
-    const int e0 = e_begin + t * kKeys;
+    const int e0 = e_begin + t * KEYS;
 #pragma unroll
     for (int i = 0; i < kPer; ++i) {
       const int e = e0 + (tid + i * kThreads) / kChunks;
       slot_k[i] = t < n_tiles && e < e_end ? int32_t(slot_of(e)) : -1;
     }
     const int e = e0 + tid;
-    slot_p = t < n_tiles && tid < kKeys && e < e_end ? int32_t(slot_of(e)) : -1;
+    slot_p = t < n_tiles && tid < KEYS && e < e_end ? int32_t(slot_of(e)) : -1;
   };
   auto load_tile = [&](int t) {
-    const int st = t & 1;
+    const int st = t % STAGES;
     bf16* kd = Ks + st * S::kTile;
     bf16* vd = Vs + st * S::kTile;
 #pragma unroll
@@ -171,7 +172,7 @@ __global__ void __launch_bounds__(WM * WN * 32, kMinCtas) flash_kernel(const Fla
       cp_async16(kd + j * kStride + c, a.pk + off, ok);
       cp_async16(vd + j * kStride + c, a.pv + off, ok);
     }
-    if (tid < kKeys) cp_async4(kpos_s + st * kKeys + tid, a.ppos + (slot_p >= 0 ? slot_p : 0), slot_p >= 0);
+    if (tid < KEYS) cp_async4(kpos_s + st * KEYS + tid, a.ppos + (slot_p >= 0 ? slot_p : 0), slot_p >= 0);
   };
 
   float o[HD / 8][4];
@@ -189,26 +190,31 @@ __global__ void __launch_bounds__(WM * WN * 32, kMinCtas) flash_kernel(const Fla
 #pragma unroll
   for (int off = 4; off < 32; off <<= 1) qmin = min(qmin, __shfl_xor_sync(0xffffffffu, qmin, off));
 
-  if (n_tiles > 0) {
-    fetch_slots(0);
-    load_tile(0);
-    fetch_slots(1);
-  }
-  cp_async_commit();
-  for (int t = 0; t < n_tiles; ++t) {
-    if (t + 1 < n_tiles) {
-      load_tile(t + 1);  // its stage was freed by the last barrier
-      fetch_slots(t + 2);
+  // The ring: tiles 0 .. STAGES-2 in flight before the loop, one more each iteration;
+  // commit group i holds tile i, so waiting for all but STAGES-1 groups lands tile t.
+  fetch_slots(0);
+#pragma unroll
+  for (int i = 0; i < STAGES - 1; ++i) {
+    if (i < n_tiles) {
+      load_tile(i);
+      fetch_slots(i + 1);
     }
     cp_async_commit();
-    cp_async_wait<1>();
+  }
+  for (int t = 0; t < n_tiles; ++t) {
+    if (t + STAGES - 1 < n_tiles) {
+      load_tile(t + STAGES - 1);  // the stage of tile t - 1, freed by the last barrier
+      fetch_slots(t + STAGES);
+    }
+    cp_async_commit();
+    cp_async_wait<STAGES - 1>();
     __syncthreads();
     if (active) {
-      const int st = t & 1;
+      const int st = t % STAGES;
       const bf16* kt = Ks + st * S::kTile + wn * kN * kStride;
       const bf16* vt = Vs + st * S::kTile + wn * kN * kStride;
-      const int* kp = kpos_s + st * kKeys + wn * kN;
-      const int n_valid = e_end - (e_begin + t * kKeys) - wn * kN;
+      const int* kp = kpos_s + st * KEYS + wn * kN;
+      const int n_valid = e_end - (e_begin + t * KEYS) - wn * kN;
 
       float s[kN / 8][4];
       qk_tile<HD, kN>(s, qf, kt, kStride, lane);
@@ -429,9 +435,9 @@ int forced_decode_splits() {
 }
 
 // Splits per decode item: the fewest that fill >= 90% of the last wave, each split
-// keeping >= 2 tiles; none when there are many waves anyway.
-int choose_splits(int n_items, int max_entries, int slots) {
-  const int max_s = std::clamp(max_entries / (2 * kKeys), 1, kMaxSplit);
+// keeping >= 2 tiles of `keys` entries; none when there are many waves anyway.
+int choose_splits(int n_items, int max_entries, int slots, int keys) {
+  const int max_s = std::clamp(max_entries / (2 * keys), 1, kMaxSplit);
   if (n_items >= 4 * slots) return 1;
   int best = 1;
   double best_eff = 0;
@@ -444,27 +450,80 @@ int choose_splits(int n_items, int max_entries, int slots) {
   return best;
 }
 
+// The decode CTA's tile shape: KEYS entries a tile (KEYS / 16 warps of 16 keys each) in a
+// ring of STAGES tiles. Short caches (Batch-Max's budgets) take 32x2: half the shared
+// memory of 64x2, so twice the CTAs fit an SM, ~500 (sequence, KV head) items run as one
+// wave, and each CTA's fixed start (metadata, block table, first tile) is shared by more
+// resident CTAs. Long caches keep 64x2, as fast or faster there in the attention bench
+// (bench/results/decode_tile_2026-11-27/). BATCHMAX_CUDA_DECODE_TILE=KEYSxSTAGES forces
+// one of the compiled shapes (A/B timings); unset or "auto", the choice above.
+enum class DecodeTile { kAuto, k64x2, k32x3, k32x4, k64x3, k32x2 };
+constexpr int kShortCache = 2048;  // the most entries a decode launch runs as 32x2 (auto)
+DecodeTile forced_decode_tile() {
+  static const DecodeTile t = [] {
+    const char* e = std::getenv("BATCHMAX_CUDA_DECODE_TILE");
+    const std::string v = e ? e : "";
+    if (v == "64x2") return DecodeTile::k64x2;
+    if (v == "32x3") return DecodeTile::k32x3;
+    if (v == "32x4") return DecodeTile::k32x4;
+    if (v == "64x3") return DecodeTile::k64x3;
+    if (v == "32x2") return DecodeTile::k32x2;
+    return DecodeTile::kAuto;
+  }();
+  return t;
+}
+DecodeTile decode_tile_for(int max_entries) {
+  const DecodeTile f = forced_decode_tile();
+  if (f != DecodeTile::kAuto) return f;
+  return max_entries <= kShortCache ? DecodeTile::k32x2 : DecodeTile::k64x2;
+}
+template <class F>
+auto with_decode_tile(DecodeTile t, F&& f) {
+  using std::integral_constant;
+  switch (t) {
+    case DecodeTile::k32x3: return f(integral_constant<int, 32>{}, integral_constant<int, 3>{});
+    case DecodeTile::k32x4: return f(integral_constant<int, 32>{}, integral_constant<int, 4>{});
+    case DecodeTile::k64x3: return f(integral_constant<int, 64>{}, integral_constant<int, 3>{});
+    case DecodeTile::k32x2: return f(integral_constant<int, 32>{}, integral_constant<int, 2>{});
+    default: return f(integral_constant<int, 64>{}, integral_constant<int, 2>{});
+  }
+}
+
+// The decode kernel of one tile shape and the resident CTAs it allows on this GPU.
+template <int HD, int KEYS, int STAGES>
+struct DecodeKernel {
+  using S = Shape<HD, 1, KEYS / 16, KEYS, STAGES>;
+  static constexpr auto kernel = flash_kernel<HD, 1, KEYS / 16, 1, KEYS, STAGES>;
+  static int slots() {
+    static const int n = resident_ctas(kernel, S::kSmem, S::kCtaThreads);
+    return n;
+  }
+  static int splits(int n_items, int max_entries) {
+    return forced_decode_splits() > 0 ? std::min(forced_decode_splits(), kMaxSplit)
+                                      : choose_splits(n_items, max_entries, slots(), KEYS);
+  }
+};
+
 template <int HD>
 void launch_hd(const FlashArgs& base, const AttentionLaunch& L, cudaStream_t s) {
   if (L.n_small > 0) {  // decode items
-    using S = Shape<HD, 1, 4>;
-    static const int slots = resident_ctas(flash_kernel<HD, 1, 4, 1>, S::kSmem);
-    const int n_split = forced_decode_splits() > 0
-                            ? std::min(forced_decode_splits(), kMaxSplit)
-                            : choose_splits(L.n_small, L.max_small_entries, slots);
-    FlashArgs a = base;
-    if (n_split > 1) {
-      const size_t n_part = size_t(L.n_small) * n_split * kDecodeM;
-      float* scratch = static_cast<float*>(L.scratch(n_part * (HD + 2) * sizeof(float)));
-      a.part_o = scratch;
-      a.part_ml = scratch + n_part * HD;
-    }
-    launch_pdl(flash_kernel<HD, 1, 4, 1>, dim3(L.n_small, n_split), kThreads, S::kSmem, s, a);
-    BMX_LAUNCHED();
-    if (n_split > 1) {
-      launch_pdl(flash_combine<HD>, L.n_small, kThreads, 0, s, a, n_split);
+    with_decode_tile(decode_tile_for(L.max_small_entries), [&](auto keys_tag, auto stages_tag) {
+      using D = DecodeKernel<HD, decltype(keys_tag)::value, decltype(stages_tag)::value>;
+      const int n_split = D::splits(L.n_small, L.max_small_entries);
+      FlashArgs a = base;
+      if (n_split > 1) {
+        const size_t n_part = size_t(L.n_small) * n_split * kDecodeM;
+        float* scratch = static_cast<float*>(L.scratch(n_part * (HD + 2) * sizeof(float)));
+        a.part_o = scratch;
+        a.part_ml = scratch + n_part * HD;
+      }
+      launch_pdl(D::kernel, dim3(L.n_small, n_split), D::S::kCtaThreads, D::S::kSmem, s, a);
       BMX_LAUNCHED();
-    }
+      if (n_split > 1) {
+        launch_pdl(flash_combine<HD>, L.n_small, kThreads, 0, s, a, n_split);
+        BMX_LAUNCHED();
+      }
+    });
   }
   if (L.n_big > 0) {  // prefill items
     // Unbounded registers (180 at head_dim 128) measured 4-15% faster than a cap at 3
@@ -502,15 +561,23 @@ AttentionTiles flash_attention_tiles() { return {kDecodeM, 16 * prefill_warps()}
 size_t flash_decode_scratch_bound(int head_dim, int64_t max_items) {
   auto bound = [&](auto hd_tag) {
     constexpr int HD = decltype(hd_tag)::value;
-    using S = Shape<HD, 1, 4>;
-    const int slots = resident_ctas(flash_kernel<HD, 1, 4, 1>, S::kSmem);
-    size_t most = 0;
-    // Splits happen only below 4 waves; any entry count (the split count grows with it).
-    for (int64_t n = 1; n <= std::min<int64_t>(max_items, 4 * int64_t(slots)); ++n) {
-      const int sp = choose_splits(int(n), INT32_MAX / 2, slots);
-      if (sp > 1) most = std::max(most, size_t(n) * sp * kDecodeM * (HD + 2) * sizeof(float));
-    }
-    return most;
+    auto bound_of = [&](DecodeTile t, int max_entries) {
+      return with_decode_tile(t, [&](auto keys_tag, auto stages_tag) {
+        using D = DecodeKernel<HD, decltype(keys_tag)::value, decltype(stages_tag)::value>;
+        const int slots = D::slots();
+        size_t most = 0;
+        // Splits happen only below 4 waves; the split count grows with the entries.
+        for (int64_t n = 1; n <= std::min<int64_t>(max_items, 4 * int64_t(slots)); ++n) {
+          const int sp = D::splits(int(n), max_entries);
+          if (sp > 1) most = std::max(most, size_t(n) * sp * kDecodeM * (HD + 2) * sizeof(float));
+        }
+        return most;
+      });
+    };
+    // Every shape a launch may pick: the forced one, or both of the automatic choice.
+    if (forced_decode_tile() != DecodeTile::kAuto)
+      return bound_of(forced_decode_tile(), INT32_MAX / 2);
+    return std::max(bound_of(DecodeTile::k32x2, kShortCache), bound_of(DecodeTile::k64x2, INT32_MAX / 2));
   };
   switch (head_dim) {
     case 64: return bound(std::integral_constant<int, 64>{});
