@@ -48,7 +48,9 @@ LIMITED_BUDGETS=${LIMITED_BUDGETS:-256,512,1024}
 FULL_MODES=${FULL_MODES:-full,batchmax}
 FULL_BUDGETS=${FULL_BUDGETS:-512}
 TAG=${TAG:-}
-COMMIT=${COMMIT:-$(cat COMMIT 2>/dev/null || git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+# The binaries' commit: BIN_DIR/COMMIT where the build was staged with one (the device's
+# checkout may sit at an older HEAD than the binaries), else this checkout's HEAD.
+COMMIT=${COMMIT:-$(cat "$(dirname "$BIN")/COMMIT" 2>/dev/null || cat COMMIT 2>/dev/null || git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 mkdir -p "$OUT"
 
 # cuBLASLt is linked dynamically: find it in the toolkit or in pip's nvidia-cublas.

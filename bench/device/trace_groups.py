@@ -13,8 +13,10 @@ import sys
 
 GROUPS = [  # (name, substrings of the kernel name), first match wins
     ("products (cuBLASLt)", ["nvjet", "splitKreduce"]),
-    ("decode attention", ["flash_kernel<128, 1, 4", "flash_combine"]),
-    ("prefill attention (cuDNN, K/V gather; ours)", ["cudnn", "sdpa_gather", "stats_to_lse", "flash_kernel<128, 8"]),
+    # flash_kernel<HD, WM, ...>: WM = 1 is the decode shape (any tile), 4 and 8 prefill.
+    ("decode attention", [f"flash_kernel<{hd}, 1," for hd in (64, 96, 128)] + ["flash_combine"]),
+    ("prefill attention (cuDNN, K/V gather; ours)",
+     ["cudnn", "sdpa_gather", "stats_to_lse"] + [f"flash_kernel<{hd}, {wm}," for hd in (64, 96, 128) for wm in (4, 8)]),
     ("swiglu", ["SwigluOp"]),
     ("add+norm", ["add_rms_norm"]),
     ("rope + kv store", ["rope_kv_store"]),
