@@ -144,8 +144,9 @@ __global__ void __launch_bounds__(WM * WN * 32, kMinCtas) flash_kernel(const Fla
   const int n_tiles = e_end > e_begin ? (e_end - e_begin + KEYS - 1) / KEYS : 0;
 
   // A tile's slots come from the block table in global memory: a dependent load before
-  // each cp.async. They are fetched one tile ahead (fetch_slots(t + 2) while tile t is
-  // computed), so that latency hides behind the math instead of delaying the loads.
+  // each cp.async. They are fetched one tile ahead of the ring (fetch_slots(t + STAGES)
+  // while tile t is computed), so that latency hides behind the math instead of delaying
+  // the loads.
   constexpr int kChunks = HD / 8;  // 16-byte pieces per row
   constexpr int kPer = KEYS * kChunks / kThreads;
   static_assert(KEYS * kChunks % kThreads == 0 && KEYS <= kThreads, "tile load shape");
