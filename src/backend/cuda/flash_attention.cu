@@ -452,11 +452,12 @@ int choose_splits(int n_items, int max_entries, int slots, int keys) {
 }
 
 // The decode CTA's tile shape: KEYS entries a tile (KEYS / 16 warps of 16 keys each) in a
-// ring of STAGES tiles. Short caches (Batch-Max's budgets) take 32x2: half the shared
-// memory of 64x2, so twice the CTAs fit an SM, ~500 (sequence, KV head) items run as one
-// wave, and each CTA's fixed start (metadata, block table, first tile) is shared by more
-// resident CTAs. Long caches keep 64x2, as fast or faster there in the attention bench
-// (bench/results/decode_tile_2026-11-27/). BATCHMAX_CUDA_DECODE_TILE=KEYSxSTAGES forces
+// ring of STAGES tiles. Short caches (Batch-Max's budgets) take 32x2: its CTAs are half
+// the size of 64x2's (2 warps; ~200 registers a thread bind both shapes to 8 warps per
+// SM), so an H100 holds 4 a SM instead of 2 and ~500 (sequence, KV head) items run as one
+// wave instead of two. Long caches keep 64x2, as fast or faster there in the attention
+// bench (bench/results/decode_tile_2026-11-27/; capping the registers for more CTAs a SM
+// measured slower). BATCHMAX_CUDA_DECODE_TILE=KEYSxSTAGES forces
 // one of the compiled shapes (A/B timings); unset or "auto", the choice above.
 enum class DecodeTile { kAuto, k64x2, k32x3, k32x4, k64x3, k32x2 };
 constexpr int kShortCache = 2048;  // the most entries a decode launch runs as 32x2 (auto)
@@ -499,9 +500,11 @@ struct DecodeKernel {
     static const int n = resident_ctas(kernel, S::kSmem, S::kCtaThreads);
     return n;
   }
+  // Also sets the kernel's shared-memory attribute (slots()), which every launch needs.
   static int splits(int n_items, int max_entries) {
+    const int n_slots = slots();
     return forced_decode_splits() > 0 ? std::min(forced_decode_splits(), kMaxSplit)
-                                      : choose_splits(n_items, max_entries, slots(), KEYS);
+                                      : choose_splits(n_items, max_entries, n_slots, KEYS);
   }
 };
 
