@@ -8,12 +8,12 @@
 # usage: bench/device/decode_variants_ab.sh BIN_DIR   (batchmax, tests/batchmax_tests,
 #        batchmax_cuda_bench and lib/ in BIN_DIR); writes to $OUT.
 # env: VARIANTS (space-separated; each is comma-joined VAR=value assignments, e.g.
-#      "BATCHMAX_CUDA_DECODE_TILE=64x2,BATCHMAX_CUDA_ATTN_L2_NEXT=0"), PARTS ("tests bench
+#      "BATCHMAX_CUDA_DECODE_TILE=64x2,BATCHMAX_CUDA_DECODE_SPLITS=1"), PARTS ("tests bench
 #      decode"), REPS (1).
 set -uo pipefail
 DEFAULT_OUT=decode_variants_out
 source "$(dirname "$0")/ab_common.sh"
-VARIANTS=${VARIANTS:?VARIANTS: e.g. BATCHMAX_CUDA_DECODE_TILE=32x2,BATCHMAX_CUDA_ATTN_L2_NEXT=1}
+VARIANTS=${VARIANTS:?VARIANTS: e.g. BATCHMAX_CUDA_DECODE_TILE=32x2,BATCHMAX_CUDA_DECODE_SPLITS=2}
 label() { echo "$1" | sed -E 's/BATCHMAX_CUDA_//g; s/[^A-Za-z0-9=,]+/_/g'; }
 rc=0
 for part in ${PARTS:-tests bench decode}; do

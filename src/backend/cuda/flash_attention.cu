@@ -457,18 +457,16 @@ int choose_splits(int n_items, int max_entries, int slots, int keys) {
 // SM), so an H100 holds 4 a SM instead of 2 and ~500 (sequence, KV head) items run as one
 // wave instead of two. Long caches keep 64x2, as fast or faster there in the attention
 // bench (bench/results/decode_tile_2026-11-27/; capping the registers for more CTAs a SM
-// measured slower). BATCHMAX_CUDA_DECODE_TILE=KEYSxSTAGES forces
-// one of the compiled shapes (A/B timings); unset or "auto", the choice above.
-enum class DecodeTile { kAuto, k64x2, k32x3, k32x4, k64x3, k32x2 };
+// measured slower, as did 3- and 4-deep rings, which the template still allows).
+// BATCHMAX_CUDA_DECODE_TILE=64x2 or 32x2 forces one shape (A/B timings); unset or "auto",
+// the choice above.
+enum class DecodeTile { kAuto, k64x2, k32x2 };
 constexpr int kShortCache = 2048;  // the most entries a decode launch runs as 32x2 (auto)
 DecodeTile forced_decode_tile() {
   static const DecodeTile t = [] {
     const char* e = std::getenv("BATCHMAX_CUDA_DECODE_TILE");
     const std::string v = e ? e : "";
     if (v == "64x2") return DecodeTile::k64x2;
-    if (v == "32x3") return DecodeTile::k32x3;
-    if (v == "32x4") return DecodeTile::k32x4;
-    if (v == "64x3") return DecodeTile::k64x3;
     if (v == "32x2") return DecodeTile::k32x2;
     return DecodeTile::kAuto;
   }();
@@ -483,9 +481,6 @@ template <class F>
 auto with_decode_tile(DecodeTile t, F&& f) {
   using std::integral_constant;
   switch (t) {
-    case DecodeTile::k32x3: return f(integral_constant<int, 32>{}, integral_constant<int, 3>{});
-    case DecodeTile::k32x4: return f(integral_constant<int, 32>{}, integral_constant<int, 4>{});
-    case DecodeTile::k64x3: return f(integral_constant<int, 64>{}, integral_constant<int, 3>{});
     case DecodeTile::k32x2: return f(integral_constant<int, 32>{}, integral_constant<int, 2>{});
     default: return f(integral_constant<int, 64>{}, integral_constant<int, 2>{});
   }
