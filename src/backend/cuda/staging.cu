@@ -40,6 +40,16 @@ void Staging::grow(size_t need, cudaStream_t s) {
   pending_[0] = pending_[1] = false;
 }
 
+bool Staging::host_waits() {
+  static const bool host = [] {
+    const char* e = std::getenv("BATCHMAX_CUDA_STAGING_WAIT");
+    if (!e || !*e || std::strcmp(e, "stream") == 0) return false;
+    if (std::strcmp(e, "host") == 0) return true;
+    throw Error(std::string("BATCHMAX_CUDA_STAGING_WAIT: '") + e + "' (expected host or stream)");
+  }();
+  return host;
+}
+
 void* Staging::put(const void* src, size_t n, cudaStream_t s) {
   const size_t bytes = n;
   n = (n + 15) / 16 * 16;  // keeps every put 16-byte aligned
@@ -60,7 +70,12 @@ void* Staging::put(const void* src, size_t n, cudaStream_t s) {
   // the host wrote h before the copy was queued.
   BMX_CUDA(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, copy_));
   BMX_CUDA(cudaEventRecord(copied_, copy_));
-  BMX_CUDA(cudaStreamWaitEvent(s, copied_, 0));
+  cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+  if (host_waits()) BMX_CUDA(cudaStreamIsCapturing(s, &capturing));
+  if (host_waits() && capturing == cudaStreamCaptureStatusNone)
+    BMX_CUDA(cudaEventSynchronize(copied_));  // the bytes are on the device before any launch reads them
+  else
+    BMX_CUDA(cudaStreamWaitEvent(s, copied_, 0));
   off_ += n;
   return d;
 }

@@ -3,9 +3,18 @@
 // ring of two halves mirrored on the device. Each op makes ONE put() before its
 // launches; when the ring moves to the other half it first waits for the event recorded
 // when that half was last left, which follows every launch that read it.
-// The copies run on a stream of their own and the compute stream waits on an event for
-// each: a copy queued on the compute stream stalled it for the DMA's round trip (~5-10 us,
-// several per layer), while on the side it lands before the kernels reach it.
+// The copies run on a stream of their own: a copy queued on the compute stream stalled it
+// for the DMA's round trip (~5-10 us, several per layer), while on the side it lands
+// before the kernels reach it. Two ways to order a copy before its readers
+// (BATCHMAX_CUDA_STAGING_WAIT):
+//   stream: the compute stream waits on the copy's event. The wait is a node between two
+//           kernels, so it ends a chain of programmatic dependent launches (~1-2.5 us of
+//           idle GPU before each op that stages, three a layer in decode).
+//   host:   put() returns once the copy is done (the host spins on its event), and the
+//           stream gets no dependency. The host runs layers ahead of the GPU, so the GPU
+//           does not see the few microseconds the host waits.
+// A stream being captured into a graph always takes the event (its capture then fails,
+// as before: a graph cannot hold staged data).
 #include <cuda_runtime.h>
 
 #include <cstddef>
@@ -22,6 +31,9 @@ class Staging {
   // Copies n bytes to the device (stream-ordered); the pointer stays valid for launches
   // made before the next put().
   void* put(const void* src, size_t n, cudaStream_t s);
+
+  // True when put() waits on the host (BATCHMAX_CUDA_STAGING_WAIT=host).
+  static bool host_waits();
 
  private:
   void grow(size_t need, cudaStream_t s);
