@@ -133,19 +133,55 @@ __global__ void __launch_bounds__(kThreads) evict_kernel(
     for (int shift = 24; shift >= 0; shift -= 8) {
       hist[tid] = 0;
       __syncthreads();
-      for (int e = tid; e < n; e += kThreads) {
-        const uint32_t k = keys[e];
-        if (k != kProtected && (k & mask) == prefix) atomicAdd(&hist[(k >> shift) & 255u], 1u);
+      // Scores of a head share a few exponents, so most keys of a pass fall in a handful
+      // of bins: a warp adds each bin once (its lanes matched), not once per lane.
+      for (int base = 0; base < n; base += kThreads) {
+        const int e = base + tid;
+        const uint32_t k = e < n ? keys[e] : kProtected;
+        const bool counted = k != kProtected && (k & mask) == prefix;
+        const uint32_t bin = counted ? (k >> shift) & 255u : 256u + lane;  // lanes not counted match none
+        const unsigned peers = __match_any_sync(0xffffffffu, bin);
+        if (counted && (__ffs(peers) - 1) == lane) atomicAdd(&hist[bin], unsigned(__popc(peers)));
       }
       __syncthreads();
-      if (tid == 0) {
-        int cum = 0, d = 255;
-        for (; d > 0; --d) {
-          if (cum + int(hist[d]) >= remaining) break;
-          cum += int(hist[d]);
+      // The largest digit d >= 1 whose bins >= d hold `remaining` keys (else 0), and the
+      // count above it. Warp 0: lane L walks bins 255 - 8L down to 248 - 8L.
+      if (warp == 0) {
+        int h[8], local = 0;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          h[i] = int(hist[255 - 8 * lane - i]);
+          local += h[i];
         }
-        sh_int[0] = d;
-        sh_int[1] = remaining - cum;
+        int incl = local;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+          const int t = __shfl_up_sync(0xffffffffu, incl, o);
+          if (lane >= o) incl += t;
+        }
+        int c = incl - local, found = -1, above = 0;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          const int d = 255 - 8 * lane - i;
+          if (found < 0 && d >= 1 && c + h[i] >= remaining) {
+            found = d;
+            above = c;
+          }
+          c += h[i];
+        }
+        const unsigned hit = __ballot_sync(0xffffffffu, found >= 0);
+        int d = 0, cum;
+        if (hit) {
+          const int src = __ffs(hit) - 1;
+          d = __shfl_sync(0xffffffffu, found, src);
+          cum = __shfl_sync(0xffffffffu, above, src);
+        } else {
+          cum = __shfl_sync(0xffffffffu, incl - h[7], 31);  // every bin but 0
+        }
+        if (lane == 0) {
+          sh_int[0] = d;
+          sh_int[1] = remaining - cum;
+        }
       }
       __syncthreads();
       prefix |= uint32_t(sh_int[0]) << shift;
