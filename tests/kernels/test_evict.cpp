@@ -437,5 +437,50 @@ TEST_F(CudaEvict, AttentionScoresToMatchesHostScores) {
   gpu->free_kv_pool(pool);
 }
 
+TEST_F(CudaEvict, AttentionScoresToAfterDecodeAttentionWritesWholeRows) {
+  // Decode rows right after their attention: the sums are memoised and each (sequence, KV
+  // head) is one work item, so the kernel stores whole rows into an unzeroed tensor
+  // (fill_rows). Poisoned out: a column it skipped stays NaN. Against the CPU backend.
+  const int nkv = 2, group = 4, n_heads = nkv * group;
+  KVPoolView pg = gpu->alloc_kv_pool(GgmlType::BF16, 64, kBlockTokens, kHeadDim);
+  KVPoolView pc = cpu->alloc_kv_pool(GgmlType::F32, 64, kBlockTokens, kHeadDim);
+  // Entries past one scores split (128) and a row whose split 1 is empty; stride > entries.
+  std::vector<int32_t> blocks[2][2] = {{{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}, {12, 13}},
+                                       {{14, 15, 16}, {17, 18, 19, 20, 21, 22, 23, 24, 25}}};
+  const int32_t entries[2][2] = {{181, 30}, {40, 137}};
+  std::vector<int32_t> slots, pos;
+  int64_t rows = 0;
+  for (int s = 0; s < 2; ++s)
+    for (int h = 0; h < nkv; ++h)
+      for (int e = 0; e < entries[s][h]; ++e, ++rows) {
+        slots.push_back(blocks[s][h][e / kBlockTokens] * kBlockTokens + e % kBlockTokens);
+        pos.push_back(e);
+      }
+  Pair k = make(rows, kHeadDim, randv(size_t(rows * kHeadDim)));
+  Pair v = make(rows, kHeadDim, randv(size_t(rows * kHeadDim)));
+  gpu->kv_store(k.g, v.g, 1, slots, pos, pg);
+  cpu->kv_store(k.c, v.c, 1, slots, pos, pc);
+  const int n_q = 1;  // one decode row a sequence
+  Pair q = make(2 * n_q, int64_t(n_heads) * kHeadDim, randv(size_t(2 * n_q * n_heads * kHeadDim)));
+  std::vector<int32_t> qpos = {500};
+  const std::vector<AttentionSeq> seqs = two_sequences(blocks, entries, n_q, qpos);
+  AttentionParams ap{n_heads, nkv, kHeadDim, 1.0f / std::sqrt(float(kHeadDim))};
+  Pair o = make_out(2 * n_q, int64_t(n_heads) * kHeadDim);
+  gpu->attention(q.g, seqs, ap, pg, o.g);
+  const int64_t stride = 200;
+  Tensor out = gpu->alloc(GgmlType::F32, 2 * nkv, stride);
+  gpu_owned.push_back(out);
+  poison(out);
+  gpu->attention_scores_to(q.g, seqs, ap, pg, out);
+  std::vector<std::vector<float>> host(2, std::vector<float>(size_t(nkv * stride), 0.0f));
+  std::vector<float*> ptr = {host[0].data(), host[1].data()};
+  cpu->attention_scores(q.c, seqs, ap, pc, ptr, stride);
+  std::vector<float> want(host[0]);
+  want.insert(want.end(), host[1].begin(), host[1].end());
+  expect_close("attention_scores_to after attention", down_gpu(out), want, kScoresBound);
+  gpu->free_kv_pool(pg);
+  cpu->free_kv_pool(pc);
+}
+
 }  // namespace
 }  // namespace batchmax::cudatest

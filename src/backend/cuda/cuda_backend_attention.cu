@@ -149,13 +149,17 @@ void CudaBackend::attention_scores_to(const Tensor& q, std::span<const Attention
       if (e > out.cols) throw Error("cuda attention_scores_to: out has fewer columns than entries");
   if (rows == 0) return;
   BMX_OP_TIME("attention_scores_to");
-  BMX_CUDA(cudaMemsetAsync(out.data, 0, size_t(rows) * out.row_stride, stream_));
   const int tile = cuda::attention_scores_tile(q.type, pool.type, p.head_dim);
   cuda::AttentionLaunch a = pack_attention(q, seqs, p, pool, tile, tile, INT64_MAX);
+  use_lse(q, seqs, p, a);
+  // Decode rows (one work item per sequence and KV head, sums memoised): the kernel
+  // writes whole rows, so no memset sits between the attention and it (a memset ends
+  // the chain of programmatic launches, and was ~3 us of a layer with its gaps).
+  a.fill_rows = a.n_small > 0 && cuda::attention_scores_fill_rows(q, a, p, pool);
+  if (!a.fill_rows) BMX_CUDA(cudaMemsetAsync(out.data, 0, size_t(rows) * out.row_stride, stream_));
   if (a.n_small == 0) return;
   a.scratch = [this](size_t n) { return scores_part_.get(n); };
   a.meta = put_attention_work();
-  use_lse(q, seqs, p, a);
   cuda::launch_attention_scores(q, a, p, pool, out.f32(), out.cols, stream_);
 }
 

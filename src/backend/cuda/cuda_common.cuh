@@ -186,6 +186,9 @@ struct AttentionLaunch {
   // launch_attention_scores: when set, reads them and skips its first pass.
   float* lse = nullptr;
   int64_t lse_stride = 0;
+  // launch_attention_scores: out was not zeroed, the kernel writes every element of each
+  // (sequence, KV head) row; only where attention_scores_fill_rows() allows it.
+  bool fill_rows = false;
 };
 // Query vectors per CTA: `small` for (sequence, KV head) pairs with at most that many
 // vectors (decode rows), `big` otherwise. They depend on the path the types select.
@@ -209,6 +212,12 @@ int flash_scores_tile();
 void launch_flash_scores(const Tensor& q, const AttentionLaunch& a, const AttentionParams& p,
                          const KVPoolView& pool, float* d_out, int64_t stride, cudaStream_t s);
 size_t attention_scores_scratch_bytes();  // what one launch's partial sums may take
+// True when launch_attention_scores can take `a` with fill_rows (no zeroed out needed):
+// the tensor-core kernel, sums from the attention pass, and one work item per (sequence,
+// KV head), so one CTA holds a key range's whole mass. Decode rows are such calls.
+bool attention_scores_fill_rows(const Tensor& q, const AttentionLaunch& a, const AttentionParams& p,
+                                const KVPoolView& pool);
+bool flash_scores_fill_rows(const AttentionLaunch& a, const AttentionParams& p);
 void launch_attention_scores(const Tensor& q, const AttentionLaunch& a, const AttentionParams& p,
                              const KVPoolView& pool, float* d_out, int64_t stride,
                              cudaStream_t s);

@@ -52,10 +52,12 @@ struct ScoresArgs {
   int64_t out_stride;
   const float* lse;  // optional: each vector's log2-sum-exp from the attention pass
   int64_t lse_stride;
+  int fill;  // 1: out is not zeroed; each CTA stores its keys' mass (scores_fill_rows())
 };
 
 template <int HD, bool kPass2>
 __global__ void __launch_bounds__(kThreads) flash_scores_kernel(const ScoresArgs a) {
+  pdl_begin();
   constexpr int kStride = HD + kPad;
   __shared__ __align__(16) bf16 Ks[kKeys * kStride];
   __shared__ int kpos_s[kKeys];
@@ -71,6 +73,9 @@ __global__ void __launch_bounds__(kThreads) flash_scores_kernel(const ScoresArgs
   const int e_begin = int(blockIdx.y) * a.split_keys;
   const int e_end = min(entries, e_begin + a.split_keys);
   float2* part = a.part + int64_t(blockIdx.x) * a.n_splits * kRows;
+  if (kPass2 && a.fill && blockIdx.y == 0)  // the row past the entries (no split covers it)
+    for (int64_t c = entries + tid; c < a.out_stride; c += kThreads)
+      a.out[(int64_t(seq) * a.n_kv_heads + kvh) * a.out_stride + c] = 0.f;
   // This thread's two rows of its warp's 16 (mma accumulator layout).
   const int ra = 16 * warp + (lane >> 2), rb = ra + 8;
   const int va = v0 + ra, vb = v0 + rb;
@@ -187,7 +192,11 @@ __global__ void __launch_bounds__(kThreads) flash_scores_kernel(const ScoresArgs
       __syncthreads();
       if (tid < kKeys) {
         const float p = colsum[tid];
-        if (p != 0.f) atomicAdd(out + e0 + tid, p);  // e0 + tid < e_end: others stay 0
+        if (a.fill) {  // this CTA holds every vector of the row: the key's whole mass
+          if (e0 + tid < e_end) out[e0 + tid] = p;
+        } else if (p != 0.f) {
+          atomicAdd(out + e0 + tid, p);  // e0 + tid < e_end: others stay 0
+        }
         colsum[tid] = 0.f;
       }
     }
@@ -217,14 +226,18 @@ void launch_hd(ScoresArgs a, int n_items, size_t part_cap, float2* part, cudaStr
       flash_scores_kernel<HD, false><<<grid, kThreads, 0, s>>>(a);
       BMX_LAUNCHED();
     }
-    flash_scores_kernel<HD, true><<<grid, kThreads, 0, s>>>(a);
-    BMX_LAUNCHED();
+    launch_pdl(flash_scores_kernel<HD, true>, grid, dim3(kThreads), 0, s, a);
   }
 }
 
 }  // namespace
 
 int flash_scores_tile() { return kRows; }
+
+bool flash_scores_fill_rows(const AttentionLaunch& L, const AttentionParams& p) {
+  // One item per (sequence, KV head): every sequence has queries, at most kRows vectors.
+  return L.lse && L.n_big == 0 && L.n_small > 0 && int64_t(L.n_small) == int64_t(L.n_seqs) * p.n_kv_heads;
+}
 
 void launch_flash_scores(const Tensor& q, const AttentionLaunch& L, const AttentionParams& p,
                          const KVPoolView& pool, float* d_out, int64_t stride, cudaStream_t s) {
@@ -252,6 +265,9 @@ void launch_flash_scores(const Tensor& q, const AttentionLaunch& L, const Attent
   a.out_stride = stride;
   a.lse = L.lse;
   a.lse_stride = L.lse_stride;
+  a.fill = L.fill_rows ? 1 : 0;
+  if (L.fill_rows && !flash_scores_fill_rows(L, p))
+    throw Error("cuda attention_scores: rows to fill, but not one work item per (sequence, KV head) with sums");
   // The partials go through the fixed scratch reserved at start (inside the budget).
   const size_t per_item = size_t(n_splits) * kRows * sizeof(float2);
   const size_t cap = std::max(attention_scores_scratch_bytes(), per_item);

@@ -166,6 +166,11 @@ int attention_scores_tile(GgmlType q, GgmlType pool, int head_dim) {
 }
 size_t attention_scores_scratch_bytes() { return size_t(8) << 20; }
 
+bool attention_scores_fill_rows(const Tensor& q, const AttentionLaunch& a, const AttentionParams& p,
+                                const KVPoolView& pool) {
+  return flash_attention_supported(q.type, pool.type, p.head_dim) && flash_scores_fill_rows(a, p);
+}
+
 void launch_attention_scores(const Tensor& q, const AttentionLaunch& a, const AttentionParams& p,
                              const KVPoolView& pool, float* d_out, int64_t stride,
                              cudaStream_t s) {
@@ -173,6 +178,7 @@ void launch_attention_scores(const Tensor& q, const AttentionLaunch& a, const At
     return launch_flash_scores(q, a, p, pool, d_out, stride, s);
   if (a.n_small == 0) return;
   if (a.n_big != 0) throw Error("cuda attention_scores: one list of work items expected");
+  if (a.fill_rows) throw Error("cuda attention_scores: the SIMT kernel adds to zeroed rows");
   const int n_splits = std::max(1, (a.max_small_entries + kKS - 1) / kKS);
   if (n_splits > 65535) throw Error("cuda attention_scores: too many entries");
   const float log2e = 1.4426950408889634f;
