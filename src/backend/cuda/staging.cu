@@ -14,12 +14,14 @@ Staging::Staging(size_t half_bytes) : half_(half_bytes) {
   for (auto& e : left_) BMX_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
   BMX_CUDA(cudaStreamCreateWithFlags(&copy_, cudaStreamNonBlocking));
   BMX_CUDA(cudaEventCreateWithFlags(&copied_, cudaEventDisableTiming));
+  BMX_CUDA(cudaEventCreateWithFlags(&queued_, cudaEventDisableTiming));
 }
 
 Staging::~Staging() {
   cudaStreamSynchronize(copy_);
   for (auto& e : left_) cudaEventDestroy(e);
   cudaEventDestroy(copied_);
+  cudaEventDestroy(queued_);
   cudaStreamDestroy(copy_);
   cudaFree(dev_);
   cudaFreeHost(host_);
@@ -40,14 +42,15 @@ void Staging::grow(size_t need, cudaStream_t s) {
   pending_[0] = pending_[1] = false;
 }
 
-bool Staging::host_waits() {
-  static const bool host = [] {
+Staging::Wait Staging::wait_mode() {
+  static const Wait w = [] {
     const char* e = std::getenv("BATCHMAX_CUDA_STAGING_WAIT");
-    if (!e || !*e || std::strcmp(e, "stream") == 0) return false;
-    if (std::strcmp(e, "host") == 0) return true;
-    throw Error(std::string("BATCHMAX_CUDA_STAGING_WAIT: '") + e + "' (expected host or stream)");
+    if (!e || !*e || std::strcmp(e, "auto") == 0) return Wait::Auto;
+    if (std::strcmp(e, "stream") == 0) return Wait::Stream;
+    if (std::strcmp(e, "host") == 0) return Wait::Host;
+    throw Error(std::string("BATCHMAX_CUDA_STAGING_WAIT: '") + e + "' (expected auto, host or stream)");
   }();
-  return host;
+  return w;
 }
 
 void* Staging::put(const void* src, size_t n, cudaStream_t s) {
@@ -70,9 +73,25 @@ void* Staging::put(const void* src, size_t n, cudaStream_t s) {
   // the host wrote h before the copy was queued.
   BMX_CUDA(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, copy_));
   BMX_CUDA(cudaEventRecord(copied_, copy_));
-  cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
-  if (host_waits()) BMX_CUDA(cudaStreamIsCapturing(s, &capturing));
-  if (host_waits() && capturing == cudaStreamCaptureStatusNone)
+  const Wait mode = wait_mode();
+  bool on_host = false;
+  if (mode != Wait::Stream) {
+    cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+    BMX_CUDA(cudaStreamIsCapturing(s, &capturing));
+    if (capturing == cudaStreamCaptureStatusNone) {
+      on_host = mode == Wait::Host;
+      if (mode == Wait::Auto) {
+        // Not ready: the GPU still runs work queued before the previous put.
+        const cudaError_t q = queued_set_ ? cudaEventQuery(queued_) : cudaSuccess;
+        if (q != cudaSuccess && q != cudaErrorNotReady) BMX_CUDA(q);
+        on_host = q == cudaErrorNotReady;
+        if (on_host && cudaPeekAtLastError() == cudaErrorNotReady) cudaGetLastError();  // not an error
+        BMX_CUDA(cudaEventRecord(queued_, s));
+        queued_set_ = true;
+      }
+    }
+  }
+  if (on_host)
     BMX_CUDA(cudaEventSynchronize(copied_));  // the bytes are on the device before any launch reads them
   else
     BMX_CUDA(cudaStreamWaitEvent(s, copied_, 0));

@@ -5,14 +5,17 @@
 // when that half was last left, which follows every launch that read it.
 // The copies run on a stream of their own: a copy queued on the compute stream stalled it
 // for the DMA's round trip (~5-10 us, several per layer), while on the side it lands
-// before the kernels reach it. Two ways to order a copy before its readers
+// before the kernels reach it. How a copy is ordered before its readers
 // (BATCHMAX_CUDA_STAGING_WAIT):
 //   stream: the compute stream waits on the copy's event. The wait is a node between two
 //           kernels, so it ends a chain of programmatic dependent launches (~1-2.5 us of
 //           idle GPU before each op that stages, three a layer in decode).
-//   host:   put() returns once the copy is done (the host spins on its event), and the
-//           stream gets no dependency. The host runs layers ahead of the GPU, so the GPU
-//           does not see the few microseconds the host waits.
+//   host:   put() returns once the copy is done (the host waits on its event), and the
+//           stream gets no dependency. That costs the host the DMA's round trip
+//           (~5-10 us) each put: free while it runs ahead of the GPU, a bubble when the
+//           GPU waits for it (small models).
+//   auto (default): host when the GPU is still running what was queued before the
+//           previous put (the host is at least an op ahead), stream otherwise.
 // A stream being captured into a graph always takes the event (its capture then fails,
 // as before: a graph cannot hold staged data).
 #include <cuda_runtime.h>
@@ -32,8 +35,8 @@ class Staging {
   // made before the next put().
   void* put(const void* src, size_t n, cudaStream_t s);
 
-  // True when put() waits on the host (BATCHMAX_CUDA_STAGING_WAIT=host).
-  static bool host_waits();
+  enum class Wait { Stream, Host, Auto };
+  static Wait wait_mode();  // BATCHMAX_CUDA_STAGING_WAIT
 
  private:
   void grow(size_t need, cudaStream_t s);
@@ -45,6 +48,8 @@ class Staging {
   cudaEvent_t left_[2]{};
   cudaStream_t copy_ = nullptr;
   cudaEvent_t copied_ = nullptr;
+  cudaEvent_t queued_ = nullptr;  // auto: the compute stream's tail at the last put
+  bool queued_set_ = false;
   bool pending_[2] = {false, false};
 };
 
