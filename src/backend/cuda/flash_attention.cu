@@ -71,6 +71,7 @@ struct FlashArgs {
   float* part_ml;  // [item][split][kDecodeM][2]: max (log2 units), sum
   float* lse;      // optional: log2-sum-exp per (q row, head), see AttentionLaunch
   int64_t lse_stride;
+  int queries_newest;  // AttentionParams::queries_newest: entries before the last n_q are older
 };
 
 // KEYS entries per shared-memory tile, STAGES tiles in the cp.async ring.
@@ -90,7 +91,9 @@ struct Shape {
 // kMinCtas: CTAs per SM the register allocation must allow (1: unbounded).
 template <int HD, int WM, int WN, int kMinCtas, int KEYS = kKeys, int STAGES = 2>
 __global__ void __launch_bounds__(WM * WN * 32, kMinCtas) flash_kernel(const FlashArgs a) {
-  pdl_begin();
+  // Decode CTAs read their metadata and start their first tile before waiting for the
+  // kernel before them (below); prefill CTAs wait first.
+  if constexpr (WN == 1) pdl_begin();
   using S = Shape<HD, WM, WN, KEYS, STAGES>;
   constexpr int kThreads = S::kCtaThreads;
   constexpr int kN = S::kN, kStride = S::kStride;
@@ -113,8 +116,6 @@ __global__ void __launch_bounds__(WM * WN * 32, kMinCtas) flash_kernel(const Fla
   const int va = v0 + 16 * wm + (lane >> 2), vb = va + 8;
   const int qpa = va < n_vec ? qpos[va / a.group] : INT_MIN;
   const int qpb = vb < n_vec ? qpos[vb / a.group] : INT_MIN;
-  uint32_t qf[HD / 16][4];  // A fragments of the warp's 16 x HD queries
-  load_q_fragments<HD>(qf, a.q, a.q_stride, wi, a.group, va, vb, lane);
 
   // This CTA's entries: a split's share (decode), cut at the last one any row sees.
   int e_begin = 0, e_end = entries;
@@ -194,8 +195,29 @@ __global__ void __launch_bounds__(WM * WN * 32, kMinCtas) flash_kernel(const Fla
   // The ring: tiles 0 .. STAGES-2 in flight before the loop, one more each iteration;
   // commit group i holds tile i, so waiting for all but STAGES-1 groups lands tile t.
   fetch_slots(0);
+  int pre = 0;  // ring tiles loaded before waiting for the kernel before
+  if constexpr (WN > 1) {
+    // That kernel (the rope and KV store) writes this step's keys and the queries, nothing
+    // else these CTAs read. The metadata was staged before the launch, and where the
+    // caller vouches that the step's keys are each table's last n_q entries, the tiles
+    // wholly before them are old: their loads start now, under that kernel's tail,
+    // instead of after it (a chain of dependent loads, ~3 us a CTA).
+    const int old_end = a.queries_newest ? entries - n_vec / a.group : e_begin;
+#pragma unroll
+    for (int i = 0; i < STAGES - 1; ++i) {
+      if (pre != i || i >= n_tiles || e_begin + (i + 1) * KEYS > old_end) break;
+      load_tile(i);
+      fetch_slots(i + 1);
+      cp_async_commit();
+      ++pre;
+    }
+    pdl_begin();
+  }
+  uint32_t qf[HD / 16][4];  // A fragments of the warp's 16 x HD queries
+  load_q_fragments<HD>(qf, a.q, a.q_stride, wi, a.group, va, vb, lane);
 #pragma unroll
   for (int i = 0; i < STAGES - 1; ++i) {
+    if (i < pre) continue;
     if (i < n_tiles) {
       load_tile(i);
       fetch_slots(i + 1);
@@ -599,6 +621,7 @@ void launch_flash_attention(const Tensor& q, const AttentionLaunch& L, const Att
   a.n_seqs = L.n_seqs;
   a.group = p.n_heads / p.n_kv_heads;
   a.scale_log2 = p.scale * 1.4426950408889634f;
+  a.queries_newest = p.queries_newest ? 1 : 0;
   a.pk = static_cast<const bf16*>(pool.k);
   a.pv = static_cast<const bf16*>(pool.v);
   a.ppos = pool.pos;
