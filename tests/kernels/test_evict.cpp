@@ -63,6 +63,18 @@ std::vector<AttentionSeq> two_sequences(const std::vector<int32_t> (&blocks)[2][
   return seqs;
 }
 
+// Every entry of two_sequences()'s heads in order (sequence, head, entry): its pool slot,
+// and its index as the position.
+void two_sequences_slots(const std::vector<int32_t> (&blocks)[2][2], const int32_t (&entries)[2][2],
+                         std::vector<int32_t>& slots, std::vector<int32_t>& pos) {
+  for (int s = 0; s < 2; ++s)
+    for (int h = 0; h < 2; ++h)
+      for (int e = 0; e < entries[s][h]; ++e) {
+        slots.push_back(blocks[s][h][e / kBlockTokens] * kBlockTokens + e % kBlockTokens);
+        pos.push_back(e);
+      }
+}
+
 // Raw slot rows of a pool (K or V), as bytes.
 std::vector<uint8_t> pool_bytes(Backend& b, const KVPoolView& pool, void* base) {
   const size_t eb = pool.type == GgmlType::F32 ? 4 : 2;
@@ -264,12 +276,7 @@ void check_accumulate(Backend& b, std::mt19937& rng, double bound) {
   std::vector<int32_t> blocks[2][2] = {{{7, 1, 2}, {3, 4}}, {{5, 6, 0, 8}, {9}}};
   const int32_t entries[2][2] = {{40, 20}, {60, 9}};
   std::vector<int32_t> slots, pos;
-  for (int s = 0; s < 2; ++s)
-    for (int h = 0; h < nkv; ++h)
-      for (int e = 0; e < entries[s][h]; ++e) {
-        slots.push_back(blocks[s][h][e / kBlockTokens] * kBlockTokens + e % kBlockTokens);
-        pos.push_back(e);
-      }
+  two_sequences_slots(blocks, entries, slots, pos);
   Tensor k = make(int64_t(slots.size()), kHeadDim), v = make(int64_t(slots.size()), kHeadDim);
   b.kv_store(k, v, 1, slots, pos, pool);
   // A slot outside every table keeps what it holds.
@@ -408,13 +415,8 @@ TEST_F(CudaEvict, AttentionScoresToMatchesHostScores) {
   std::vector<int32_t> blocks[2][2] = {{{0, 1, 2}, {3, 4}}, {{5, 6, 7, 8}, {9}}};
   const int32_t entries[2][2] = {{40, 20}, {60, 9}};
   std::vector<int32_t> slots, pos;
-  int64_t rows = 0;
-  for (int s = 0; s < 2; ++s)
-    for (int h = 0; h < nkv; ++h)
-      for (int e = 0; e < entries[s][h]; ++e, ++rows) {
-        slots.push_back(blocks[s][h][e / kBlockTokens] * kBlockTokens + e % kBlockTokens);
-        pos.push_back(e);
-      }
+  two_sequences_slots(blocks, entries, slots, pos);
+  const int64_t rows = int64_t(slots.size());
   Pair k = make(rows, kHeadDim, randv(size_t(rows * kHeadDim)));
   Pair v = make(rows, kHeadDim, randv(size_t(rows * kHeadDim)));
   gpu->kv_store(k.g, v.g, 1, slots, pos, pool);
@@ -449,13 +451,8 @@ TEST_F(CudaEvict, AttentionScoresToAfterDecodeAttentionWritesWholeRows) {
                                        {{14, 15, 16}, {17, 18, 19, 20, 21, 22, 23, 24, 25}}};
   const int32_t entries[2][2] = {{181, 30}, {40, 137}};
   std::vector<int32_t> slots, pos;
-  int64_t rows = 0;
-  for (int s = 0; s < 2; ++s)
-    for (int h = 0; h < nkv; ++h)
-      for (int e = 0; e < entries[s][h]; ++e, ++rows) {
-        slots.push_back(blocks[s][h][e / kBlockTokens] * kBlockTokens + e % kBlockTokens);
-        pos.push_back(e);
-      }
+  two_sequences_slots(blocks, entries, slots, pos);
+  const int64_t rows = int64_t(slots.size());
   Pair k = make(rows, kHeadDim, randv(size_t(rows * kHeadDim)));
   Pair v = make(rows, kHeadDim, randv(size_t(rows * kHeadDim)));
   gpu->kv_store(k.g, v.g, 1, slots, pos, pg);
