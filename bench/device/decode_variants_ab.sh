@@ -3,13 +3,14 @@
 # assignments, in one call. Each variant
 #   tests:  against the CPU reference (CudaAttention.*, DummyWeights*: tests/batchmax_tests),
 #   bench:  alone in the attention bench (batchmax_cuda_bench, attention cases only),
-#   decode: end to end on a decode-bound run (24 GiB, 64 x 512 in / 512 out, batchmax 512),
-#           REPS times, the variants alternating.
+#   decode: end to end on a decode-bound run (24 GiB, 64 x 512 in / DECODE_OUT out, batchmax
+#           512), REPS times, the variants alternating. At the default 512 out a run has
+#           ~5 s of decode and moves by ~1 point run to run; 2048 runs four times as long.
 # usage: bench/device/decode_variants_ab.sh BIN_DIR   (batchmax, tests/batchmax_tests,
 #        batchmax_cuda_bench and lib/ in BIN_DIR); writes to $OUT.
 # env: VARIANTS (space-separated; each is comma-joined VAR=value assignments, e.g.
 #      "BATCHMAX_CUDA_DECODE_TILE=64x2,BATCHMAX_CUDA_DECODE_SPLITS=1"), PARTS ("tests bench
-#      decode"), REPS (1).
+#      decode"), REPS (1), DECODE_OUT (512).
 set -uo pipefail
 DEFAULT_OUT=decode_variants_out
 source "$(dirname "$0")/ab_common.sh"
@@ -35,7 +36,7 @@ for part in ${PARTS:-tests bench decode}; do
           echo "== $tag"; grep -E "^device|attention decode" "$OUT/attention_$tag.txt" ;;
         decode)
           env "${assign[@]}" "$DIR/batchmax" bench --backend cuda --dummy-weights llama3-8b \
-            --warmup 2 --commit "$COMMIT" -n 64 --input-len 512 --output-len 512 --mem-budget 24GiB \
+            --warmup 2 --commit "$COMMIT" -n 64 --input-len 512 --output-len "${DECODE_OUT:-512}" --mem-budget 24GiB \
             --modes batchmax --kv-budgets 512 --chunk 512 --out "$OUT/decode_${tag}_r$rep.json" \
             > "$OUT/decode_${tag}_r$rep.log" 2>&1 || rc=1
           summary "$OUT/decode_${tag}_r$rep.json" "$tag r$rep" ;;
