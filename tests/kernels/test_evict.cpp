@@ -324,7 +324,21 @@ TEST(Evict, CpuBackendMatchesHostSelection) {
   check_evict(*cpu, GgmlType::F32, rng);
 }
 
-using CudaEvict = CudaFixture;
+class CudaEvict : public CudaFixture {
+ protected:
+  // Random K/V for every entry of two_sequences()'s heads, stored into the GPU pool (and
+  // the same values into the CPU pool when given).
+  void store_two_sequences(const std::vector<int32_t> (&blocks)[2][2], const int32_t (&entries)[2][2],
+                           KVPoolView& pg, KVPoolView* pc = nullptr) {
+    std::vector<int32_t> slots, pos;
+    two_sequences_slots(blocks, entries, slots, pos);
+    const int64_t rows = int64_t(slots.size());
+    Pair k = make(rows, kHeadDim, randv(size_t(rows * kHeadDim)));
+    Pair v = make(rows, kHeadDim, randv(size_t(rows * kHeadDim)));
+    gpu->kv_store(k.g, v.g, 1, slots, pos, pg);
+    if (pc) cpu->kv_store(k.c, v.c, 1, slots, pos, *pc);
+  }
+};
 
 TEST_F(CudaEvict, MatchesHostSelectionBf16AndF32Pools) {
   check_evict(*gpu, GgmlType::BF16, rng);
@@ -414,12 +428,7 @@ TEST_F(CudaEvict, AttentionScoresToMatchesHostScores) {
   KVPoolView pool = gpu->alloc_kv_pool(GgmlType::BF16, 64, kBlockTokens, kHeadDim);
   std::vector<int32_t> blocks[2][2] = {{{0, 1, 2}, {3, 4}}, {{5, 6, 7, 8}, {9}}};
   const int32_t entries[2][2] = {{40, 20}, {60, 9}};
-  std::vector<int32_t> slots, pos;
-  two_sequences_slots(blocks, entries, slots, pos);
-  const int64_t rows = int64_t(slots.size());
-  Pair k = make(rows, kHeadDim, randv(size_t(rows * kHeadDim)));
-  Pair v = make(rows, kHeadDim, randv(size_t(rows * kHeadDim)));
-  gpu->kv_store(k.g, v.g, 1, slots, pos, pool);
+  store_two_sequences(blocks, entries, pool);
   const int n_q = 3;
   Pair q = make(2 * n_q, int64_t(n_heads) * kHeadDim, randv(size_t(2 * n_q * n_heads * kHeadDim)));
   std::vector<int32_t> qpos = {100, 101, 102};
@@ -450,13 +459,7 @@ TEST_F(CudaEvict, AttentionScoresToAfterDecodeAttentionWritesWholeRows) {
   std::vector<int32_t> blocks[2][2] = {{{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}, {12, 13}},
                                        {{14, 15, 16}, {17, 18, 19, 20, 21, 22, 23, 24, 25}}};
   const int32_t entries[2][2] = {{181, 30}, {40, 137}};
-  std::vector<int32_t> slots, pos;
-  two_sequences_slots(blocks, entries, slots, pos);
-  const int64_t rows = int64_t(slots.size());
-  Pair k = make(rows, kHeadDim, randv(size_t(rows * kHeadDim)));
-  Pair v = make(rows, kHeadDim, randv(size_t(rows * kHeadDim)));
-  gpu->kv_store(k.g, v.g, 1, slots, pos, pg);
-  cpu->kv_store(k.c, v.c, 1, slots, pos, pc);
+  store_two_sequences(blocks, entries, pg, &pc);
   const int n_q = 1;  // one decode row a sequence
   Pair q = make(2 * n_q, int64_t(n_heads) * kHeadDim, randv(size_t(2 * n_q * n_heads * kHeadDim)));
   std::vector<int32_t> qpos = {500};
