@@ -31,20 +31,22 @@ __global__ void rope_kv_store_kernel(View<T> q, View<T> k, View<const T> v, int 
     const int h = int((i % per_row) / chunks), c = int(i % chunks);
     if (h >= nq + nkv) {  // V: copy 2 * kPairs dims
       const int hv = h - nq - nkv;
+      // The slot and the values are loaded together (the values of a padding row are
+      // still inside v): one memory round trip before the store, not two.
       const int64_t slot = slots[r * nkv + hv];
-      if (slot < 0) continue;  // padding row/head, as kv_store
       const T* src = v.row(r) + int64_t(hv) * head_dim + c * 2 * kPairs;
-      T* dst = pv + slot * head_dim + c * 2 * kPairs;
-      float a[8];
+      float a[2 * kPairs / 8][8];
 #pragma unroll
-      for (int j = 0; j < 2 * kPairs; j += 8) {
-        load8(src + j, a);
-        store8(dst + j, a);
-      }
+      for (int j = 0; j < 2 * kPairs / 8; ++j) load8(src + 8 * j, a[j]);
+      if (slot < 0) continue;  // padding row/head, as kv_store
+      T* dst = pv + slot * head_dim + c * 2 * kPairs;
+#pragma unroll
+      for (int j = 0; j < 2 * kPairs / 8; ++j) store8(dst + 8 * j, a[j]);
       continue;
     }
     const bool is_k = h >= nq;
     const int hh = is_k ? h - nq : h;
+    const int64_t slot = is_k ? slots[r * nkv + hh] : -1;  // loaded with the head, as above
     T* x = (is_k ? k.row(r) : q.row(r)) + int64_t(hh) * head_dim;
     const int k0 = c * kPairs;
     const float2* t = cs + r * half + k0;
@@ -77,9 +79,7 @@ __global__ void rope_kv_store_kernel(View<T> q, View<T> k, View<const T> v, int 
       }
       store8(x + oa, a);
     }
-    if (!is_k) continue;
-    const int64_t slot = slots[r * nkv + hh];
-    if (slot < 0) continue;
+    if (slot < 0) continue;  // a query head, or a padding row/head
     // The pool gets what the workspace now holds (rounded to T), as kv_store would copy.
     store8(pk + slot * head_dim + oa, a);
     if constexpr (kNeox) store8(pk + slot * head_dim + ob, b);
