@@ -13,7 +13,8 @@
 //   launched with programmatic dependent launch (PDL) starts while its predecessor runs
 //   and waits inside (griddepcontrol.wait), so its total counts that wait; the exclusive
 //   time does not (on one stream the exclusive times add up to the busy time);
-// - the GPU's busy time (the union of all records) and idle time in the window;
+// - the GPU's busy time (the union of all records) and idle time in the window, and the
+//   idle intervals counted by length;
 // - with BMX_TRACE_DUMP=n, the n records after the window's middle in start order, with
 //   the gap before each: what one step looks like, kernel by kernel.
 #include <cupti.h>
@@ -23,6 +24,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <string>
@@ -138,6 +140,11 @@ void summarise() {
   std::map<uint32_t, Sum> per;
   std::unordered_map<uint32_t, uint64_t> stream_end;  // the last end on each stream so far
   uint64_t busy = 0, cover_end = w0, last_end = w0, first = 0, n_in = 0;
+  // The window's idle intervals by length: short ones are launch and graph boundaries,
+  // long ones the GPU waiting for the host.
+  constexpr double kIdleEdgesUs[] = {1, 3, 10, 30, 100, 1000};
+  constexpr int kIdleBins = int(std::size(kIdleEdgesUs)) + 1;
+  uint64_t idle_n[kIdleBins] = {}, idle_ns[kIdleBins] = {};
   for (const Record& r : rs) {
     uint64_t& se = stream_end[r.stream];
     const uint64_t own_start = std::max(r.start, se);
@@ -148,6 +155,13 @@ void summarise() {
     ++s.n;
     s.ns += double(r.end - r.start);
     s.excl_ns += r.end > own_start ? double(r.end - own_start) : 0.0;
+    if (n_in > 1 && r.start > cover_end) {
+      const uint64_t gap = r.start - cover_end;
+      int bin = 0;
+      while (bin < kIdleBins - 1 && double(gap) * 1e-3 >= kIdleEdgesUs[bin]) ++bin;
+      ++idle_n[bin];
+      idle_ns[bin] += gap;
+    }
     // Union of the intervals, in start order: the GPU is busy where any record runs.
     const uint64_t b = std::max(r.start, cover_end), e = std::min(r.end, w1);
     if (e > b) busy += e - b;
@@ -167,6 +181,14 @@ void summarise() {
                span * 1e-9, double(first - rs.front().start) * 1e-9,
                static_cast<unsigned long long>(n_in), 100.0 * double(busy) / span,
                (span - double(busy)) * 1e-9);
+  std::fprintf(out, "idle intervals by length:");
+  for (int i = 0; i < kIdleBins; ++i) {
+    const double lo = i ? kIdleEdgesUs[i - 1] : 0;
+    std::fprintf(out, "  [%g, %s us) %llu = %.3f ms", lo,
+                 i < kIdleBins - 1 ? std::to_string(int(kIdleEdgesUs[i])).c_str() : "inf",
+                 static_cast<unsigned long long>(idle_n[i]), double(idle_ns[i]) * 1e-6);
+  }
+  std::fprintf(out, "\n");
   std::vector<std::pair<uint32_t, Sum>> sorted(per.begin(), per.end());
   std::sort(sorted.begin(), sorted.end(),
             [](const auto& a, const auto& b) { return a.second.excl_ns > b.second.excl_ns; });
@@ -190,6 +212,48 @@ void summarise() {
       std::fprintf(out, "%12.2f %10.2f %9.2f %6u  %s\n", double(it->start - t0) * 1e-3,
                    double(it->end - it->start) * 1e-3, gap, it->stream, t.names[it->name].c_str());
       prev_end = std::max(prev_end, it->end);
+    }
+  }
+  // BMX_TRACE_PHASES=ms: the window in slices of that many ms, each with its idle time,
+  // its host-to-device copies (count, mean duration) and its steps (argmax launches).
+  if (const double slice_ms = env_seconds("BMX_TRACE_PHASES", 0); slice_ms > 0) {
+    const uint64_t slice = uint64_t(slice_ms * 1e6);
+    const size_t n_slices = size_t((w1 - first) / slice) + 1;
+    std::vector<double> idle(n_slices), h2d_ns(n_slices);
+    std::vector<long> h2d(n_slices), steps(n_slices);
+    uint64_t cover = first;
+    for (const Record& r : rs) {
+      if (r.start < first || r.start >= w1) continue;
+      const size_t k = size_t((r.start - first) / slice);
+      if (r.start > cover) idle[k] += double(r.start - cover);
+      cover = std::max(cover, r.end);
+      const std::string& nm = t.names[r.name];
+      if (nm == "[memcpy HtoD]") ++h2d[k], h2d_ns[k] += double(r.end - r.start);
+      if (nm.find("argmax_kernel") != std::string::npos) ++steps[k];
+    }
+    std::fprintf(out, "\nslices of %.0f ms: start s, steps, idle ms, copies to the GPU (n, mean us)\n", slice_ms);
+    for (size_t k = 0; k < n_slices; ++k)
+      std::fprintf(out, "  %7.2f %4ld %8.2f %6ld %7.2f\n", double(k) * slice_ms * 1e-3, steps[k], idle[k] * 1e-6,
+                   h2d[k], h2d[k] ? h2d_ns[k] * 1e-3 / double(h2d[k]) : 0.0);
+  }
+  // BMX_TRACE_GAPS=n: the first n idle intervals of >= 30 us in the window, each with the
+  // records around it: what the GPU waits for when the host falls behind.
+  if (const long n_gaps = std::atol(std::getenv("BMX_TRACE_GAPS") ? std::getenv("BMX_TRACE_GAPS") : "0");
+      n_gaps > 0) {
+    std::fprintf(out, "\nidle intervals of >= 30 us (ms from the window's start; records around each)\n");
+    uint64_t cover = 0;
+    long shown = 0;
+    for (size_t i = 0; i < rs.size() && shown < n_gaps; ++i) {
+      const Record& r = rs[i];
+      if (r.start >= w0 && r.start < w1 && cover > w0 && r.start >= cover + 30000) {
+        std::fprintf(out, "gap %.1f us at %.3f ms\n", double(r.start - cover) * 1e-3,
+                     double(cover - first) * 1e-6);
+        for (size_t j = i >= 3 ? i - 3 : 0; j < std::min(rs.size(), i + 3); ++j)
+          std::fprintf(out, "  %12.3f ms %9.2f us %4u  %s\n", double(int64_t(rs[j].start - first)) * 1e-6,
+                       double(rs[j].end - rs[j].start) * 1e-3, rs[j].stream, t.names[rs[j].name].c_str());
+        ++shown;
+      }
+      cover = std::max(cover, r.end);
     }
   }
   if (out != stderr) std::fclose(out);

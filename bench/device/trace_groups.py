@@ -30,7 +30,8 @@ def summarise(path):
     lines = open(path).read().split("\n")
     window = float(re.search(r"window ([0-9.]+) s", lines[0]).group(1)) * 1e3
     busy = float(re.search(r"busy ([0-9.]+)%", lines[0]).group(1))
-    exclusive = "excl ms" in lines[1]
+    exclusive = any("excl ms" in l for l in lines[1:3])
+    idle = next((l for l in lines[1:3] if l.startswith("idle intervals")), None)
     sums, steps = {}, None
     for line in lines[2:]:
         if line.startswith("timeline"):
@@ -51,6 +52,10 @@ def summarise(path):
     for group, ms in sorted(sums.items(), key=lambda x: -x[1]):
         print(f"  {group:45s} {ms / steps:7.2f} ms/step {100 * ms / window:5.1f}%")
     print(f"  {'idle (no kernel, copy or memset)':45s} {(100 - busy) / 100 * window / steps:7.2f} ms/step {100 - busy:5.1f}%")
+    if idle:  # per bin: intervals and ms per step
+        bins = re.findall(r"\[([0-9.]+), (\w+) us\) (\d+) = ([0-9.]+) ms", idle)
+        print("    idle by interval length (us): " + ", ".join(
+            f"{lo}-{hi}: {int(n) / steps:.1f}x {float(ms) / steps:.3f} ms" for lo, hi, n, ms in bins))
 
 
 for f in sys.argv[1:]:
