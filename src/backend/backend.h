@@ -170,6 +170,16 @@ class Backend {
   virtual void rope(Tensor& x, int n_heads, std::span<const int32_t> pos, const RopeParams& p) = 0;
   // out = silu(gate) * up
   virtual void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) = 0;
+  // The MLP's gate and up products and their swiglu: gate_up = x . w_gate_up^T, where
+  // w_gate_up stacks the gate rows over the up rows and gate / up are gate_up's two column
+  // halves (the stacked layout of prefers_stacked_projections), then out = swiglu(gate, up).
+  // Backends may fuse it, leaving gate_up unwritten; out then holds the swiglu of the
+  // unrounded products.
+  virtual void gate_up_swiglu(const Tensor& x, const Tensor& w_gate_up, Tensor& gate_up,
+                              const Tensor& gate, const Tensor& up, Tensor& out) {
+    matmul(x, w_gate_up, nullptr, gate_up);
+    swiglu(gate, up, out);
+  }
   // x += y
   virtual void add(Tensor& x, const Tensor& y) = 0;
   // x += y, then out = x / rms(x) * w (the residual add and the next norm; out may be y).

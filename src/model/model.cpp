@@ -488,12 +488,12 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv,
     backend_.add_rms_norm(x, h, L.ffn_norm, hp_.rms_eps, h);
     if (L.w_gate_up.data) {
       Tensor gu = ws.gate_up.slice_rows(0, Tp);
-      backend_.matmul(h, L.w_gate_up, nullptr, gu);
+      backend_.gate_up_swiglu(h, L.w_gate_up, gu, gate, up, act);
     } else {
       backend_.matmul(h, L.w_gate, nullptr, gate);
       backend_.matmul(h, L.w_up, nullptr, up);
+      backend_.swiglu(gate, up, act);
     }
-    backend_.swiglu(gate, up, act);
     backend_.matmul(act, L.w_down, nullptr, h);
     if (l + 1 < hp_.n_layer)
       backend_.add_rms_norm(x, h, w_->layers[l + 1].attn_norm, hp_.rms_eps, h);

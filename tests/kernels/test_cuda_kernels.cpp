@@ -1,6 +1,8 @@
 // The CUDA backend against the CPU reference kernels (force_scalar), op by op, on fresh
 // random inputs; bounds and method in cuda_test_util.h. Attention and the KV pool ops
 // are in test_cuda_attention.cpp.
+#include <cstdlib>
+
 #include "kernels/cuda_test_util.h"
 
 namespace batchmax::cudatest {
@@ -189,6 +191,56 @@ TEST_F(CudaKernels, AddRmsNormFusedEqualsAddThenNorm) {
 
 // The model stacks wq/wk/wv (and w_gate/w_up) on this backend
 // (prefers_stacked_projections) and hands the ops strided column views of one product.
+// gate_up_swiglu: the fused decode kernel (gate_up_swiglu.h) for <= 128 rows, the product
+// and swiglu otherwise. Against the CPU's fp32 product and a host swiglu, and against the
+// GPU's unfused ops (which round gate and up to bf16 first). Where the fused kernel runs,
+// the gate/up scratch stays as it was (poisoned): the proof that it ran.
+TEST_F(CudaKernels, GateUpSwigluFusedMatchesProductThenSwiglu) {
+  // 256 features a row of each half: 4 CTAs of 64 for every SM of an H100 or H200, which
+  // the kernel asks for (fewer and cuBLASLt takes the product).
+  const int64_t k = 256, ff = 64 * 256;
+  auto col_view = [](const Tensor& t, int64_t c0, int64_t n) {
+    Tensor r = t;
+    r.data = static_cast<char*>(t.data) + row_bytes(t.type, c0);
+    r.cols = n;
+    return r;
+  };
+  std::vector<uint8_t> raw = random_weight(GgmlType::BF16, 2 * ff, k);
+  Tensor wc = cpu->load_weight(GgmlType::BF16, raw.data(), 2 * ff, k);
+  Tensor wg = gpu->load_weight(GgmlType::BF16, raw.data(), 2 * ff, k);
+  gpu_owned.push_back(wg);
+  const char* env = std::getenv("BATCHMAX_CUDA_FUSED_GATE_UP");
+  const bool fused_on = !(env && *env == '0');
+  for (int64_t rows : {1, 5, 64, 65, 100, 128, 130}) {
+    const std::string shape = "rows=" + std::to_string(rows);
+    // x as a row slice (the model's workspace view), 3 rows in.
+    Pair xall = make(rows + 3, k, randv(size_t((rows + 3) * k)));
+    Tensor xc = xall.c.slice_rows(3, rows), xg = xall.g.slice_rows(3, rows);
+    Pair gu = make_out(rows, 2 * ff, GgmlType::F32);
+    Pair gu_g = make_out(rows, 2 * ff);  // bf16 scratch on the GPU, poisoned
+    Pair out = make_out(rows, ff);
+    cpu->matmul(xc, wc, nullptr, gu.c);
+    const std::vector<float> prod = down_cpu(gu.c);
+    std::vector<float> want(size_t(rows * ff));
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t f = 0; f < ff; ++f) {
+        const float g = prod[size_t(r * 2 * ff + f)], u = prod[size_t(r * 2 * ff + ff + f)];
+        want[size_t(r * ff + f)] = g / (1.0f + std::exp(-g)) * u;
+      }
+    gpu->gate_up_swiglu(xg, wg, gu_g.g, col_view(gu_g.g, 0, ff), col_view(gu_g.g, ff, ff), out.g);
+    const std::vector<float> got = down_gpu(out.g);
+    expect_close("gate_up_swiglu vs cpu " + shape, got, want, kBf16OpBound);
+    const std::vector<float> scratch = down_gpu(gu_g.g);
+    const bool untouched = std::all_of(scratch.begin(), scratch.end(), [](float v) { return std::isnan(v); });
+    EXPECT_EQ(untouched, fused_on && rows <= 128) << shape << ": fused kernel taken?";
+    // The unfused ops on the GPU.
+    Pair out2 = make_out(rows, ff);
+    gpu->matmul(xg, wg, nullptr, gu_g.g);
+    gpu->swiglu(col_view(gu_g.g, 0, ff), col_view(gu_g.g, ff, ff), out2.g);
+    expect_close("gate_up_swiglu vs unfused gpu " + shape, got, down_gpu(out2.g), kBf16OpBound);
+  }
+}
+
 TEST_F(CudaKernels, StackedProductsThroughColumnViews) {
   ASSERT_TRUE(gpu->prefers_stacked_projections());
   const int heads = 4, kv_heads = 2, hd = 64;

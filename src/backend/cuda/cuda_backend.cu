@@ -19,6 +19,7 @@ CudaBackend::CudaBackend(const CudaBackendOptions& o) : device_(o.device) {
   baseline_used_ = device_used();
   BMX_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   gemm_ = std::make_unique<Gemm>(o.gemm_workspace_bytes, o.small_m_max_rows);
+  gate_up_ = std::make_unique<GateUpSwiglu>();
   replay_ = std::make_unique<ReplayGraphs>(graphs_enabled());
   staging_ = std::make_unique<Staging>();
   cudaDeviceProp prop{};

@@ -17,6 +17,7 @@
 #include "backend/cuda/cuda_common.cuh"
 #include "backend/evict_work.h"
 #include "backend/cuda/cudnn_attention.h"
+#include "backend/cuda/gate_up_swiglu.h"
 #include "backend/cuda/gemm.h"
 #include "backend/cuda/kept_picks.h"
 #include "backend/cuda/op_timer.h"
@@ -109,6 +110,13 @@ class CudaBackend final : public Backend {
   void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) override {
     BMX_OP_TIME("swiglu");
     cuda::launch_swiglu(gate, up, out, stream_);
+  }
+  void gate_up_swiglu(const Tensor& x, const Tensor& w_gate_up, Tensor& gate_up, const Tensor& gate,
+                      const Tensor& up, Tensor& out) override {
+    if (!gate_up_->accepts(x, w_gate_up, out))
+      return Backend::gate_up_swiglu(x, w_gate_up, gate_up, gate, up, out);
+    BMX_OP_TIME("gate_up_swiglu");
+    gate_up_->run(x, w_gate_up, out, stream_);
   }
   void add(Tensor& x, const Tensor& y) override {
     BMX_OP_TIME("add");
@@ -253,6 +261,7 @@ class CudaBackend final : public Backend {
   std::string name_;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<Gemm> gemm_;
+  std::unique_ptr<GateUpSwiglu> gate_up_;
   std::unique_ptr<Staging> staging_;
   std::unique_ptr<ReplayGraphs> replay_;
   std::unordered_set<void*> owned_;
