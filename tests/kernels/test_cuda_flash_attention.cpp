@@ -25,7 +25,7 @@ struct SeqSpec {
 
 class CudaFlashAttention : public CudaFixture {
  protected:
-  static constexpr int kBT = 16;
+  int block_tokens_ = 16;  // entries a block (the engine's); a test may take another size
   // newest: promise AttentionParams::queries_newest (every spec stores its rows), so
   // prefill rows may go to cuDNN's SDPA.
   void run(int n_heads, int n_kv, int hd, const std::vector<SeqSpec>& spec, const std::string& what,
@@ -37,19 +37,19 @@ void CudaFlashAttention::run(int n_heads, int n_kv, int hd, const std::vector<Se
   const int n_seq = int(spec.size());
   int64_t n_blocks = 4, rows = 0;
   for (const SeqSpec& s : spec) {
-    n_blocks += int64_t(n_kv) * ((s.hist + s.n_q) / kBT + 2);
+    n_blocks += int64_t(n_kv) * ((s.hist + s.n_q) / block_tokens_ + 2);
     rows += s.n_q;
   }
   std::vector<int32_t> free_ids(n_blocks);
   std::iota(free_ids.begin(), free_ids.end(), 0);
   std::shuffle(free_ids.begin(), free_ids.end(), rng);
-  KVPoolView pc = cpu->alloc_kv_pool(GgmlType::F32, n_blocks, kBT, hd);
-  KVPoolView pg = gpu->alloc_kv_pool(GgmlType::BF16, n_blocks, kBT, hd);
+  KVPoolView pc = cpu->alloc_kv_pool(GgmlType::F32, n_blocks, block_tokens_, hd);
+  KVPoolView pg = gpu->alloc_kv_pool(GgmlType::BF16, n_blocks, block_tokens_, hd);
 
   std::vector<std::vector<std::vector<int32_t>>> tables(n_seq, std::vector<std::vector<int32_t>>(n_kv));
   std::vector<std::vector<int32_t>> entries(n_seq, std::vector<int32_t>(n_kv));
   std::vector<std::vector<int32_t>> q_pos(n_seq);
-  auto slot = [&](int s, int h, int e) { return tables[s][h][e / kBT] * kBT + e % kBT; };
+  auto slot = [&](int s, int h, int e) { return tables[s][h][e / block_tokens_] * block_tokens_ + e % block_tokens_; };
   for (int s = 0; s < n_seq; ++s) {
     const SeqSpec& sp = spec[s];
     int32_t last = sp.first_pos;
@@ -60,7 +60,7 @@ void CudaFlashAttention::run(int n_heads, int n_kv, int hd, const std::vector<Se
       for (int i = 0; i < e; ++i) pos.push_back(p += randi(1, 3));
       if (!pos.empty()) last = std::max(last, pos.back());
       if (sp.shuffled) std::shuffle(pos.begin(), pos.end(), rng);
-      for (int b = 0; b < (e + sp.n_q) / kBT + 1; ++b) {
+      for (int b = 0; b < (e + sp.n_q) / block_tokens_ + 1; ++b) {
         tables[s][h].push_back(free_ids.back());
         free_ids.pop_back();
       }
@@ -122,6 +122,17 @@ void CudaFlashAttention::run(int n_heads, int n_kv, int hd, const std::vector<Se
 TEST_F(CudaFlashAttention, LongDecodeSplitKv) {
   run(32, 8, 128, {{1, 3000}, {1, 1500}, {1, 40}}, "decode split");
   run(9, 3, 64, {{1, 2500}, {2, 700}}, "decode split");
+}
+
+// A block size that is not a power of two: slots through a division, not a shift
+// (cuda_common.cuh, table_slot), in decode (split and not) and prefill.
+TEST_F(CudaFlashAttention, BlockSizeNotAPowerOfTwo) {
+  block_tokens_ = 12;
+  run(32, 8, 128, {{1, 3000}, {1, 40}}, "decode split, 12-entry blocks");
+  std::vector<SeqSpec> spec;
+  for (int i = 0; i < 40; ++i) spec.push_back({1, 100 + 41 * i});
+  run(32, 8, 128, spec, "decode batch, 12-entry blocks");
+  run(8, 2, 64, {{300, 0}, {130, 1500}}, "prefill, 12-entry blocks");
 }
 
 // Many decode rows: many items, few or no splits.

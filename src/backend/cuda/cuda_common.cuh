@@ -117,6 +117,17 @@ template <class T>
 View<T> view(const Tensor& t) {
   return {static_cast<T*>(t.data), int64_t(t.row_stride / sizeof(T))};
 }
+
+// Entry e's pool slot through a block table of bt entries a block. Attention loops call
+// this for every entry of a tile; a division by a runtime bt is ~20 instructions (ncu: a
+// decode CTA issued ~740 instructions a tile), so a power of two (the engine's 16) goes by
+// shift and mask: bt_shift = block_shift(bt), -1 for other sizes.
+__device__ __forceinline__ int64_t table_slot(const int32_t* blocks, int e, int bt, int bt_shift) {
+  if (bt_shift >= 0) return (int64_t(blocks[e >> bt_shift]) << bt_shift) | (e & (bt - 1));
+  return int64_t(blocks[e / bt]) * bt + e % bt;
+}
+inline int block_shift(int bt) { return bt > 0 && (bt & (bt - 1)) == 0 ? __builtin_ctz(unsigned(bt)) : -1; }
+
 // Whether every row start of t is 16-byte aligned and cols a multiple of 8: the
 // vectorised paths' condition.
 inline bool vec8_ok(const Tensor& t) {

@@ -66,7 +66,7 @@ struct FlashArgs {
   const bf16* pk;
   const bf16* pv;
   const int32_t* ppos;
-  int block_tokens;
+  int block_tokens, bt_shift;  // bt_shift: block_shift(block_tokens)
   float* part_o;   // split > 1: [item][split][kDecodeM][HD] unnormalised O
   float* part_ml;  // [item][split][kDecodeM][2]: max (log2 units), sum
   float* lse;      // optional: log2-sum-exp per (q row, head), see AttentionLaunch
@@ -124,7 +124,7 @@ __global__ void __launch_bounds__(WM * WN * 32, kMinCtas) flash_kernel(const Fla
     e_begin = min(entries, int(blockIdx.y) * chunk);
     e_end = min(entries, e_begin + chunk);
   }
-  auto slot_of = [&](int e) { return int64_t(blocks[e / bt]) * bt + e % bt; };
+  auto slot_of = [&](int e) { return table_slot(blocks, e, bt, a.bt_shift); };
   if (WN == 1) {  // prefill: causal chunks see a prefix of the history (positions need no order)
     if (tid == 0) red_s[0] = INT_MIN, red_s[1] = -1;
     __syncthreads();
@@ -626,6 +626,7 @@ void launch_flash_attention(const Tensor& q, const AttentionLaunch& L, const Att
   a.pv = static_cast<const bf16*>(pool.v);
   a.ppos = pool.pos;
   a.block_tokens = pool.block_tokens;
+  a.bt_shift = block_shift(pool.block_tokens);
   a.lse = L.lse;
   a.lse_stride = L.lse_stride;
   if (pool.n_blocks * pool.block_tokens > INT32_MAX)

@@ -44,7 +44,7 @@ struct ScoresArgs {
   float scale_log2;
   const bf16* pk;
   const int32_t* ppos;
-  int block_tokens;
+  int block_tokens, bt_shift;  // bt_shift: block_shift(block_tokens)
   float2* part;  // [item of this launch][split][kRows]: (max, sum), log2 units
   int n_splits, item0;
   int split_keys;  // entries per split (blockIdx.y)
@@ -121,7 +121,7 @@ __global__ void __launch_bounds__(kThreads) flash_scores_kernel(const ScoresArgs
     if (tid < kKeys) colsum[tid] = 0.f;
   }
   const bool active = __any_sync(0xffffffffu, qpa != INT_MIN || qpb != INT_MIN);
-  auto slot_of = [&](int e) { return int64_t(blocks[e / bt]) * bt + e % bt; };
+  auto slot_of = [&](int e) { return table_slot(blocks, e, bt, a.bt_shift); };
   float ma = -INFINITY, mb = -INFINITY, la = 0.f, lb = 0.f;  // pass 1, log2 units
   float* out = a.out + (int64_t(seq) * a.n_kv_heads + kvh) * a.out_stride;
 
@@ -259,6 +259,7 @@ void launch_flash_scores(const Tensor& q, const AttentionLaunch& L, const Attent
   a.pk = static_cast<const bf16*>(pool.k);
   a.ppos = pool.pos;
   a.block_tokens = pool.block_tokens;
+  a.bt_shift = block_shift(pool.block_tokens);
   a.n_splits = n_splits;
   a.split_keys = split_keys();
   a.out = d_out;
