@@ -152,8 +152,27 @@ __global__ void __launch_bounds__(WM * WN * 32, kMinCtas) flash_kernel(const Fla
   constexpr int kPer = KEYS * kChunks / kThreads;
   static_assert(KEYS * kChunks % kThreads == 0 && KEYS <= kThreads, "tile load shape");
   int32_t slot_k[kPer], slot_p = -1;  // -1: past the last entry (< 2^31 slots: checked at launch)
+  // Blocks of a power-of-two size that divides the tile (the engine's 16): lane l of each
+  // warp loads the table entry of the tile's l-th block and the warp's threads take theirs
+  // by shuffle, one load a tile instead of one for each of a thread's kPer + 1 entries.
+  const int sh = a.bt_shift;
+  const bool by_lane = sh >= 0 && bt <= KEYS && (KEYS >> sh) <= 32;
   auto fetch_slots = [&](int t) {
     const int e0 = e_begin + t * KEYS;
+    if (by_lane) {
+      int32_t bid = 0;
+      if (t < n_tiles && lane < (KEYS >> sh) && e0 + (lane << sh) < e_end) bid = blocks[(e0 >> sh) + lane];
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) {
+        const int j = (tid + i * kThreads) / kChunks, e = e0 + j;
+        const int32_t b = __shfl_sync(0xffffffffu, bid, j >> sh);
+        slot_k[i] = t < n_tiles && e < e_end ? (b << sh) | (e & (bt - 1)) : -1;
+      }
+      const int32_t b = __shfl_sync(0xffffffffu, bid, (tid >> sh) & 31);
+      const int e = e0 + tid;
+      slot_p = t < n_tiles && tid < KEYS && e < e_end ? (b << sh) | (e & (bt - 1)) : -1;
+      return;
+    }
 #pragma unroll
     for (int i = 0; i < kPer; ++i) {
       const int e = e0 + (tid + i * kThreads) / kChunks;
