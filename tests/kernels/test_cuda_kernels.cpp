@@ -53,9 +53,11 @@ TEST_F(CudaKernels, Embed) {
 }
 
 TEST_F(CudaKernels, RmsNorm) {
-  // (rows, cols): rows held in registers (<= 8192 columns, a multiple of 8), a wider
-  // row for the vectorised loop, and an odd width for the scalar path.
-  for (auto [rows, cols] : {std::pair<int64_t, int64_t>{7, 4096}, {5, 100}, {1, 576}, {3, 8192}, {2, 10240}}) {
+  // (rows, cols): rows held in registers (<= 8192 columns, a multiple of 8, <= 256
+  // rows), a wider row and more rows for the vectorised loop, and an odd width for the
+  // scalar path.
+  for (auto [rows, cols] :
+       {std::pair<int64_t, int64_t>{7, 4096}, {5, 100}, {1, 576}, {3, 8192}, {2, 10240}, {300, 512}}) {
     for (GgmlType ot : {GgmlType::BF16, GgmlType::F32}) {
       Pair x = make(rows, cols, randv(rows * cols, -3, 3));
       std::vector<float> wv = randv(cols, 0.5f, 1.5f);
@@ -169,7 +171,7 @@ TEST_F(CudaKernels, SwigluAddGather) {
 // The residual add fused with the next norm: equal to add() then rms_norm() on the GPU
 // (bit for bit) and close to the CPU's; out may be the added tensor itself.
 TEST_F(CudaKernels, AddRmsNormFusedEqualsAddThenNorm) {
-  for (auto [rows, cols] : {std::pair<int64_t, int64_t>{9, 4096}, {3, 100}, {5, 576}, {2, 10240}}) {
+  for (auto [rows, cols] : {std::pair<int64_t, int64_t>{9, 4096}, {3, 100}, {5, 576}, {2, 10240}, {300, 512}}) {
     const std::string shape = std::to_string(rows) + "x" + std::to_string(cols);
     std::vector<float> xv = randv(rows * cols, -3, 3), yv = randv(rows * cols, -3, 3);
     std::vector<float> wv = randv(cols, 0.5f, 1.5f);

@@ -62,13 +62,18 @@ __global__ void __launch_bounds__(kNormThreads) rms_norm_kernel(View<const TX> x
   scale_row<VEC>(xr, w, o, cols, inv);
 }
 
-// Rows of up to kRegChunks * 8 * kNormThreads columns (8192: every model we load) go
-// through the kernels below with the row in registers: one round trip to memory before
-// the reduction instead of a loop of them, and the norm weight (constant for the whole
-// forward pass) is read before the wait for the kernel before, under its tail. These
-// kernels are ~3.5 us latency chains in a decode step, two a layer. Same arithmetic in
-// the same order as the loop versions, so the same bits.
+// Rows of up to kRegChunks * 8 * kNormThreads columns (8192: every model we load), in
+// launches of up to kRegMaxRows rows, go through the kernels below with the row in
+// registers: one round trip to memory before the reduction instead of a loop of them,
+// and the norm weight (constant for the whole forward pass) is read before the wait for
+// the kernel before, under its tail. These kernels are ~3.5 us latency chains in a
+// decode step, two a layer. Same arithmetic in the same order as the loop versions, so
+// the same bits.
 constexpr int kRegChunks = 4;
+// Rows held in registers cost occupancy (~126 registers a thread, 2 CTAs an SM): worth it
+// where a launch is a latency chain (decode steps), not where it streams thousands of
+// rows (prefill steps), which keep the loop kernels.
+constexpr int64_t kRegMaxRows = 256;
 
 __device__ __forceinline__ float round_to(float v, float) { return v; }
 __device__ __forceinline__ float round_to(float v, bf16) { return __bfloat162float(__float2bfloat16(v)); }
@@ -293,7 +298,7 @@ void launch_rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out, c
       dispatch_act(out.type, "rms_norm output", [&](auto to) {
         using TO = decltype(to);
         const TW* wp = static_cast<const TW*>(w.data);
-        if (vec && x.cols <= kRegChunks * 8 * kNormThreads)
+        if (vec && x.cols <= kRegChunks * 8 * kNormThreads && x.rows <= kRegMaxRows)
           launch_pdl(rms_norm_reg_kernel<TX, TW, TO>, unsigned(x.rows), kNormThreads, 0, s,
                      view<const TX>(x), wp, view<TO>(out), x.cols, eps);
         else if (vec)
@@ -322,7 +327,7 @@ void launch_add_rms_norm(Tensor& x, const Tensor& y, const Tensor& w, float eps,
     dispatch_act(w.type, "add_rms_norm weight", [&](auto tw) {
       using TW = decltype(tw);
       const TW* wp = static_cast<const TW*>(w.data);
-      if (vec && x.cols <= kRegChunks * 8 * kNormThreads)
+      if (vec && x.cols <= kRegChunks * 8 * kNormThreads && x.rows <= kRegMaxRows)
         launch_pdl(add_rms_norm_reg_kernel<T, TW>, unsigned(x.rows), kNormThreads, 0, s,
                    view<T>(x), view<const T>(y), wp, view<T>(out), x.cols, eps);
       else if (vec)
