@@ -89,13 +89,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     for (int kk = 0; kk < kBK / 16; ++kk) {
       uint32_t af[4];
       ldsm_x4(af, sw + at(a_row, kk * 2 + (lane >> 4)));
-#pragma unroll
-      for (int p = 0; p < NT / 2; ++p) {
-        uint32_t b[4];
-        ldsm_x4(b, sx + at(p * 16 + (lane & 7) + 8 * (lane >> 4), kk * 2 + ((lane >> 3) & 1)));
-        mma(acc[2 * p], af, b[0], b[1]);
-        mma(acc[2 * p + 1], af, b[2], b[3]);
-      }
+      small_m::mma_x_tiles<NT>(acc, af, sx, kk, lane, at);
     }
     cs = cs + 1 == kStages ? 0 : cs + 1;
     ps = ps + 1 == kStages ? 0 : ps + 1;

@@ -88,6 +88,22 @@ __device__ __forceinline__ void load_weight_chunks(const TW* w, int64_t cols, fl
   }
 }
 
+// The end of both kernels below: the row's sum of squares (this thread's share in ss)
+// over the CTA, then o = v / rms * g for this thread's chunks.
+template <class TO>
+__device__ __forceinline__ void scale_chunks(float (&v)[kRegChunks][8], const float (&g)[kRegChunks][8],
+                                             float ss, float* red, int64_t cols, float eps, TO* o) {
+  const float inv = rsqrtf(block_sum(ss, red) / float(cols) + eps);
+#pragma unroll
+  for (int i = 0; i < kRegChunks; ++i) {
+    const int64_t c = 8 * (threadIdx.x + int64_t(i) * kNormThreads);
+    if (c >= cols) continue;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[i][j] = v[i][j] * inv * g[i][j];
+    store8(o + c, v[i]);
+  }
+}
+
 template <class TX, class TW, class TO>
 __global__ void __launch_bounds__(kNormThreads) rms_norm_reg_kernel(View<const TX> x, const TW* w,
                                                                     View<TO> out, int64_t cols,
@@ -109,15 +125,7 @@ __global__ void __launch_bounds__(kNormThreads) rms_norm_reg_kernel(View<const T
     if (8 * (threadIdx.x + int64_t(i) * kNormThreads) < cols)
 #pragma unroll
       for (int j = 0; j < 8; ++j) ss += v[i][j] * v[i][j];
-  const float inv = rsqrtf(block_sum(ss, red) / float(cols) + eps);
-#pragma unroll
-  for (int i = 0; i < kRegChunks; ++i) {
-    const int64_t c = 8 * (threadIdx.x + int64_t(i) * kNormThreads);
-    if (c >= cols) continue;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) v[i][j] = v[i][j] * inv * g[i][j];
-    store8(o + c, v[i]);
-  }
+  scale_chunks(v, g, ss, red, cols, eps, o);
 }
 
 // x += y, then out = x / rms(x) * w, with the row in registers (out may alias y or x:
@@ -157,15 +165,7 @@ __global__ void __launch_bounds__(kNormThreads) add_rms_norm_reg_kernel(View<T> 
 #pragma unroll
     for (int j = 0; j < 8; ++j) ss += a[i][j] * a[i][j];
   }
-  const float inv = rsqrtf(block_sum(ss, red) / float(cols) + eps);
-#pragma unroll
-  for (int i = 0; i < kRegChunks; ++i) {
-    const int64_t c = 8 * (threadIdx.x + int64_t(i) * kNormThreads);
-    if (c >= cols) continue;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) a[i][j] = a[i][j] * inv * g[i][j];
-    store8(o + c, a[i]);
-  }
+  scale_chunks(a, g, ss, red, cols, eps, o);
 }
 
 // Fused residual add and norm: x += y, then out = x / rms(x) * w. One CTA per row; the

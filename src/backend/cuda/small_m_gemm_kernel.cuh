@@ -81,6 +81,26 @@ __device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, i
       : "memory");
 }
 
+// One 16-wide k step of a warp: its A fragment (16 weight rows) against the stage's NT
+// x tiles of 8 rows, acc[j] += A . tile j. `at(row, chunk)`: element offset of a row's
+// 16-byte chunk in the stage (padded or swizzled, as the kernel lays it out).
+template <int NT, class At>
+__device__ __forceinline__ void mma_x_tiles(float (&acc)[NT][4], const uint32_t (&af)[4], const bf16* sx,
+                                            int kk, int lane, At at) {
+#pragma unroll
+  for (int p = 0; p < NT / 2; ++p) {
+    uint32_t b[4];
+    ldsm_x4(b, sx + at(p * 16 + (lane & 7) + 8 * (lane >> 4), kk * 2 + ((lane >> 3) & 1)));
+    mma(acc[2 * p], af, b[0], b[1]);
+    mma(acc[2 * p + 1], af, b[2], b[3]);
+  }
+  if constexpr (NT % 2 == 1) {
+    uint32_t b[2];
+    ldsm_x2(b, sx + at((NT - 1) * 8 + (lane & 7), kk * 2 + ((lane >> 3) & 1)));
+    mma(acc[NT - 1], af, b[0], b[1]);
+  }
+}
+
 __device__ __forceinline__ int split_begin(int split, const Args& a) {
   return int(int64_t(split) * a.k_tiles / a.splits);
 }
@@ -199,18 +219,7 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS)
         for (int kk = 0; kk < BK / 16; ++kk) {
           uint32_t af[4];
           ldsm_x4(af, sw + at(warp * 16 + (lane & 15), kk * 2 + (lane >> 4)));
-#pragma unroll
-          for (int p = 0; p < NT / 2; ++p) {
-            uint32_t b[4];
-            ldsm_x4(b, sx + at(p * 16 + (lane & 7) + 8 * (lane >> 4), kk * 2 + ((lane >> 3) & 1)));
-            mma(acc[2 * p], af, b[0], b[1]);
-            mma(acc[2 * p + 1], af, b[2], b[3]);
-          }
-          if constexpr (NT % 2 == 1) {
-            uint32_t b[2];
-            ldsm_x2(b, sx + at((NT - 1) * 8 + (lane & 7), kk * 2 + ((lane >> 3) & 1)));
-            mma(acc[NT - 1], af, b[0], b[1]);
-          }
+          mma_x_tiles<NT>(acc, af, sx, kk, lane, at);
         }
       }
       cs = cs + 1 == STAGES ? 0 : cs + 1;
