@@ -499,11 +499,11 @@ class EngineBatch final : public Engine::Batch {
     // did. A logprobs row's softmax over 128k entries, or a draw over a wide nucleus's
     // sorted row, costs the host a millisecond or more.
     struct Draw {
-      size_t item;
-      std::span<const float> row;                  // whole row (empty: candidates)
+      size_t item = 0;
+      std::span<const float> row{};                // whole row (empty: candidates)
       const Model::RowCandidates* rc = nullptr;
       int32_t tok = -1;
-      TokenInfo info;                              // logprobs, where asked for
+      TokenInfo info{};                            // logprobs, where asked for
     };
     std::vector<Draw> draws;
     std::vector<int64_t> picked(items.size(), -1);  // token-only rows: the backend's pick
@@ -535,14 +535,14 @@ class EngineBatch final : public Engine::Batch {
         picked[k] = e_.model().picked_tokens()[ai++];
       } else if (b.top_candidates_k > 0) {
         drawn[k] = int64_t(draws.size());
-        draws.push_back({k, {}, &e_.model().candidates()[ci++]});
+        draws.push_back({.item = k, .rc = &e_.model().candidates()[ci++]});
       } else {
         std::span<const float> row(logits.data() + li * V, size_t(V));
         ++li;
         if (it.prefill && opts.keep_last_logits) s.out.last_logits.assign(row.begin(), row.end());
         if (opts.keep_step_logits) s.out.step_logits.emplace_back(row.begin(), row.end());
         drawn[k] = int64_t(draws.size());
-        draws.push_back({k, row, nullptr});
+        draws.push_back({.item = k, .row = row});
       }
     }
     auto draw = [&](Draw& d) {
