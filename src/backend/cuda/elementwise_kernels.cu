@@ -34,7 +34,7 @@ __global__ void gather_kernel(View<const TS> src, const int32_t* idx, View<TO> o
 }
 
 struct SwigluOp {
-  __device__ float operator()(float g, float u) const { return g / (1.0f + __expf(-g)) * u; }
+  __device__ float operator()(float g, float u) const { return swiglu_f(g, u); }
 };
 struct AddOp {
   __device__ float operator()(float a, float b) const { return a + b; }

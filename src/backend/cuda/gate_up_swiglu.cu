@@ -96,7 +96,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   }
 
   // c[0], c[1]: gate of feature f0 + 8 warp + g at x rows 2t, 2t + 1; c[2], c[3]: its up.
-  // The swiglu as SwigluOp (elementwise_kernels.cu), on the unrounded sums.
+  // The swiglu kernel's op, on the unrounded sums.
   const int g = lane >> 2, t = lane & 3;
   const int64_t feat = f0 + warp * 8 + g;
 #pragma unroll
@@ -105,8 +105,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     for (int e = 0; e < 2; ++e) {
       const int r = j * 8 + 2 * t + e;
       if (r < a.rows) {
-        const float gv = acc[j][e], uv = acc[j][2 + e];
-        a.out[r * a.ldo + feat] = __float2bfloat16(gv / (1.0f + __expf(-gv)) * uv);
+        a.out[r * a.ldo + feat] = __float2bfloat16(swiglu_f(acc[j][e], acc[j][2 + e]));
       }
     }
 }
