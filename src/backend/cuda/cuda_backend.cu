@@ -39,7 +39,15 @@ CudaBackend::CudaBackend(const CudaBackendOptions& o) : device_(o.device) {
   sort_scratch_.name = "row sort";
 #if defined(BATCHMAX_HAVE_CUDNN)
   std::string why;
-  BMX_CUDA(cudaStreamCreateWithFlags(&cudnn_stream_, cudaStreamNonBlocking));
+  // cuDNN's chain (gather, prefill attention, lse) is a step's longest path through the
+  // attention; our decode-row kernel beside it fills the SMs it leaves. At the default
+  // priority the kernel launched first took every SM and cuDNN's chain waited for its
+  // tail. BATCHMAX_CUDA_CUDNN_PRIORITY=0 keeps the default priority (A/B).
+  int least = 0, greatest = 0;
+  BMX_CUDA(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+  const char* prio = std::getenv("BATCHMAX_CUDA_CUDNN_PRIORITY");
+  BMX_CUDA(cudaStreamCreateWithPriority(&cudnn_stream_, cudaStreamNonBlocking,
+                                        prio && *prio == '0' ? least : greatest));
   BMX_CUDA(cudaEventCreateWithFlags(&cudnn_fork_, cudaEventDisableTiming));
   BMX_CUDA(cudaEventCreateWithFlags(&cudnn_join_, cudaEventDisableTiming));
   cudnn_ = cuda::CudnnAttention::open(cudnn_stream_, why);
