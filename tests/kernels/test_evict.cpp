@@ -338,6 +338,43 @@ class CudaEvict : public CudaFixture {
     gpu->kv_store(k.g, v.g, 1, slots, pos, pg);
     if (pc) cpu->kv_store(k.c, v.c, 1, slots, pos, *pc);
   }
+
+  // Rows right after their attention: the sums are memoised and each (sequence, KV head)
+  // is one work item, so the kernel stores whole rows into an unzeroed tensor
+  // (fill_rows). Poisoned out: a column it skipped stays NaN. Against the CPU backend.
+  // n_q queries a sequence at positions first_pos.. (a window before the last entries
+  // masks those).
+  void scores_to_after_attention(int n_q, int32_t first_pos) {
+    const int nkv = 2, group = 4, n_heads = nkv * group;
+    KVPoolView pg = gpu->alloc_kv_pool(GgmlType::BF16, 64, kBlockTokens, kHeadDim);
+    KVPoolView pc = cpu->alloc_kv_pool(GgmlType::F32, 64, kBlockTokens, kHeadDim);
+    // Entries past one scores split (128) and a row whose split 1 is empty; stride > entries.
+    std::vector<int32_t> blocks[2][2] = {{{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}, {12, 13}},
+                                         {{14, 15, 16}, {17, 18, 19, 20, 21, 22, 23, 24, 25}}};
+    const int32_t entries[2][2] = {{181, 30}, {40, 137}};
+    store_two_sequences(blocks, entries, pg, &pc);
+    Pair q = make(2 * n_q, int64_t(n_heads) * kHeadDim, randv(size_t(2 * n_q * n_heads * kHeadDim)));
+    std::vector<int32_t> qpos(static_cast<size_t>(n_q));
+    for (int i = 0; i < n_q; ++i) qpos[size_t(i)] = first_pos + i;
+    const std::vector<AttentionSeq> seqs = two_sequences(blocks, entries, n_q, qpos);
+    AttentionParams ap{n_heads, nkv, kHeadDim, 1.0f / std::sqrt(float(kHeadDim))};
+    Pair o = make_out(2 * n_q, int64_t(n_heads) * kHeadDim);
+    gpu->attention(q.g, seqs, ap, pg, o.g);
+    const int64_t stride = 200;
+    Tensor out = gpu->alloc(GgmlType::F32, 2 * nkv, stride);
+    gpu_owned.push_back(out);
+    poison(out);
+    gpu->attention_scores_to(q.g, seqs, ap, pg, out);
+    std::vector<std::vector<float>> host(2, std::vector<float>(size_t(nkv * stride), 0.0f));
+    std::vector<float*> ptr = {host[0].data(), host[1].data()};
+    cpu->attention_scores(q.c, seqs, ap, pc, ptr, stride);
+    std::vector<float> want(host[0]);
+    want.insert(want.end(), host[1].begin(), host[1].end());
+    expect_close("attention_scores_to after attention, n_q " + std::to_string(n_q), down_gpu(out),
+                 want, kScoresBound);
+    gpu->free_kv_pool(pg);
+    cpu->free_kv_pool(pc);
+  }
 };
 
 TEST_F(CudaEvict, MatchesHostSelectionBf16AndF32Pools) {
@@ -449,37 +486,13 @@ TEST_F(CudaEvict, AttentionScoresToMatchesHostScores) {
 }
 
 TEST_F(CudaEvict, AttentionScoresToAfterDecodeAttentionWritesWholeRows) {
-  // Decode rows right after their attention: the sums are memoised and each (sequence, KV
-  // head) is one work item, so the kernel stores whole rows into an unzeroed tensor
-  // (fill_rows). Poisoned out: a column it skipped stays NaN. Against the CPU backend.
-  const int nkv = 2, group = 4, n_heads = nkv * group;
-  KVPoolView pg = gpu->alloc_kv_pool(GgmlType::BF16, 64, kBlockTokens, kHeadDim);
-  KVPoolView pc = cpu->alloc_kv_pool(GgmlType::F32, 64, kBlockTokens, kHeadDim);
-  // Entries past one scores split (128) and a row whose split 1 is empty; stride > entries.
-  std::vector<int32_t> blocks[2][2] = {{{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}, {12, 13}},
-                                       {{14, 15, 16}, {17, 18, 19, 20, 21, 22, 23, 24, 25}}};
-  const int32_t entries[2][2] = {{181, 30}, {40, 137}};
-  store_two_sequences(blocks, entries, pg, &pc);
-  const int n_q = 1;  // one decode row a sequence
-  Pair q = make(2 * n_q, int64_t(n_heads) * kHeadDim, randv(size_t(2 * n_q * n_heads * kHeadDim)));
-  std::vector<int32_t> qpos = {500};
-  const std::vector<AttentionSeq> seqs = two_sequences(blocks, entries, n_q, qpos);
-  AttentionParams ap{n_heads, nkv, kHeadDim, 1.0f / std::sqrt(float(kHeadDim))};
-  Pair o = make_out(2 * n_q, int64_t(n_heads) * kHeadDim);
-  gpu->attention(q.g, seqs, ap, pg, o.g);
-  const int64_t stride = 200;
-  Tensor out = gpu->alloc(GgmlType::F32, 2 * nkv, stride);
-  gpu_owned.push_back(out);
-  poison(out);
-  gpu->attention_scores_to(q.g, seqs, ap, pg, out);
-  std::vector<std::vector<float>> host(2, std::vector<float>(size_t(nkv * stride), 0.0f));
-  std::vector<float*> ptr = {host[0].data(), host[1].data()};
-  cpu->attention_scores(q.c, seqs, ap, pc, ptr, stride);
-  std::vector<float> want(host[0]);
-  want.insert(want.end(), host[1].begin(), host[1].end());
-  expect_close("attention_scores_to after attention", down_gpu(out), want, kScoresBound);
-  gpu->free_kv_pool(pg);
-  cpu->free_kv_pool(pc);
+  scores_to_after_attention(1, 500);  // one decode row a sequence
+}
+
+TEST_F(CudaEvict, AttentionScoresToAfterWindowAttentionWritesWholeRows) {
+  // snapkv's window on Llama 3 shapes: 32 queries x group 4 = 128 vectors, one work item
+  // of the 8-warp scoring kernel. Positions from 150 mask the tail of the 181-entry head.
+  scores_to_after_attention(32, 150);
 }
 
 }  // namespace

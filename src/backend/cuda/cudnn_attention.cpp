@@ -217,10 +217,8 @@ class CudnnAttentionImpl final : public CudnnAttention {
     if (key.s_kv) {
       k_ptr = base + kv_at;
       v_ptr = base + kv_at + kv_bytes;
-      launch_sdpa_gather_kv(c.k_pool, d_pages, int(T), d_seq_kv, B, c.block_tokens, c.head_dim,
-                            int(key.s_kv), k_ptr, stream_);
-      launch_sdpa_gather_kv(c.v_pool, d_pages, int(T), d_seq_kv, B, c.block_tokens, c.head_dim,
-                            int(key.s_kv), v_ptr, stream_);
+      launch_sdpa_gather_kv(c.k_pool, c.v_pool, d_pages, int(T), d_seq_kv, B, c.block_tokens,
+                            c.head_dim, int(key.s_kv), k_ptr, v_ptr, stream_);
     }
     std::unordered_map<int64_t, void*> pack = {
         {kQ, q_ptr},

@@ -70,11 +70,11 @@ void launch_sdpa_stats_to_lse(const float* stats, int n_entries, int group, int 
 void launch_sdpa_gather(const void* rows, int64_t row_stride, int n_entries, int group, int S,
                         int head_dim, const int32_t* q_begin, const int32_t* n_q,
                         const int32_t* kv_head, void* gathered, cudaStream_t s);
-// Dense K (or V) for cuDNN: entry b's first entries[b] pool rows, through its page
-// table [b][T], to dst[b][S_kv][head_dim].
-void launch_sdpa_gather_kv(const void* pool, const int32_t* pages, int T, const int32_t* entries,
-                           int n_entries, int block_tokens, int head_dim, int S_kv, void* dst,
-                           cudaStream_t s);
+// Dense K and V for cuDNN: entry b's first entries[b] pool rows, through its page table
+// [b][T], to k_dst and v_dst [b][S_kv][head_dim] (zeros past entries[b]).
+void launch_sdpa_gather_kv(const void* k_pool, const void* v_pool, const int32_t* pages, int T,
+                           const int32_t* entries, int n_entries, int block_tokens, int head_dim,
+                           int S_kv, void* k_dst, void* v_dst, cudaStream_t s);
 void launch_sdpa_scatter(const void* gathered, int n_entries, int group, int S, int head_dim,
                          const int32_t* q_begin, const int32_t* n_q, const int32_t* kv_head,
                          void* rows, int64_t row_stride, cudaStream_t s);

@@ -36,32 +36,39 @@ __global__ void sdpa_copy_kernel(const uint4* src, uint4* dst, int64_t row_strid
   }
 }
 
-// One CTA per (entry, page of block_tokens rows of the dense layout): the entry's rows
-// from its pool blocks, zeros past its count. The zeros matter: padded keys are masked,
-// but a P of 0 times a NaN left in a padded value row would still be NaN.
-__global__ void sdpa_gather_kv_kernel(const uint4* pool, const int32_t* pages, int T,
-                                      const int32_t* entries, int block_tokens, int row16, int S_kv,
-                                      uint4* dst) {
+// One CTA per (entry, page of block_tokens rows of the dense layout): the entry's K and V
+// rows from its pool blocks, zeros past its count. The zeros matter: padded keys are
+// masked, but a P of 0 times a NaN left in a padded value row would still be NaN. K and V
+// in one launch: one launch fewer on the chain before cuDNN, and twice the loads in flight.
+__global__ void sdpa_gather_kv_kernel(const uint4* k_pool, const uint4* v_pool,
+                                      const int32_t* pages, int T, const int32_t* entries,
+                                      int block_tokens, int row16, int S_kv, uint4* k_dst,
+                                      uint4* v_dst) {
   const int b = blockIdx.y, page = blockIdx.x;
   const int first = page * block_tokens;
   const int rows = min(block_tokens, S_kv - first);
   const int n = page < T ? max(0, min(rows, entries[b] - first)) : 0;
   const int64_t src = n > 0 ? int64_t(pages[int64_t(b) * T + page]) * block_tokens * row16 : 0;
   const int64_t out = (int64_t(b) * S_kv + first) * row16;
-  for (int i = threadIdx.x; i < rows * row16; i += blockDim.x)
-    dst[out + i] = i < n * row16 ? pool[src + i] : make_uint4(0, 0, 0, 0);
+  for (int i = threadIdx.x; i < rows * row16; i += blockDim.x) {
+    const bool in = i < n * row16;
+    const uint4 k = in ? k_pool[src + i] : make_uint4(0, 0, 0, 0);
+    const uint4 v = in ? v_pool[src + i] : make_uint4(0, 0, 0, 0);
+    k_dst[out + i] = k;
+    v_dst[out + i] = v;
+  }
 }
 
 }  // namespace
 
-void launch_sdpa_gather_kv(const void* pool, const int32_t* pages, int T, const int32_t* entries,
-                           int n_entries, int block_tokens, int head_dim, int S_kv, void* dst,
-                           cudaStream_t s) {
+void launch_sdpa_gather_kv(const void* k_pool, const void* v_pool, const int32_t* pages, int T,
+                           const int32_t* entries, int n_entries, int block_tokens, int head_dim,
+                           int S_kv, void* k_dst, void* v_dst, cudaStream_t s) {
   if (n_entries <= 0 || S_kv <= 0) return;
   const int grid_pages = (S_kv + block_tokens - 1) / block_tokens;
   sdpa_gather_kv_kernel<<<dim3(grid_pages, n_entries), 128, 0, s>>>(
-      static_cast<const uint4*>(pool), pages, T, entries, block_tokens, head_dim / 8, S_kv,
-      static_cast<uint4*>(dst));
+      static_cast<const uint4*>(k_pool), static_cast<const uint4*>(v_pool), pages, T, entries,
+      block_tokens, head_dim / 8, S_kv, static_cast<uint4*>(k_dst), static_cast<uint4*>(v_dst));
   BMX_LAUNCHED();
 }
 
