@@ -339,11 +339,11 @@ class CudaEvict : public CudaFixture {
     if (pc) cpu->kv_store(k.c, v.c, 1, slots, pos, *pc);
   }
 
-  // Rows right after their attention: the sums are memoised and each (sequence, KV head)
-  // is one work item, so the kernel stores whole rows into an unzeroed tensor
-  // (fill_rows). Poisoned out: a column it skipped stays NaN. Against the CPU backend.
-  // n_q queries a sequence at positions first_pos.. (a window before the last entries
-  // masks those).
+  // Rows right after their attention, whose sums the scoring pass reuses, into a poisoned
+  // tensor: a column nobody wrote stays NaN. Decode rows are one work item per (sequence,
+  // KV head) and the kernel stores whole rows (fill_rows); more vectors than a work item
+  // holds take the zeroed path. Against the CPU backend. n_q queries a sequence at
+  // positions first_pos.. (a window before the last entries masks those).
   void scores_to_after_attention(int n_q, int32_t first_pos) {
     const int nkv = 2, group = 4, n_heads = nkv * group;
     KVPoolView pg = gpu->alloc_kv_pool(GgmlType::BF16, 64, kBlockTokens, kHeadDim);
@@ -489,9 +489,9 @@ TEST_F(CudaEvict, AttentionScoresToAfterDecodeAttentionWritesWholeRows) {
   scores_to_after_attention(1, 500);  // one decode row a sequence
 }
 
-TEST_F(CudaEvict, AttentionScoresToAfterWindowAttentionWritesWholeRows) {
-  // snapkv's window on Llama 3 shapes: 32 queries x group 4 = 128 vectors, one work item
-  // of the 8-warp scoring kernel. Positions from 150 mask the tail of the 181-entry head.
+TEST_F(CudaEvict, AttentionScoresToAfterWindowAttentionMatchesCpu) {
+  // snapkv's window on Llama 3 shapes: 32 queries x group 4 = 128 vectors a KV head, two
+  // work items. Positions from 150 mask the tail of the 181-entry head.
   scores_to_after_attention(32, 150);
 }
 

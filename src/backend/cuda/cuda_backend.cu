@@ -367,7 +367,7 @@ cuda::AttentionLaunch CudaBackend::pack_attention(const Tensor& q,
   const AttentionWorkCounts c =
       packer_.pack({q.rows, q.cols, pool.n_blocks, pool.block_tokens, pool.head_dim}, seqs, p,
                    small, big, small_max, skip);
-  return {nullptr, c.n_small, c.n_big, c.n_seqs, c.seq_at, c.max_small_entries, small, {}};
+  return {nullptr, c.n_small, c.n_big, c.n_seqs, c.seq_at, c.max_small_entries, {}};
 }
 
 }  // namespace cuda

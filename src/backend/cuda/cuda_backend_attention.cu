@@ -2,15 +2,6 @@
 #include "backend/cuda/cuda_backend_impl.cuh"
 
 namespace batchmax::cuda {
-namespace {
-
-int64_t max_vectors(std::span<const AttentionSeq> seqs, const AttentionParams& p) {
-  int64_t n = 0;
-  for (const AttentionSeq& a : seqs) n = std::max(n, a.n_q);
-  return n * (p.n_kv_heads > 0 ? p.n_heads / p.n_kv_heads : 1);
-}
-
-}  // namespace
 
 void CudaBackend::attention(const Tensor& q, std::span<const AttentionSeq> seqs,
                             const AttentionParams& p, const KVPoolView& pool, Tensor& out) {
@@ -115,7 +106,7 @@ void CudaBackend::attention_scores(const Tensor& q, std::span<const AttentionSeq
     for (int32_t e : a.head_entries)
       if (e > out_stride) throw Error("cuda attention_scores: out_stride below the entries");
   // All work items in the first list.
-  const int tile = cuda::attention_scores_tile(q.type, pool.type, p.head_dim, max_vectors(seqs, p));
+  const int tile = cuda::attention_scores_tile(q.type, pool.type, p.head_dim);
   cuda::AttentionLaunch a = pack_attention(q, seqs, p, pool, tile, tile, INT64_MAX);
   if (a.n_small == 0) return;
   a.scratch = [this](size_t n) { return scores_part_.get(n); };
@@ -158,7 +149,7 @@ void CudaBackend::attention_scores_to(const Tensor& q, std::span<const Attention
       if (e > out.cols) throw Error("cuda attention_scores_to: out has fewer columns than entries");
   if (rows == 0) return;
   BMX_OP_TIME("attention_scores_to");
-  const int tile = cuda::attention_scores_tile(q.type, pool.type, p.head_dim, max_vectors(seqs, p));
+  const int tile = cuda::attention_scores_tile(q.type, pool.type, p.head_dim);
   cuda::AttentionLaunch a = pack_attention(q, seqs, p, pool, tile, tile, INT64_MAX);
   use_lse(q, seqs, p, a);
   // Decode rows (one work item per sequence and KV head, sums memoised): the kernel

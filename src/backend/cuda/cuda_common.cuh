@@ -193,7 +193,6 @@ struct AttentionLaunch {
   int n_seqs;
   int seq_at;           // where the per-sequence records start: 4 * (n_small + n_big)
   int max_small_entries = 0;  // most entries of any KV head in the small list
-  int small_tile = 0;         // query vectors per work item of the small list (the packing's)
   std::function<void*(size_t)> scratch;  // device scratch of n bytes (split-KV partials)
   // Flash path only. launch_attention: when set, writes each query vector's log2-sum-exp
   // (scaled scores, base 2; -inf when it sees no key) at lse[row * lse_stride + head].
@@ -221,9 +220,8 @@ void launch_flash_attention(const Tensor& q, const AttentionLaunch& a, const Att
 // [n_seqs][n_kv][stride], zeroed. Query vectors per work item that launch_attention_scores
 // expects for these types (pack with this tile); a.scratch must be set (per-split partial
 // sums). bf16 q and pool go to the tensor-core kernel of flash_scores.cu.
-// max_vectors: the most query vectors (queries x group) of any (sequence, KV head).
-int attention_scores_tile(GgmlType q, GgmlType pool, int head_dim, int64_t max_vectors);
-int flash_scores_tile(int64_t max_vectors);
+int attention_scores_tile(GgmlType q, GgmlType pool, int head_dim);
+int flash_scores_tile();
 void launch_flash_scores(const Tensor& q, const AttentionLaunch& a, const AttentionParams& p,
                          const KVPoolView& pool, float* d_out, int64_t stride, cudaStream_t s);
 size_t attention_scores_scratch_bytes();  // what one launch's partial sums may take

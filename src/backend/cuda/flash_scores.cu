@@ -9,15 +9,11 @@
 // here S = Q K^T is mma.sync m16n8k16 as in flash_attention.cu, and the column sums of P
 // go through warp shuffles and shared-memory atomics.
 //
-// A CTA (4 or 8 warps, 16 query vectors each) takes one work item (sequence, KV head, 64
-// or 128 vectors; metadata as in attention_kernels.cu) and one split of split_keys()
-// entries (blockIdx.y). snapkv's window (32 queries x 4 heads a KV head on Llama 3) fits
-// one 128-vector item, so its rows need no zeroing and no atomics (fill_rows). A split
-// is two 64-key tiles, the second one's loads issued before the first is scored (a
-// 128-key tile took 157 registers: one 8-warp CTA an SM, 41 us a layer against 22).
+// A CTA (4 warps, 16 query vectors each) takes one work item (sequence, KV head, 64
+// vectors; metadata as in attention_kernels.cu) and one split of split_keys() entries
+// (blockIdx.y).
 #include <climits>
 #include <cstdlib>
-#include <type_traits>
 
 #include "backend/cuda/cuda_common.cuh"
 #include "backend/cuda/mma_helpers.cuh"
@@ -25,6 +21,8 @@
 namespace batchmax::cuda {
 namespace {
 
+constexpr int kThreads = 128;
+constexpr int kRows = 64;       // query vectors per CTA
 constexpr int kKeys = 64;       // entries per shared-memory tile
 
 // Entries per CTA: BATCHMAX_CUDA_SCORES_SPLIT_KEYS (a multiple of kKeys; default 128).
@@ -57,14 +55,12 @@ struct ScoresArgs {
   int fill;  // 1: out is not zeroed; each CTA stores its keys' mass (scores_fill_rows())
 };
 
-template <int HD, bool kPass2, int kWarps>
-__global__ void __launch_bounds__(32 * kWarps) flash_scores_kernel(const ScoresArgs a) {
-  constexpr int kThreads = 32 * kWarps, kRows = 16 * kWarps;  // query vectors per CTA
+template <int HD, bool kPass2>
+__global__ void __launch_bounds__(kThreads) flash_scores_kernel(const ScoresArgs a) {
   pdl_begin();
   constexpr int kStride = HD + kPad;
-  // Two tiles: the next one's loads are in flight while this one is scored.
-  __shared__ __align__(16) bf16 Ks2[2][kKeys * kStride];
-  __shared__ int kpos2[2][kKeys];
+  __shared__ __align__(16) bf16 Ks[kKeys * kStride];
+  __shared__ int kpos_s[kKeys];
   __shared__ float colsum[kKeys];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const WorkItem wi =
@@ -129,29 +125,18 @@ __global__ void __launch_bounds__(32 * kWarps) flash_scores_kernel(const ScoresA
   float ma = -INFINITY, mb = -INFINITY, la = 0.f, lb = 0.f;  // pass 1, log2 units
   float* out = a.out + (int64_t(seq) * a.n_kv_heads + kvh) * a.out_stride;
 
-  auto load_tile = [&](int buf, int e0) {
+  for (int e0 = e_begin; e0 < e_end; e0 += kKeys) {
+    __syncthreads();  // the previous tile (and its column sums) are done with
     constexpr int kChunks = HD / 8;
 #pragma unroll
     for (int i = tid; i < kKeys * kChunks; i += kThreads) {
       const int j = i / kChunks, c = 8 * (i % kChunks), e = e0 + j;
       const bool ok = e < e_end;
-      cp_async16(Ks2[buf] + j * kStride + c, a.pk + (ok ? slot_of(e) : 0) * HD + c, ok);
+      cp_async16(Ks + j * kStride + c, a.pk + (ok ? slot_of(e) : 0) * HD + c, ok);
     }
+    if (tid < kKeys) kpos_s[tid] = e0 + tid < e_end ? a.ppos[slot_of(e0 + tid)] : INT_MAX;
     cp_async_commit();
-    if (tid < kKeys) kpos2[buf][tid] = e0 + tid < e_end ? a.ppos[slot_of(e0 + tid)] : INT_MAX;
-  };
-  load_tile(0, e_begin);
-  for (int e0 = e_begin, it = 0; e0 < e_end; e0 += kKeys, ++it) {
-    const int buf = it & 1;
-    const bf16* Ks = Ks2[buf];
-    const int* kpos_s = kpos2[buf];
-    __syncthreads();  // the previous tile (and its column sums) are done with
-    if (e0 + kKeys < e_end) {
-      load_tile(buf ^ 1, e0 + kKeys);
-      cp_async_wait<1>();  // this tile's group; the next one's stays in flight
-    } else {
-      cp_async_wait<0>();
-    }
+    cp_async_wait<0>();
     __syncthreads();
     if (active) {
       float s[kKeys / 8][4];
@@ -229,9 +214,8 @@ __global__ void __launch_bounds__(32 * kWarps) flash_scores_kernel(const ScoresA
   }
 }
 
-template <int HD, int kWarps>
+template <int HD>
 void launch_hd(ScoresArgs a, int n_items, size_t part_cap, float2* part, cudaStream_t s) {
-  constexpr int kThreads = 32 * kWarps, kRows = 16 * kWarps;
   const size_t per_item = size_t(a.n_splits) * kRows * sizeof(float2);
   const int per_launch = int(std::max<size_t>(1, std::min<size_t>(n_items, part_cap / per_item)));
   a.part = part;
@@ -239,19 +223,19 @@ void launch_hd(ScoresArgs a, int n_items, size_t part_cap, float2* part, cudaStr
     a.item0 = i0;
     const dim3 grid(unsigned(std::min(per_launch, n_items - i0)), unsigned(a.n_splits));
     if (!a.lse) {
-      flash_scores_kernel<HD, false, kWarps><<<grid, kThreads, 0, s>>>(a);
+      flash_scores_kernel<HD, false><<<grid, kThreads, 0, s>>>(a);
       BMX_LAUNCHED();
     }
-    launch_pdl(flash_scores_kernel<HD, true, kWarps>, grid, dim3(kThreads), 0, s, a);
+    launch_pdl(flash_scores_kernel<HD, true>, grid, dim3(kThreads), 0, s, a);
   }
 }
 
 }  // namespace
 
-int flash_scores_tile(int64_t max_vectors) { return max_vectors > 64 ? 128 : 64; }
+int flash_scores_tile() { return kRows; }
 
 bool flash_scores_fill_rows(const AttentionLaunch& L, const AttentionParams& p) {
-  // One item per (sequence, KV head): every sequence has queries, at most a tile of vectors.
+  // One item per (sequence, KV head): every sequence has queries, at most kRows vectors.
   return L.lse && L.n_big == 0 && L.n_small > 0 && int64_t(L.n_small) == int64_t(L.n_seqs) * p.n_kv_heads;
 }
 
@@ -259,9 +243,6 @@ void launch_flash_scores(const Tensor& q, const AttentionLaunch& L, const Attent
                          const KVPoolView& pool, float* d_out, int64_t stride, cudaStream_t s) {
   if (L.n_small == 0) return;
   if (L.n_big != 0) throw Error("cuda attention_scores: one list of work items expected");
-  if (L.small_tile != 64 && L.small_tile != 128)
-    throw Error("cuda attention_scores: work items of " + std::to_string(L.small_tile) +
-                " query vectors (packed with flash_scores_tile: 64 or 128)");
   if (reinterpret_cast<uintptr_t>(q.data) % 4 || q.row_stride % 4)
     throw Error("cuda attention_scores: q rows must be 4-byte aligned");
   const int n_splits = std::max(1, (L.max_small_entries + split_keys() - 1) / split_keys());
@@ -289,23 +270,16 @@ void launch_flash_scores(const Tensor& q, const AttentionLaunch& L, const Attent
   if (L.fill_rows && !flash_scores_fill_rows(L, p))
     throw Error("cuda attention_scores: rows to fill, but not one work item per (sequence, KV head) with sums");
   // The partials go through the fixed scratch reserved at start (inside the budget).
-  const size_t per_item = size_t(n_splits) * L.small_tile * sizeof(float2);
+  const size_t per_item = size_t(n_splits) * kRows * sizeof(float2);
   const size_t cap = std::max(attention_scores_scratch_bytes(), per_item);
   const int per_launch = int(std::min<size_t>(size_t(L.n_small), cap / per_item));
   float2* part = static_cast<float2*>(L.scratch(size_t(per_launch) * per_item));
-  auto by_rows = [&](auto warps_tag) {
-    constexpr int W = decltype(warps_tag)::value;
-    switch (p.head_dim) {
-      case 64: return launch_hd<64, W>(a, L.n_small, cap, part, s);
-      case 96: return launch_hd<96, W>(a, L.n_small, cap, part, s);
-      case 128: return launch_hd<128, W>(a, L.n_small, cap, part, s);
-      default: throw Error("cuda attention_scores: head_dim " + std::to_string(p.head_dim));
-    }
-  };
-  if (L.small_tile == 128)
-    by_rows(std::integral_constant<int, 8>{});
-  else
-    by_rows(std::integral_constant<int, 4>{});
+  switch (p.head_dim) {
+    case 64: return launch_hd<64>(a, L.n_small, cap, part, s);
+    case 96: return launch_hd<96>(a, L.n_small, cap, part, s);
+    case 128: return launch_hd<128>(a, L.n_small, cap, part, s);
+    default: throw Error("cuda attention_scores: head_dim " + std::to_string(p.head_dim));
+  }
 }
 
 }  // namespace batchmax::cuda

@@ -161,8 +161,8 @@ __global__ void key_norms_kernel(const TKV* pk, const int32_t* blocks, int block
 
 }  // namespace
 
-int attention_scores_tile(GgmlType q, GgmlType pool, int head_dim, int64_t max_vectors) {
-  return flash_attention_supported(q, pool, head_dim) ? flash_scores_tile(max_vectors) : kQT;
+int attention_scores_tile(GgmlType q, GgmlType pool, int head_dim) {
+  return flash_attention_supported(q, pool, head_dim) ? flash_scores_tile() : kQT;
 }
 size_t attention_scores_scratch_bytes() { return size_t(8) << 20; }
 
