@@ -188,6 +188,14 @@ class Backend {
     add(x, y);
     rms_norm(x, w, eps, out);
   }
+  // x += a . w^T, then out = x / rms(x) * norm_w: a product into the residual and the
+  // next norm (out must not alias a, w or x). Backends may fold the add into the
+  // product, rounding once; the default rounds the product, then add_rms_norm().
+  virtual void matmul_add_rms_norm(const Tensor& a, const Tensor& w, Tensor& x,
+                                   const Tensor& norm_w, float eps, Tensor& out) {
+    matmul(a, w, nullptr, out);
+    add_rms_norm(x, out, norm_w, eps, out);
+  }
   // out[i] = x[rows[i]]
   virtual void gather_rows(const Tensor& x, std::span<const int32_t> rows, Tensor& out) = 0;
   // out[r] (host memory) = index of the largest value of F32 row r, the first on ties

@@ -484,8 +484,7 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv,
   // layer's normed input.
   auto attn_out_mlp = [&](int64_t l) {
     const LayerWeights& L = w_->layers[l];
-    backend_.matmul(attn, L.wo, nullptr, h);
-    backend_.add_rms_norm(x, h, L.ffn_norm, hp_.rms_eps, h);
+    backend_.matmul_add_rms_norm(attn, L.wo, x, L.ffn_norm, hp_.rms_eps, h);
     if (L.w_gate_up.data) {
       Tensor gu = ws.gate_up.slice_rows(0, Tp);
       backend_.gate_up_swiglu(h, L.w_gate_up, gu, gate, up, act);
@@ -494,19 +493,20 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv,
       backend_.matmul(h, L.w_up, nullptr, up);
       backend_.swiglu(gate, up, act);
     }
-    backend_.matmul(act, L.w_down, nullptr, h);
-    if (l + 1 < hp_.n_layer)
-      backend_.add_rms_norm(x, h, w_->layers[l + 1].attn_norm, hp_.rms_eps, h);
-    else
+    if (l + 1 < hp_.n_layer) {
+      backend_.matmul_add_rms_norm(act, L.w_down, x, w_->layers[l + 1].attn_norm, hp_.rms_eps, h);
+    } else {
+      backend_.matmul(act, L.w_down, nullptr, h);
       backend_.add(x, h);
+    }
   };
 
   if (pick_index.empty())
     backend_.embed(w_->tok_embd, ids, x_rows);
   else
     backend_.embed_with_picks(w_->tok_embd, ids, pick_index, picks.read_set, x_rows);
-  // Each residual add is fused with the norm that follows it (add_rms_norm): h holds the
-  // normed input of the next block when a block starts.
+  // Each residual add is fused with the norm that follows it (matmul_add_rms_norm): h
+  // holds the normed input of the next block when a block starts.
   backend_.rms_norm(x, w_->layers[0].attn_norm, hp_.rms_eps, h);
   qkv(0);
   const StoreRope store_rope{q_rows, int(hp_.n_head), &rope_};

@@ -197,6 +197,30 @@ TEST_F(CudaKernels, AddRmsNormFusedEqualsAddThenNorm) {
 // and swiglu otherwise. Against the CPU's fp32 product and a host swiglu, and against the
 // GPU's unfused ops (which round gate and up to bf16 first). Where the fused kernel runs,
 // the gate/up scratch stays as it was (poisoned): the proof that it ran.
+TEST_F(CudaKernels, MatmulAddRmsNormMatchesCpu) {
+  // Below the threshold (1024 rows unless BATCHMAX_CUDA_RESIDUAL_GEMM_ROWS says otherwise)
+  // the product, then add + norm; from it the product adds into the residual (beta = 1)
+  // and a plain norm follows. Both the residual and the normed rows against the CPU.
+  const int64_t k = 384, n = 640;
+  std::vector<uint8_t> raw = random_weight(GgmlType::BF16, n, k);
+  Tensor wc = cpu->load_weight(GgmlType::BF16, raw.data(), n, k);
+  Tensor wg = gpu->load_weight(GgmlType::BF16, raw.data(), n, k);
+  gpu_owned.push_back(wg);
+  Pair norm = make(1, n, randv(size_t(n)));
+  for (int64_t rows : {3, 1023, 1024, 1500}) {
+    const std::string shape = "rows=" + std::to_string(rows);
+    // a as a row slice (the model's workspace view), 2 rows in.
+    Pair aall = make(rows + 2, k, randv(size_t((rows + 2) * k)));
+    Tensor ac = aall.c.slice_rows(2, rows), ag = aall.g.slice_rows(2, rows);
+    Pair x = make(rows, n, randv(size_t(rows * n)));
+    Pair out = make_out(rows, n);
+    cpu->matmul_add_rms_norm(ac, wc, x.c, norm.c, 1e-5f, out.c);
+    gpu->matmul_add_rms_norm(ag, wg, x.g, norm.g, 1e-5f, out.g);
+    expect_close("matmul_add_rms_norm residual " + shape, down_gpu(x.g), down_cpu(x.c), kBf16OpBound);
+    expect_close("matmul_add_rms_norm normed " + shape, down_gpu(out.g), down_cpu(out.c), kBf16OpBound);
+  }
+}
+
 TEST_F(CudaKernels, GateUpSwigluFusedMatchesProductThenSwiglu) {
   // 256 features a row of each half: 4 CTAs of 64 for every SM of an H100 or H200, which
   // the kernel asks for (fewer and cuBLASLt takes the product).

@@ -118,6 +118,8 @@ class CudaBackend final : public Backend {
     BMX_OP_TIME("gate_up_swiglu");
     gate_up_->run(x, w_gate_up, out, stream_);
   }
+  void matmul_add_rms_norm(const Tensor& a, const Tensor& w, Tensor& x, const Tensor& norm_w,
+                           float eps, Tensor& out) override;
   void add(Tensor& x, const Tensor& y) override {
     BMX_OP_TIME("add");
     cuda::launch_add(x, y, stream_);
@@ -286,6 +288,8 @@ class CudaBackend final : public Backend {
   cudaEvent_t cudnn_fork_ = nullptr, cudnn_join_ = nullptr;
   int cudnn_min_rows_ = 64;
   bool fuse_rope_store_ = true;
+  // matmul_add_rms_norm adds into the residual inside the product from this many rows.
+  int64_t residual_gemm_rows_ = 1024;
   std::vector<char> to_cudnn_;
   std::vector<cuda::SdpaEntry> sdpa_entries_;
   DeviceBuffer cudnn_scratch_;

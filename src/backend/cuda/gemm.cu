@@ -78,7 +78,7 @@ Gemm::Plan& Gemm::plan(const Key& key, const Tensor& x, const Tensor& w, Tensor&
                        cudaStream_t s) {
   auto it = plans_.find(key);
   if (it != plans_.end()) return it->second;
-  const auto [m, n, k, ldx, ldw, ldo, out_type, al_x, al_w, al_o] = key;
+  const auto [m, n, k, ldx, ldw, ldo, out_type, al_x, al_w, al_o, accumulate] = key;
   // Column-major view of the row-major problem: out^T[m, n] = w[m, k] . x^T[k, n], with
   // w stored as a k x m column-major matrix (transposed: "TN").
   Plan p;
@@ -110,8 +110,9 @@ Gemm::Plan& Gemm::plan(const Key& key, const Tensor& x, const Tensor& w, Tensor&
   // Tuning runs the candidates, which a stream being captured into a graph cannot do.
   cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
   BMX_CUDA(cudaStreamIsCapturing(s, &cap));
+  // (Tuning overwrites out: not for a product that adds to it.)
   const bool tuned = tune_ && flush_ && n <= kTuneMaxRows && cap == cudaStreamCaptureStatusNone &&
-                     out.data != x.data && out.data != w.data;
+                     out.data != x.data && out.data != w.data && !accumulate;
   cublasLtMatmulHeuristicResult_t res[kTuneCandidates]{};
   int found = 0;
   cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.a, p.b, p.c, p.c, pref,
@@ -173,7 +174,7 @@ void Gemm::tune(Plan& p, const cublasLtMatmulHeuristicResult_t* cands, int n, co
   }
 }
 
-void Gemm::run(const Tensor& x, const Tensor& w, Tensor& out, cudaStream_t s) {
+void Gemm::run(const Tensor& x, const Tensor& w, Tensor& out, cudaStream_t s, bool accumulate) {
   if (x.type != GgmlType::BF16 || w.type != GgmlType::BF16)
     throw Error("cuda matmul: x and w must be BF16 (weights are converted at load)");
   if (out.type != GgmlType::BF16 && out.type != GgmlType::F32)
@@ -181,16 +182,16 @@ void Gemm::run(const Tensor& x, const Tensor& w, Tensor& out, cudaStream_t s) {
   if (x.cols != w.cols || out.rows != x.rows || out.cols != w.rows)
     throw Error("cuda matmul: shapes do not match");
   if (x.rows == 0 || w.rows == 0) return;
-  if (small_ && small_->accepts(x, w, out)) {
+  if (!accumulate && small_ && small_->accepts(x, w, out)) {
     small_->run(x, w, out, s);
     return;
   }
   const size_t eo = out.type == GgmlType::F32 ? 4 : 2;
   const Key key{w.rows, x.rows, x.cols, int64_t(x.row_stride / 2), int64_t(w.row_stride / 2),
                 int64_t(out.row_stride / eo), int(out.type), alignment(x.data),
-                alignment(w.data), alignment(out.data)};
+                alignment(w.data), alignment(out.data), accumulate};
   Plan& p = plan(key, x, w, out, s);
-  const float alpha = 1.0f, beta = 0.0f;
+  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   check_lt(cublasLtMatmul(handle_, p.desc, &alpha, w.data, p.a, x.data, p.b, &beta, out.data,
                           p.c, out.data, p.c, &p.algo, workspace_, workspace_bytes_, s),
            "matmul");

@@ -32,7 +32,8 @@ class Gemm {
   Gemm(const Gemm&) = delete;
   Gemm& operator=(const Gemm&) = delete;
 
-  void run(const Tensor& x, const Tensor& w, Tensor& out, cudaStream_t s);
+  // out = x . w^T; accumulate: out += x . w^T (cuBLASLt's beta = 1, out read in place).
+  void run(const Tensor& x, const Tensor& w, Tensor& out, cudaStream_t s, bool accumulate = false);
   size_t n_plans() const { return plans_.size(); }
   // A device buffer of >= 2x the L2 size that tuning may read to flush L2 (the KV
   // pool); null: no tuning (timings would be L2-resident).
@@ -44,8 +45,9 @@ class Gemm {
   static constexpr int64_t kTuneMaxRows = 256;
 
  private:
-  // m, n, k, ldx, ldw, ldo, out type, alignment of x, w, out
-  using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int, int>;
+  // m, n, k, ldx, ldw, ldo, out type, alignment of x, w, out, accumulate (beta = 1)
+  using Key =
+      std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int, int, bool>;
   struct Plan {
     cublasLtMatmulDesc_t desc = nullptr;
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
