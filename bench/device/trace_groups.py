@@ -18,7 +18,8 @@ GROUPS = [  # (name, substrings of the kernel name), first match wins
     ("prefill attention (cuDNN, K/V gather; ours)",
      ["cudnn", "sdpa_gather", "stats_to_lse"] + [f"flash_kernel<{hd}, {wm}," for hd in (64, 96, 128) for wm in (4, 8)]),
     ("swiglu", ["SwigluOp"]),
-    ("add+norm", ["add_rms_norm"]),
+    ("add+norm, norm", ["rms_norm"]),  # add_rms_norm; rms_norm after a product that added
+                                       # into the residual (matmul_add_rms_norm)
     ("rope + kv store", ["rope_kv_store"]),
     ("scores", ["flash_scores", "gather_score_rows"]),
     ("eviction", ["evict_kernel"]),
