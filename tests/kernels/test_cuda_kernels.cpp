@@ -191,12 +191,6 @@ TEST_F(CudaKernels, AddRmsNormFusedEqualsAddThenNorm) {
   }
 }
 
-// The model stacks wq/wk/wv (and w_gate/w_up) on this backend
-// (prefers_stacked_projections) and hands the ops strided column views of one product.
-// gate_up_swiglu: the fused decode kernel (gate_up_swiglu.h) for <= 128 rows, the product
-// and swiglu otherwise. Against the CPU's fp32 product and a host swiglu, and against the
-// GPU's unfused ops (which round gate and up to bf16 first). Where the fused kernel runs,
-// the gate/up scratch stays as it was (poisoned): the proof that it ran.
 TEST_F(CudaKernels, MatmulAddRmsNormMatchesCpu) {
   // Below the threshold (1024 rows unless BATCHMAX_CUDA_RESIDUAL_GEMM_ROWS says otherwise)
   // the product, then add + norm; from it the product adds into the residual (beta = 1)
@@ -221,6 +215,12 @@ TEST_F(CudaKernels, MatmulAddRmsNormMatchesCpu) {
   }
 }
 
+// The model stacks wq/wk/wv (and w_gate/w_up) on this backend
+// (prefers_stacked_projections) and hands the ops strided column views of one product.
+// gate_up_swiglu: the fused decode kernel (gate_up_swiglu.h) for <= 128 rows, the product
+// and swiglu otherwise. Against the CPU's fp32 product and a host swiglu, and against the
+// GPU's unfused ops (which round gate and up to bf16 first). Where the fused kernel runs,
+// the gate/up scratch stays as it was (poisoned): the proof that it ran.
 TEST_F(CudaKernels, GateUpSwigluFusedMatchesProductThenSwiglu) {
   // 256 features a row of each half: 4 CTAs of 64 for every SM of an H100 or H200, which
   // the kernel asks for (fewer and cuBLASLt takes the product).
