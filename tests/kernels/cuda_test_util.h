@@ -145,6 +145,15 @@ class CudaFixture : public ::testing::Test {
     return out;
   }
 
+  // The same random weight (random_weight()) loaded on both backends; the GPU copy is
+  // freed with the fixture.
+  Pair load_random_weight(GgmlType type, int64_t rows, int64_t cols) {
+    const std::vector<uint8_t> raw = random_weight(type, rows, cols);
+    Pair w{cpu->load_weight(type, raw.data(), rows, cols), gpu->load_weight(type, raw.data(), rows, cols)};
+    gpu_owned.push_back(w.g);
+    return w;
+  }
+
   // Random GGUF bytes of `type` for rows x cols, with sane fp16 scales.
   std::vector<uint8_t> random_weight(GgmlType type, int64_t rows, int64_t cols) {
     const TypeTraits& tt = type_traits(type);

@@ -79,10 +79,8 @@ TEST_F(CudaKernels, MatmulEveryWeightTypeAndShape) {
   for (Shape s : {Shape{1, 256, 96}, Shape{7, 512, 160}, Shape{64, 768, 384}, Shape{33, 256, 1000}})
     for (GgmlType t : {GgmlType::F32, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0,
                        GgmlType::Q4_K, GgmlType::Q6_K}) {
-      std::vector<uint8_t> raw = random_weight(t, s.m, s.k);
-      Tensor wc = cpu->load_weight(t, raw.data(), s.m, s.k);
-      Tensor wg = gpu->load_weight(t, raw.data(), s.m, s.k);
-      gpu_owned.push_back(wg);
+      const Pair w = load_random_weight(t, s.m, s.k);
+      const Tensor &wc = w.c, &wg = w.g;
       Pair x = make(s.n, s.k, randv(s.n * s.k));
       for (GgmlType ot : {GgmlType::BF16, GgmlType::F32}) {  // F32: the logits
         Pair out = make_out(s.n, s.m, ot);
@@ -97,10 +95,8 @@ TEST_F(CudaKernels, MatmulEveryWeightTypeAndShape) {
 
 TEST_F(CudaKernels, MatmulBiasAndRowSlices) {
   const int64_t k = 512, m = 192;
-  std::vector<uint8_t> raw = random_weight(GgmlType::BF16, m, k);
-  Tensor wc = cpu->load_weight(GgmlType::BF16, raw.data(), m, k);
-  Tensor wg = gpu->load_weight(GgmlType::BF16, raw.data(), m, k);
-  gpu_owned.push_back(wg);
+  const Pair w = load_random_weight(GgmlType::BF16, m, k);
+  const Tensor &wc = w.c, &wg = w.g;
   std::vector<float> bv = randv(m);
   Tensor bc = cpu->load_weight(GgmlType::F32, bv.data(), 1, m);
   Tensor bg = gpu->load_weight(GgmlType::F32, bv.data(), 1, m);
@@ -196,10 +192,8 @@ TEST_F(CudaKernels, MatmulAddRmsNormMatchesCpu) {
   // the product, then add + norm; from it the product adds into the residual (beta = 1)
   // and a plain norm follows. Both the residual and the normed rows against the CPU.
   const int64_t k = 384, n = 640;
-  std::vector<uint8_t> raw = random_weight(GgmlType::BF16, n, k);
-  Tensor wc = cpu->load_weight(GgmlType::BF16, raw.data(), n, k);
-  Tensor wg = gpu->load_weight(GgmlType::BF16, raw.data(), n, k);
-  gpu_owned.push_back(wg);
+  const Pair w = load_random_weight(GgmlType::BF16, n, k);
+  const Tensor &wc = w.c, &wg = w.g;
   Pair norm = make(1, n, randv(size_t(n)));
   for (int64_t rows : {3, 1023, 1024, 1500}) {
     const std::string shape = "rows=" + std::to_string(rows);
@@ -231,10 +225,8 @@ TEST_F(CudaKernels, GateUpSwigluFusedMatchesProductThenSwiglu) {
     r.cols = n;
     return r;
   };
-  std::vector<uint8_t> raw = random_weight(GgmlType::BF16, 2 * ff, k);
-  Tensor wc = cpu->load_weight(GgmlType::BF16, raw.data(), 2 * ff, k);
-  Tensor wg = gpu->load_weight(GgmlType::BF16, raw.data(), 2 * ff, k);
-  gpu_owned.push_back(wg);
+  const Pair w = load_random_weight(GgmlType::BF16, 2 * ff, k);
+  const Tensor &wc = w.c, &wg = w.g;
   const char* env = std::getenv("BATCHMAX_CUDA_FUSED_GATE_UP");
   const bool fused_on = !(env && *env == '0');
   for (int64_t rows : {1, 5, 64, 65, 100, 128, 130}) {
