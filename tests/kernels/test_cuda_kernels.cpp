@@ -259,6 +259,48 @@ TEST_F(CudaKernels, GateUpSwigluFusedMatchesProductThenSwiglu) {
   }
 }
 
+// From 1024 rows gate_up_swiglu may run as cuBLASLt's up product and cuDNN's gate product
+// with the swiglu fused after it (cudnn_swiglu.h). A backend with it forced on (no timing
+// against the two-pass path) against the CPU; the gate half of the scratch stays poisoned
+// where it ran. Skips where the build or the machine has no cuDNN.
+TEST_F(CudaKernels, GateUpSwigluThroughCudnnMatchesCpu) {
+  setenv("BATCHMAX_CUDA_CUDNN_SWIGLU", "force", 1);
+  std::unique_ptr<Backend> fused = new_gpu();
+  unsetenv("BATCHMAX_CUDA_CUDNN_SWIGLU");
+  if (fused->name().find("MLP gate: stacked product") != std::string::npos)
+    GTEST_SKIP() << "no cuDNN fused gate: " << fused->name();
+  const int64_t k = 256, ff = 1024;
+  const Pair w = load_random_weight(GgmlType::BF16, 2 * ff, k);
+  for (int64_t rows : {1024, 1500}) {
+    const std::string shape = "rows=" + std::to_string(rows);
+    Pair xall = make(rows + 3, k, randv(size_t((rows + 3) * k)));
+    Tensor xc = xall.c.slice_rows(3, rows), xg = xall.g.slice_rows(3, rows);
+    Pair gu = make_out(rows, 2 * ff, GgmlType::F32);
+    Pair gu_g = make_out(rows, 2 * ff);  // poisoned
+    Pair out = make_out(rows, ff);
+    cpu->matmul(xc, w.c, nullptr, gu.c);
+    const std::vector<float> prod = down_cpu(gu.c);
+    std::vector<float> want(size_t(rows * ff));
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t f = 0; f < ff; ++f) {
+        const float g = prod[size_t(r * 2 * ff + f)], u = prod[size_t(r * 2 * ff + ff + f)];
+        want[size_t(r * ff + f)] = g / (1.0f + std::exp(-g)) * u;
+      }
+    gpu->synchronize();  // the uploads ran on the fixture's backend
+    Tensor gate = gu_g.g, up = gu_g.g;
+    gate.cols = up.cols = ff;
+    up.data = static_cast<char*>(gu_g.g.data) + row_bytes(GgmlType::BF16, ff);
+    fused->gate_up_swiglu(xg, w.g, gu_g.g, gate, up, out.g);
+    fused->synchronize();
+    expect_close("gate_up_swiglu (cuDNN) vs cpu " + shape, down_gpu(out.g), want, kBf16OpBound);
+    const std::vector<float> scratch = down_gpu(gu_g.g);
+    int64_t gate_nan = 0;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t f = 0; f < ff; ++f) gate_nan += std::isnan(scratch[size_t(r * 2 * ff + f)]);
+    EXPECT_EQ(gate_nan, rows * ff) << shape << ": the fused gate product did not run";
+  }
+}
+
 TEST_F(CudaKernels, StackedProductsThroughColumnViews) {
   ASSERT_TRUE(gpu->prefers_stacked_projections());
   const int heads = 4, kv_heads = 2, hd = 64;

@@ -53,8 +53,14 @@ CudaBackend::CudaBackend(const CudaBackendOptions& o) : device_(o.device) {
   cudnn_ = cuda::CudnnAttention::open(cudnn_stream_, why);
   name_ += cudnn_ ? ", prefill attention: " + cudnn_->describe()
                   : ", prefill attention: own kernel (" + why + ")";
+  std::string why_swiglu;
+  cudnn_swiglu_ = cuda::CudnnSwiglu::open(stream_, why_swiglu);
+  if (!cudnn_swiglu_) name_ += ", MLP gate: stacked product then swiglu (" + why_swiglu + ")";
+  if (const char* e = std::getenv("BATCHMAX_CUDA_CUDNN_SWIGLU_ROWS"))
+    cudnn_swiglu_rows_ = std::max<int64_t>(1, std::atoll(e));
 #else
   name_ += ", prefill attention: own kernel (built without the cuDNN frontend)";
+  name_ += ", MLP gate: stacked product then swiglu (built without the cuDNN frontend)";
 #endif
   if (const char* e = std::getenv("BATCHMAX_CUDA_CUDNN_MIN_ROWS"))
     cudnn_min_rows_ = std::max(1, std::atoi(e));
@@ -165,6 +171,19 @@ void CudaBackend::matmul_add_rms_norm(const Tensor& a, const Tensor& w, Tensor& 
   }
   BMX_OP_TIME("rms_norm");
   cuda::launch_rms_norm(x, norm_w, eps, out, stream_);
+}
+
+bool CudaBackend::fused_gate_swiglu(const Tensor& x, const Tensor& w_gate_up, Tensor& gate_up,
+                                    const Tensor& gate, const Tensor& up, Tensor& out) {
+  const int64_t ff = w_gate_up.rows / 2;
+  if (w_gate_up.rows % 2 != 0 || up.cols != ff || up.data != static_cast<const char*>(gate_up.data) + ff * 2)
+    return false;
+  const Tensor w_gate = w_gate_up.slice_rows(0, ff), w_up = w_gate_up.slice_rows(ff, ff);
+  Tensor up_out = up;
+  BMX_OP_TIME("gate_up_swiglu cudnn");
+  return cudnn_swiglu_->run(
+      x, w_gate, up, out, [&] { gemm_->run(x, w_up, up_out, stream_); },
+      [&] { Backend::gate_up_swiglu(x, w_gate_up, gate_up, gate, up, out); });
 }
 
 void CudaBackend::rope(Tensor& x, int n_heads, std::span<const int32_t> pos, const RopeParams& p) {

@@ -17,6 +17,7 @@
 #include "backend/cuda/cuda_common.cuh"
 #include "backend/evict_work.h"
 #include "backend/cuda/cudnn_attention.h"
+#include "backend/cuda/cudnn_swiglu.h"
 #include "backend/cuda/gate_up_swiglu.h"
 #include "backend/cuda/gemm.h"
 #include "backend/cuda/kept_picks.h"
@@ -113,13 +114,21 @@ class CudaBackend final : public Backend {
   }
   void gate_up_swiglu(const Tensor& x, const Tensor& w_gate_up, Tensor& gate_up, const Tensor& gate,
                       const Tensor& up, Tensor& out) override {
-    if (!gate_up_->accepts(x, w_gate_up, out))
-      return Backend::gate_up_swiglu(x, w_gate_up, gate_up, gate, up, out);
-    BMX_OP_TIME("gate_up_swiglu");
-    gate_up_->run(x, w_gate_up, out, stream_);
+    if (gate_up_->accepts(x, w_gate_up, out)) {
+      BMX_OP_TIME("gate_up_swiglu");
+      gate_up_->run(x, w_gate_up, out, stream_);
+      return;
+    }
+    if (cudnn_swiglu_ && x.rows >= cudnn_swiglu_rows_ && fused_gate_swiglu(x, w_gate_up, gate_up, gate, up, out))
+      return;
+    Backend::gate_up_swiglu(x, w_gate_up, gate_up, gate, up, out);
   }
   void matmul_add_rms_norm(const Tensor& a, const Tensor& w, Tensor& x, const Tensor& norm_w,
                            float eps, Tensor& out) override;
+  // gate_up_swiglu of many rows through cuDNN's fused gate product (cudnn_swiglu.h): the up
+  // product into `up`, then out = silu(x . w_gate^T) * up. False: nothing ran.
+  bool fused_gate_swiglu(const Tensor& x, const Tensor& w_gate_up, Tensor& gate_up, const Tensor& gate,
+                         const Tensor& up, Tensor& out);
   void add(Tensor& x, const Tensor& y) override {
     BMX_OP_TIME("add");
     cuda::launch_add(x, y, stream_);
@@ -284,6 +293,8 @@ class CudaBackend final : public Backend {
   DeviceBuffer rope_table_, lse_;
   AttentionSumsMemo lse_memo_;
   std::unique_ptr<cuda::CudnnAttention> cudnn_;  // null: prefill attention on our kernel
+  std::unique_ptr<cuda::CudnnSwiglu> cudnn_swiglu_;  // null: the stacked product, then swiglu
+  int64_t cudnn_swiglu_rows_ = 1024;  // from this many rows (BATCHMAX_CUDA_CUDNN_SWIGLU_ROWS)
   cudaStream_t cudnn_stream_ = nullptr;
   cudaEvent_t cudnn_fork_ = nullptr, cudnn_join_ = nullptr;
   int cudnn_min_rows_ = 64;

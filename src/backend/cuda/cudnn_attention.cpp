@@ -355,26 +355,30 @@ class CudnnAttentionImpl final : public CudnnAttention {
 
 }  // namespace
 
-std::unique_ptr<CudnnAttention> CudnnAttention::open(cudaStream_t stream, std::string& why) {
-  if (env_off("BATCHMAX_CUDA_CUDNN")) {
-    why = "BATCHMAX_CUDA_CUDNN=0";
-    return nullptr;
-  }
+int64_t load_cudnn(std::string& why) {
   if (!fe::cudnn_dlhandle) {
     for (const char* name : {"libcudnn.so.9", "libcudnn.so"})
       if ((fe::cudnn_dlhandle = dlopen(name, RTLD_NOW | RTLD_GLOBAL))) break;
     if (!fe::cudnn_dlhandle) {
       why = "libcudnn.so.9 not found";
-      return nullptr;
+      return 0;
     }
   }
-  int64_t version = 0;
   try {
-    version = fe::detail::get_backend_version();
+    return fe::detail::get_backend_version();
   } catch (const std::exception& e) {
     why = std::string("cuDNN unusable: ") + e.what();
+    return 0;
+  }
+}
+
+std::unique_ptr<CudnnAttention> CudnnAttention::open(cudaStream_t stream, std::string& why) {
+  if (env_off("BATCHMAX_CUDA_CUDNN")) {
+    why = "BATCHMAX_CUDA_CUDNN=0";
     return nullptr;
   }
+  const int64_t version = load_cudnn(why);
+  if (version <= 0) return nullptr;
   if (version < 90500) {  // paged K/V in SDPA came with 9.5
     why = "cuDNN " + std::to_string(version) + " is older than 9.5";
     return nullptr;

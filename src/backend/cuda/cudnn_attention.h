@@ -45,6 +45,10 @@ struct SdpaCall {
 using PutInts = std::function<const int32_t*(std::span<const int32_t>)>;
 using Scratch = std::function<void*(size_t)>;
 
+// Opens libcudnn once for the frontend (NV_CUDNN_FRONTEND_USE_DYNAMIC_LOADING); returns
+// its version, or 0 with `why` saying what is missing.
+int64_t load_cudnn(std::string& why);
+
 class CudnnAttention {
  public:
   // Null when cuDNN cannot be used (no libcudnn.so.9, a version before 9.5, or
