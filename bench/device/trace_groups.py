@@ -12,7 +12,8 @@ import re
 import sys
 
 GROUPS = [  # (name, substrings of the kernel name), first match wins
-    ("products (cuBLASLt; gate/up + swiglu)", ["nvjet", "splitKreduce", "gate_up_swiglu"]),
+    # matMul_pointwise: cuDNN's gate product with the swiglu fused (cudnn_swiglu.h)
+    ("products (cuBLASLt; gate/up + swiglu)", ["nvjet", "splitKreduce", "gate_up_swiglu", "matMul_pointwise"]),
     # flash_kernel<HD, WM, ...>: WM = 1 is the decode shape (any tile), 4 and 8 prefill.
     ("decode attention", [f"flash_kernel<{hd}, 1," for hd in (64, 96, 128)] + ["flash_combine"]),
     ("prefill attention (cuDNN, K/V gather; ours)",

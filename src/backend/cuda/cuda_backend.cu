@@ -77,6 +77,7 @@ CudaBackend::~CudaBackend() {
   replay_.reset();
   if (cudnn_stream_) cudaStreamSynchronize(cudnn_stream_);
   cudnn_.reset();
+  cudnn_swiglu_.reset();  // it synchronises stream_ on its way out
   if (cudnn_stream_) cudaStreamDestroy(cudnn_stream_);
   if (cudnn_fork_) cudaEventDestroy(cudnn_fork_);
   if (cudnn_join_) cudaEventDestroy(cudnn_join_);

@@ -3,10 +3,12 @@
 #include "backend/cuda/cudnn_swiglu.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <string>
 #include <tuple>
 #include <unordered_map>
 #include <vector>
@@ -59,7 +61,7 @@ class CudnnSwigluImpl final : public CudnnSwiglu {
     Shape& sh = shapes_[key];
     if (!sh.decided) {
       // Shapes seen once (a run's ramp and tail) never pay for a graph.
-      if (++sh.seen < (force_ ? 1 : kSeenBeforeTune)) return false;
+      if (++sh.seen < (force_ ? 1 : kSeenBeforeTune) || decisions_ >= kMaxDecisions) return false;
       cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
       if (cudaStreamIsCapturing(stream_, &cap) != cudaSuccess || cap != cudaStreamCaptureStatusNone)
         return false;
@@ -86,9 +88,13 @@ class CudnnSwigluImpl final : public CudnnSwiglu {
     std::shared_ptr<fe::graph::Graph> graph;
     int64_t plan = 0, workspace = 0;
   };
-  static constexpr int kSeenBeforeTune = 3;
+  // A decision costs ~50-200 ms of host time (a graph, plan builds, timed runs), so only
+  // row counts that recur are decided, and at most kMaxDecisions of them.
+  static constexpr int kSeenBeforeTune = 8;
+  static constexpr size_t kMaxDecisions = 32;
   // cuDNN's first few plans by its heuristic: the fastest at 2048 rows on an H100 was its
-  // second (bench/device/cudnn_swiglu_gemm.cu); the rest were 5-130% slower.
+  // second (bench/device/cudnn_swiglu_gemm.cu); the rest were 5-130% slower. Once a plan
+  // has won, later row counts try it and the heuristic's first only.
   static constexpr int64_t kCandidates = 4;
   static constexpr int64_t kMaxWorkspace = int64_t(64) << 20;
   static constexpr size_t kMaxShapes = 1024;
@@ -151,6 +157,8 @@ class CudnnSwigluImpl final : public CudnnSwiglu {
               const Tensor& out, const std::function<void()>& up_product,
               const std::function<void()>& two_pass) {
     sh.decided = true;
+    ++decisions_;
+    const auto start = std::chrono::steady_clock::now();
     auto g = make_graph(key);
     if (!g) return;
     std::unordered_map<int64_t, void*> pack{{kX, x.data}, {kW, w_gate.data}, {kUp, up.data}, {kOut, out.data}};
@@ -158,6 +166,9 @@ class CudnnSwigluImpl final : public CudnnSwiglu {
     float best = -1;
     std::string best_name;
     for (int64_t i = 0; i < std::min(kCandidates, g->get_execution_plan_count()); ++i) {
+      std::string name;
+      if (i > 0 && !preferred_.empty() && (g->get_plan_name_at_index(i, name).is_bad() || name != preferred_))
+        continue;
       int64_t ws = 0;
       if (g->build_plan_at_index(i).is_bad() || g->get_workspace_size_plan_at_index(i, ws).is_bad() ||
           ws > kMaxWorkspace)
@@ -178,11 +189,15 @@ class CudnnSwigluImpl final : public CudnnSwiglu {
     }
     // A margin against noise: the fused path must win by more than 1%.
     sh.use = best >= 0 && (force_ || best < 0.99f * t_two);
-    if (sh.use) sh.graph = std::move(g);
+    if (sh.use) {
+      sh.graph = std::move(g);
+      if (preferred_.empty()) preferred_ = best_name;
+    }
     if (verbose())
-      std::fprintf(stderr, "[cudnn swiglu] %lld rows: two-pass %.1f us, fused best %.1f us (%s): %s\n",
+      std::fprintf(stderr, "[cudnn swiglu] %lld rows: two-pass %.1f us, fused best %.1f us (%s): %s; decided in %.0f ms\n",
                    (long long)std::get<0>(key), t_two * 1e3, best * 1e3, best_name.c_str(),
-                   sh.use ? "fused" : "two-pass");
+                   sh.use ? "fused" : "two-pass",
+                   std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
   }
 
   void* workspace(int64_t n) {
@@ -209,6 +224,8 @@ class CudnnSwigluImpl final : public CudnnSwiglu {
   size_t workspace_bytes_ = 0;
   cudaEvent_t t0_ = nullptr, t1_ = nullptr;
   int64_t fused_runs_ = 0;
+  size_t decisions_ = 0;
+  std::string preferred_;  // the plan that won the first decision
 };
 
 }  // namespace
