@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <deque>
 #include <iostream>
 #include <random>
 #include <string>
@@ -146,9 +147,10 @@ class CudaFixture : public ::testing::Test {
   }
 
   // The same random weight (random_weight()) loaded on both backends; the GPU copy is
-  // freed with the fixture.
+  // freed with the fixture. The bytes live as long as the fixture: the CPU backend's
+  // weight may be a view of them (as of a GGUF's mapping), not a copy.
   Pair load_random_weight(GgmlType type, int64_t rows, int64_t cols) {
-    const std::vector<uint8_t> raw = random_weight(type, rows, cols);
+    const std::vector<uint8_t>& raw = weight_bytes.emplace_back(random_weight(type, rows, cols));
     Pair w{cpu->load_weight(type, raw.data(), rows, cols), gpu->load_weight(type, raw.data(), rows, cols)};
     gpu_owned.push_back(w.g);
     return w;
@@ -187,6 +189,7 @@ class CudaFixture : public ::testing::Test {
 
   std::unique_ptr<Backend> gpu, cpu;
   std::vector<Tensor> gpu_owned, cpu_owned;
+  std::deque<std::vector<uint8_t>> weight_bytes;  // load_random_weight's, for the fixture's life
   std::mt19937 rng;
 };
 

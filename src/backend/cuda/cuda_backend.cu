@@ -53,14 +53,14 @@ CudaBackend::CudaBackend(const CudaBackendOptions& o) : device_(o.device) {
   cudnn_ = cuda::CudnnAttention::open(cudnn_stream_, why);
   name_ += cudnn_ ? ", prefill attention: " + cudnn_->describe()
                   : ", prefill attention: own kernel (" + why + ")";
+  // Off by default (cudnn_swiglu.h says why); BATCHMAX_CUDA_CUDNN_SWIGLU=1 or =force.
   std::string why_swiglu;
   cudnn_swiglu_ = cuda::CudnnSwiglu::open(stream_, why_swiglu);
-  if (!cudnn_swiglu_) name_ += ", MLP gate: stacked product then swiglu (" + why_swiglu + ")";
+  if (cudnn_swiglu_) name_ += ", MLP gate: cuDNN fused";
   if (const char* e = std::getenv("BATCHMAX_CUDA_CUDNN_SWIGLU_ROWS"))
     cudnn_swiglu_rows_ = std::max<int64_t>(1, std::atoll(e));
 #else
   name_ += ", prefill attention: own kernel (built without the cuDNN frontend)";
-  name_ += ", MLP gate: stacked product then swiglu (built without the cuDNN frontend)";
 #endif
   if (const char* e = std::getenv("BATCHMAX_CUDA_CUDNN_MIN_ROWS"))
     cudnn_min_rows_ = std::max(1, std::atoi(e));

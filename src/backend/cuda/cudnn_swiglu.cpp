@@ -232,8 +232,8 @@ class CudnnSwigluImpl final : public CudnnSwiglu {
 
 std::unique_ptr<CudnnSwiglu> CudnnSwiglu::open(cudaStream_t stream, std::string& why) {
   const char* e = std::getenv("BATCHMAX_CUDA_CUDNN_SWIGLU");
-  if (e && std::strcmp(e, "0") == 0) {
-    why = "BATCHMAX_CUDA_CUDNN_SWIGLU=0";
+  if (!e || (std::strcmp(e, "1") != 0 && std::strcmp(e, "force") != 0)) {
+    why = "off (BATCHMAX_CUDA_CUDNN_SWIGLU=1 turns it on)";
     return nullptr;
   }
   if (load_cudnn(why) <= 0) return nullptr;
