@@ -24,6 +24,8 @@
 
 #include <cudnn_frontend.h>
 
+#include "bench_cuda_checks.cuh"
+
 namespace fe = cudnn_frontend;
 
 namespace cudnn_frontend {
@@ -32,37 +34,8 @@ void* cudnn_dlhandle = nullptr;  // the frontend's dynamic loading reads libcudn
 
 namespace {
 
-#define CK(x)                                                                         \
-  do {                                                                                \
-    cudaError_t e_ = (x);                                                             \
-    if (e_ != cudaSuccess) {                                                          \
-      std::fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                   \
-    }                                                                                 \
-  } while (0)
-#define CL(x)                                                                            \
-  do {                                                                                   \
-    cublasStatus_t s_ = (x);                                                             \
-    if (s_ != CUBLAS_STATUS_SUCCESS) {                                                   \
-      std::fprintf(stderr, "%s:%d cublasLt status %d\n", __FILE__, __LINE__, int(s_));   \
-      std::exit(1);                                                                      \
-    }                                                                                    \
-  } while (0)
-
 constexpr int kRuns = 20;
 constexpr size_t kWorkspace = 256ull << 20;
-
-// bf16 with magnitude in [2^(e0-127), 2^(e0-119)), random sign and mantissa.
-__global__ void fill(__nv_bfloat16* p, size_t n, unsigned seed, int e0) {
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
-    unsigned z = unsigned(i) * 2654435761u + seed;
-    z ^= z >> 15;
-    z *= 2246822519u;
-    z ^= z >> 13;
-    const unsigned short bits = (unsigned short)(((z >> 31) << 15) | ((e0 + (z >> 8) % 8) << 7) | (z & 0x7f));
-    p[i] = __ushort_as_bfloat16(bits);
-  }
-}
 
 // act[r, f] = silu(gu[r, f]) * gu[r, N + f]: the engine's swiglu pass on the stacked output.
 __global__ void swiglu(const __nv_bfloat16* gu, long n, long rows, __nv_bfloat16* act) {
@@ -81,23 +54,6 @@ __global__ void swiglu(const __nv_bfloat16* gu, long n, long rows, __nv_bfloat16
     }
     *reinterpret_cast<uint4*>(act + r * n + c) = o;
   }
-}
-
-template <class F>
-float time_ms(cudaStream_t s, F&& f) {
-  f();  // warm
-  cudaEvent_t t0, t1;
-  CK(cudaEventCreate(&t0));
-  CK(cudaEventCreate(&t1));
-  CK(cudaEventRecord(t0, s));
-  for (int r = 0; r < kRuns; ++r) f();
-  CK(cudaEventRecord(t1, s));
-  CK(cudaEventSynchronize(t1));
-  float ms = 0;
-  CK(cudaEventElapsedTime(&ms, t0, t1));
-  cudaEventDestroy(t0);
-  cudaEventDestroy(t1);
-  return ms / kRuns;
 }
 
 // out[rows x n] = x[rows x k] . w[n x k]^T through cuBLASLt's first heuristic pick (the
@@ -194,7 +150,7 @@ float time_plans(cudnnHandle_t h, fe::graph::Graph& g, std::unordered_map<int64_
     int64_t need = 0;
     if (g.get_workspace_size_plan_at_index(i, need).is_bad() || size_t(need) > kWorkspace) continue;
     if (g.execute_plan_at_index(h, pack, ws, i).is_bad()) continue;
-    const float ms = time_ms(s, [&] { (void)g.execute_plan_at_index(h, pack, ws, i); });
+    const float ms = time_ms(s, kRuns, [&] { (void)g.execute_plan_at_index(h, pack, ws, i); });
     std::string name;
     (void)g.get_plan_name_at_index(i, name);
     std::printf("  %s plan %2lld of %2lld: %8.1f us %6.1f TF/s  %s\n", label, (long long)i, (long long)count,
@@ -239,17 +195,17 @@ int main(int argc, char** argv) {
   CK(cudaMalloc(&u, size_t(cap) * n * 2));
   CK(cudaMalloc(&act_ref, size_t(cap) * n * 2));
   CK(cudaMalloc(&act, size_t(cap) * n * 2));
-  fill<<<1024, 256, 0, s>>>(x, size_t(cap) * k, 1, 119);   // |x| < 1
-  fill<<<1024, 256, 0, s>>>(wgu, size_t(2 * n) * k, 2, 114);  // |w| < 1/32
+  fill_bf16_bits<<<1024, 256, 0, s>>>(reinterpret_cast<unsigned short*>(x), size_t(cap) * k, 1, 119);   // |x| < 1
+  fill_bf16_bits<<<1024, 256, 0, s>>>(reinterpret_cast<unsigned short*>(wgu), size_t(2 * n) * k, 2, 114);  // |w| < 1/32
   const __nv_bfloat16* wg = wgu;
   const __nv_bfloat16* wu = wgu + size_t(n) * k;
 
   // The engine's path: stacked product, then the swiglu pass.
   const LtProduct stacked(lt, rows, 2 * n, k), half(lt, rows, n, k);
   const double flop_half = 2.0 * rows * n * k;
-  const float t_stacked = time_ms(s, [&] { stacked.run(lt, x, wgu, gu, ws, s); });
-  const float t_swiglu = time_ms(s, [&] { swiglu<<<prop.multiProcessorCount * 8, 256, 0, s>>>(gu, n, rows, act_ref); });
-  const float t_half = time_ms(s, [&] { half.run(lt, x, wu, u, ws, s); });
+  const float t_stacked = time_ms(s, kRuns, [&] { stacked.run(lt, x, wgu, gu, ws, s); });
+  const float t_swiglu = time_ms(s, kRuns, [&] { swiglu<<<prop.multiProcessorCount * 8, 256, 0, s>>>(gu, n, rows, act_ref); });
+  const float t_half = time_ms(s, kRuns, [&] { half.run(lt, x, wu, u, ws, s); });
   std::printf("cuBLASLt stacked gate/up %8.1f us %6.1f TF/s | swiglu pass %6.1f us | sum %8.1f us\n",
               t_stacked * 1e3, 2 * flop_half / (t_stacked * 1e-3) / 1e12, t_swiglu * 1e3,
               (t_stacked + t_swiglu) * 1e3);
@@ -318,9 +274,9 @@ int main(int argc, char** argv) {
       std::unordered_map<int64_t, void*> pack{{kA, x}, {kB, const_cast<__nv_bfloat16*>(wg)}, {kU, u}, {kO, act}};
       float ms0 = -1, ms1 = -1;
       if (ok0 && g->execute_plan_at_index(h, pack, ws, 0).is_good())
-        ms0 = time_ms(s, [&] { (void)g->execute_plan_at_index(h, pack, ws, 0); });
+        ms0 = time_ms(s, kRuns, [&] { (void)g->execute_plan_at_index(h, pack, ws, 0); });
       if (ok && g->execute_plan_at_index(h, pack, ws, idx).is_good())
-        ms1 = time_ms(s, [&] { (void)g->execute_plan_at_index(h, pack, ws, idx); });
+        ms1 = time_ms(s, kRuns, [&] { (void)g->execute_plan_at_index(h, pack, ws, idx); });
       std::printf("rows %5ld %s: graph %7.1f ms, plan 0 build %7.1f ms run %7.1f us | best-named plan #%lld build %7.1f ms run %7.1f us\n",
                   m, dyn ? "dynamic+cache" : "static       ", t1 - t0, t2 - t1, ms0 * 1e3, (long long)idx,
                   t3 - t2, ms1 * 1e3);

@@ -4,41 +4,14 @@
 // The measured bf16 peak of gemm.cu's ceiling is the square 8192 product's best candidate.
 //
 // usage: batchmax_gemm_candidates [rows ...]   (default 2048)
-#include <cublasLt.h>
-#include <cuda_runtime.h>
-
 #include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <vector>
 
+#include "bench_cuda_checks.cuh"
+
 namespace {
-
-#define CK(x)                                                                      \
-  do {                                                                             \
-    cudaError_t e_ = (x);                                                          \
-    if (e_ != cudaSuccess) {                                                       \
-      std::fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                \
-    }                                                                              \
-  } while (0)
-#define CL(x)                                                                         \
-  do {                                                                                \
-    cublasStatus_t s_ = (x);                                                          \
-    if (s_ != CUBLAS_STATUS_SUCCESS) {                                                \
-      std::fprintf(stderr, "%s:%d cublasLt status %d\n", __FILE__, __LINE__, int(s_)); \
-      std::exit(1);                                                                   \
-    }                                                                                 \
-  } while (0)
-
-__global__ void fill(unsigned short* p, size_t n, unsigned seed) {
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
-    unsigned z = unsigned(i) * 2654435761u + seed;
-    z ^= z >> 15;
-    // bf16 in [-1, 1): sign, exponent 119..126, random mantissa
-    p[i] = (unsigned short)(((z >> 31) << 15) | ((119 + (z >> 8) % 8) << 7) | (z & 0x7f));
-  }
-}
 
 struct Problem {
   const char* name;
@@ -57,23 +30,13 @@ float time_algo(cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t a, cublasLtMat
                 cublasLtMatrixLayout_t c, const cublasLtMatmulAlgo_t& algo, const void* w,
                 const void* x, void* out, float beta, cudaStream_t s) {
   const float alpha = 1.0f;
-  cudaEvent_t t0, t1;
-  CK(cudaEventCreate(&t0));
-  CK(cudaEventCreate(&t1));
   if (cublasLtMatmul(lt, desc, &alpha, w, a, x, b, &beta, out, c, out, c, &algo, workspace,
                      kWorkspace, s) != CUBLAS_STATUS_SUCCESS)
     return -1;
-  CK(cudaEventRecord(t0, s));
-  for (int r = 0; r < kRuns; ++r)
+  return time_ms(s, kRuns, [&] {
     CL(cublasLtMatmul(lt, desc, &alpha, w, a, x, b, &beta, out, c, out, c, &algo, workspace,
                       kWorkspace, s));
-  CK(cudaEventRecord(t1, s));
-  CK(cudaEventSynchronize(t1));
-  float ms = 0;
-  CK(cudaEventElapsedTime(&ms, t0, t1));
-  cudaEventDestroy(t0);
-  cudaEventDestroy(t1);
-  return ms / kRuns;
+  });
 }
 
 void run(const Problem& pb, long tokens, cudaStream_t s) {
@@ -82,9 +45,9 @@ void run(const Problem& pb, long tokens, cudaStream_t s) {
   CK(cudaMalloc(&w, size_t(m) * k * 2));
   CK(cudaMalloc(&x, size_t(n) * k * 2));
   CK(cudaMalloc(&out, size_t(n) * m * 2));
-  fill<<<1024, 256, 0, s>>>(w, size_t(m) * k, 1);
-  fill<<<1024, 256, 0, s>>>(x, size_t(n) * k, 2);
-  fill<<<1024, 256, 0, s>>>(out, size_t(n) * m, 3);
+  fill_bf16_bits<<<1024, 256, 0, s>>>(w, size_t(m) * k, 1);
+  fill_bf16_bits<<<1024, 256, 0, s>>>(x, size_t(n) * k, 2);
+  fill_bf16_bits<<<1024, 256, 0, s>>>(out, size_t(n) * m, 3);
   // gemm.cu's layout: out^T[m, n] = w[k, m]^T . x^T[k, n], column-major, "TN".
   cublasLtMatmulDesc_t desc;
   CL(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));

@@ -156,6 +156,21 @@ class CudaFixture : public ::testing::Test {
     return w;
   }
 
+  // The CPU's stacked gate/up product of x (fp32, into gu: rows x 2ff) and a host swiglu
+  // of its two halves: the reference of gate_up_swiglu.
+  std::vector<float> cpu_gate_up_swiglu(const Tensor& x, const Tensor& w, Tensor& gu, int64_t rows,
+                                        int64_t ff) {
+    cpu->matmul(x, w, nullptr, gu);
+    const std::vector<float> prod = down_cpu(gu);
+    std::vector<float> want(size_t(rows * ff));
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t f = 0; f < ff; ++f) {
+        const float g = prod[size_t(r * 2 * ff + f)], u = prod[size_t(r * 2 * ff + ff + f)];
+        want[size_t(r * ff + f)] = g / (1.0f + std::exp(-g)) * u;
+      }
+    return want;
+  }
+
   // Random GGUF bytes of `type` for rows x cols, with sane fp16 scales.
   std::vector<uint8_t> random_weight(GgmlType type, int64_t rows, int64_t cols) {
     const TypeTraits& tt = type_traits(type);

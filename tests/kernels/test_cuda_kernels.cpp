@@ -237,14 +237,7 @@ TEST_F(CudaKernels, GateUpSwigluFusedMatchesProductThenSwiglu) {
     Pair gu = make_out(rows, 2 * ff, GgmlType::F32);
     Pair gu_g = make_out(rows, 2 * ff);  // bf16 scratch on the GPU, poisoned
     Pair out = make_out(rows, ff);
-    cpu->matmul(xc, wc, nullptr, gu.c);
-    const std::vector<float> prod = down_cpu(gu.c);
-    std::vector<float> want(size_t(rows * ff));
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t f = 0; f < ff; ++f) {
-        const float g = prod[size_t(r * 2 * ff + f)], u = prod[size_t(r * 2 * ff + ff + f)];
-        want[size_t(r * ff + f)] = g / (1.0f + std::exp(-g)) * u;
-      }
+    const std::vector<float> want = cpu_gate_up_swiglu(xc, wc, gu.c, rows, ff);
     gpu->gate_up_swiglu(xg, wg, gu_g.g, col_view(gu_g.g, 0, ff), col_view(gu_g.g, ff, ff), out.g);
     const std::vector<float> got = down_gpu(out.g);
     expect_close("gate_up_swiglu vs cpu " + shape, got, want, kBf16OpBound);
@@ -278,14 +271,7 @@ TEST_F(CudaKernels, GateUpSwigluThroughCudnnMatchesCpu) {
     Pair gu = make_out(rows, 2 * ff, GgmlType::F32);
     Pair gu_g = make_out(rows, 2 * ff);  // poisoned
     Pair out = make_out(rows, ff);
-    cpu->matmul(xc, w.c, nullptr, gu.c);
-    const std::vector<float> prod = down_cpu(gu.c);
-    std::vector<float> want(size_t(rows * ff));
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t f = 0; f < ff; ++f) {
-        const float g = prod[size_t(r * 2 * ff + f)], u = prod[size_t(r * 2 * ff + ff + f)];
-        want[size_t(r * ff + f)] = g / (1.0f + std::exp(-g)) * u;
-      }
+    const std::vector<float> want = cpu_gate_up_swiglu(xc, w.c, gu.c, rows, ff);
     gpu->synchronize();  // the uploads ran on the fixture's backend
     Tensor gate = gu_g.g, up = gu_g.g;
     gate.cols = up.cols = ff;
