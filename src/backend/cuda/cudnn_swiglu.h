@@ -9,8 +9,8 @@
 // than others (2049-2168 rows: 470-620 us for the fused gate), so each row count is timed
 // against the two-pass path on its own operands before it is used, once it has recurred.
 //
-// Off by default. Inside W-full (Llama-3.1-8B dummy weights, H100) it won 3-15% of the
-// gate product at 1912-2048 rows and lost 1-41% at 1080-1656 rows; a traced 2048-token
+// Off by default. Inside W-full (Llama-3.1-8B dummy weights, H100) it took 3-18% off the
+// gate/up pair at 1912-2048 rows and added 1-41% at 1080-1656 rows; a traced 2048-token
 // step went from 53.33 to 52.86 ms. But a decision took 0.05-3.7 s of host time (cuDNN
 // compiles its kernels with NVRTC), which in `full`'s run of varied row counts cost more
 // than the fused products saved (bench/results/cudnn_swiglu_2026-11-28/).
