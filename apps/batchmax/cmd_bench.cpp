@@ -47,6 +47,7 @@ struct BenchArgs {
   int top_k = 0;
   bool no_ceilings = false;
   std::string out, plot, commit;
+  std::string schedule = "auto";  // EngineOptions::schedule
 };
 
 std::vector<std::string> split_list(const std::string& s) {
@@ -211,6 +212,8 @@ int run_bench(const BenchArgs& a) {
   eo.max_batch = a.max_batch;
   eo.step_tokens = a.step_tokens;
   eo.overlap_steps = a.overlap_steps;
+  eo.schedule = a.schedule;
+  bo.schedule = a.schedule;
   eo.max_context = a.ctx;
   eo.kv_mem_bytes = parse_bytes(a.kv_mem);
   // h2o rows evict on the GPU only in a pool with slot mass (see EngineOptions).
@@ -294,6 +297,11 @@ int run_bench(const BenchArgs& a) {
       if (row.truncated) engine.reset();  // stopped mid-run: a fresh engine for the next
       rows.push_back(row);
       std::fputs(bench::format_table({row}).c_str(), stderr);
+      std::fprintf(stderr,
+                   "requests (schedule %s): first token %.2f s, done %.2f s on average (p90 "
+                   "%.2f s); decode-only steps %.2f s\n",
+                   row.schedule.c_str(), row.first_token_s_mean, row.request_s_mean,
+                   row.request_s_p90, row.decode_only_s);
       save();
     }
   }
@@ -318,9 +326,9 @@ int run_bench(const BenchArgs& a) {
       steps += (i ? ", " : " ") + mode_step[i].first + " " + std::to_string(mode_step[i].second);
     steps += " tokens";
   }
-  std::printf("workload: %s | model %s | backend %s (%s) | %s%s | commit %s\n",
+  std::printf("workload: %s | model %s | backend %s (%s) | %s | schedule %s%s | commit %s\n",
               work->name.c_str(), bo.model.c_str(), a.backend.c_str(), ceil.gpu.c_str(),
-              steps.c_str(), sampling.c_str(), bo.commit.c_str());
+              steps.c_str(), a.schedule.c_str(), sampling.c_str(), bo.commit.c_str());
   if (ceil.gemm_tflops > 0)
     std::printf("measured ceilings: bf16 GEMM %.1f TFLOP/s, copy %.0f GB/s\n", ceil.gemm_tflops,
                 ceil.copy_gbps);
@@ -353,6 +361,7 @@ Command add_bench(CLI::App& root) {
                   "launch each step before reading the last one's tokens: 1 on, 0 off, -1 the "
                   "backend's choice (on for CUDA)")
       ->check(CLI::Range(-1, 1))->capture_default_str();
+  add_schedule_flag(*cmd, a->schedule, "auto");
   cmd->add_option("--max-batch", a->max_batch, "sequences at once (0: as many as the KV pool admits)")
       ->check(CLI::NonNegativeNumber)->capture_default_str();
   cmd->add_option("--ctx", a->ctx, "context length (0: the model's)")->check(CLI::NonNegativeNumber);

@@ -12,7 +12,9 @@
 #   decode:  24 GiB, 64 x 512 in / 2048 out (decode steps of batch 64); window 8 + 8 s
 # env:   MODES ("full batchmax"; batchmax at KV budget 512, chunk 512), TAG (file name
 #        suffix), BMX_TRACE_SKIP_S / BMX_TRACE_LEN_S (the window), BMX_TRACE_DUMP (900),
-#        EXTRA (more bench arguments)
+#        EXTRA (more bench arguments), SCHEDULE (decode-first: the mixed steps' steady
+#        state that the traces since v9 of cuda_notes.md show; auto would prefill every
+#        W-full batchmax prompt first, so the window would hold prefill-only steps)
 set -uo pipefail
 DEFAULT_OUT=trace_out
 source "$(dirname "$0")/ab_common.sh"
@@ -36,7 +38,7 @@ for mode in ${MODES:-full batchmax}; do
   name=${WORKLOAD}_$mode${TAG:-}
   LD_PRELOAD=$LIB BMX_TRACE_OUT="$OUT/trace_$name.txt" \
     "$DIR/batchmax" bench --backend cuda --dummy-weights llama3-8b --commit "$COMMIT" --warmup 2 \
-    --no-ceilings "${args[@]}" --modes "$mode" --kv-budgets 512 --chunk 512 ${EXTRA:-} \
+    --no-ceilings "${args[@]}" --schedule "${SCHEDULE:-decode-first}" --modes "$mode" --kv-budgets 512 --chunk 512 ${EXTRA:-} \
     --out "$OUT/trace_run_$name.json" > "$OUT/trace_run_$name.log" 2>&1 || rc=1
   tail -n 3 "$OUT/trace_run_$name.log"
   head -n 24 "$OUT/trace_$name.txt"

@@ -123,6 +123,17 @@ struct EngineOptions {
   // needs logits on the host (logprobs, top-k/top-p, kept logits) or selects evictions on
   // the host, and profiled runs, go one at a time. Outputs are the same either way.
   int overlap_steps = -1;
+  // Which work a step takes first while prompts wait to be prefilled:
+  // - "decode-first": every decoding sequence gets its token each step; prefill chunks
+  //   take what is left. Steady streams: the server's choice.
+  // - "prefill-first": prefill chunks take the step, decoders the tokens left over
+  //   (when no chunk can run, every decoder does).
+  // - "auto": prefill first while every request has been admitted (none waits for
+  //   memory), decode first otherwise. A batch whose requests all fit then ends with one
+  //   large decode batch, not a shrinking tail of small, weight-bound decode steps; while
+  //   requests wait, decoding first frees their memory soonest. Requests' first tokens
+  //   come later than with decode-first; their tokens are the same.
+  std::string schedule = "decode-first";
 };
 
 struct Progress {

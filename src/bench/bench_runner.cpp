@@ -62,6 +62,7 @@ BenchRow run_config(Engine& engine, const Workload& w, const KVSettings& kv,
   r.mem_budget_bytes = opts.mem_budget_bytes;
   r.step_tokens = engine.memory_plan().step_tokens;  // resolved when opts leave it 0
   r.overlap_steps = opts.overlap_steps;
+  r.schedule = opts.schedule;
   r.temperature = opts.temperature;
   r.top_k = opts.top_k;
   r.top_p = opts.top_p;
@@ -99,7 +100,7 @@ BenchRow run_config(Engine& engine, const Workload& w, const KVSettings& kv,
   // Per-step split of time between prefill and decode: a mixed step's time is shared
   // by token count. Pure decode steps give the bandwidth figure: each reads the
   // weights once and every running sequence's KV blocks.
-  double decode_bytes = 0, decode_only_s = 0, large_bytes = 0, large_s = 0, large_floor_s = 0;
+  double decode_bytes = 0, large_bytes = 0, large_s = 0, large_floor_s = 0;
   const double weight_read = double(plan.weight_bytes) * cost.decode_weight_fraction();
   Progress last;
   auto on_progress = [&](const Progress& p) {
@@ -111,7 +112,7 @@ BenchRow run_config(Engine& engine, const Workload& w, const KVSettings& kv,
     r.decode_s += p.step_s * double(dt) / double(pt + dt);
     if (pt == 0) {
       ++r.decode_steps;
-      decode_only_s += p.step_s;
+      r.decode_only_s += p.step_s;
       decode_bytes += weight_read + double(p.kv_bytes);
       if (dt >= BenchRow::kLargeDecodeBatch) {
         large_s += p.step_s;
@@ -152,6 +153,7 @@ BenchRow run_config(Engine& engine, const Workload& w, const KVSettings& kv,
     r.output_tokens = last.generated_tokens;
     r.completed = last.done;
   }
+  std::vector<double> request_s;
   for (const Output& o : outs) {
     if (o.finish_reason == "error") {
       ++r.failed;
@@ -161,6 +163,14 @@ BenchRow run_config(Engine& engine, const Workload& w, const KVSettings& kv,
     r.input_tokens += o.prompt_tokens;
     r.output_tokens += int64_t(o.tokens.size());
     ++r.completed;
+    r.first_token_s_mean += o.first_token_s;
+    request_s.push_back(o.total_s);
+  }
+  if (!request_s.empty()) {
+    r.first_token_s_mean /= double(request_s.size());
+    for (double s : request_s) r.request_s_mean += s / double(request_s.size());
+    std::sort(request_s.begin(), request_s.end());
+    r.request_s_p90 = request_s[(request_s.size() * 9 + 9) / 10 - 1];  // nearest rank
   }
   const double wall = std::max(r.wall_s, 1e-9);
   r.requests_per_s = double(r.completed) / wall;
@@ -186,8 +196,8 @@ BenchRow run_config(Engine& engine, const Workload& w, const KVSettings& kv,
   }
   if (r.decode_s > 0)  // each request's first token comes from its prefill
     r.decode_tok_s = double(r.output_tokens - r.completed) / r.decode_s;
-  if (decode_only_s > 0) {
-    r.decode_gbps = decode_bytes / decode_only_s / 1e9;
+  if (r.decode_only_s > 0) {
+    r.decode_gbps = decode_bytes / r.decode_only_s / 1e9;
     if (ceil.copy_gbps > 0) r.decode_bw_frac = r.decode_gbps / ceil.copy_gbps;
   }
   if (large_s > 0) {
@@ -212,6 +222,7 @@ nlohmann::ordered_json to_json(const BenchRow& r) {
       {"step_tokens", r.step_tokens},
       {"overlap_steps", r.overlap_steps},
       {"overlapped_steps", r.overlapped_steps},
+      {"schedule", r.schedule},
       {"temperature", r.temperature},
       {"top_k", r.top_k},
       {"top_p", r.top_p},
@@ -234,6 +245,10 @@ nlohmann::ordered_json to_json(const BenchRow& r) {
       {"decode_s", r.decode_s},
       {"steps", r.steps},
       {"decode_steps", r.decode_steps},
+      {"decode_only_s", r.decode_only_s},
+      {"first_token_s_mean", r.first_token_s_mean},
+      {"request_s_mean", r.request_s_mean},
+      {"request_s_p90", r.request_s_p90},
       {"replayed_runs", r.replayed_runs},
       {"recorded_runs", r.recorded_runs},
       {"peak_kv_bytes", r.peak_kv_bytes},

@@ -55,6 +55,7 @@ struct BenchOptions {
   int top_k = 0;          // with temperature: 0 off
   float top_p = 1;        // with temperature: 1 off
   int overlap_steps = -1;  // EngineOptions::overlap_steps the engine was made with (recorded)
+  std::string schedule = "decode-first";  // EngineOptions::schedule (recorded)
 };
 
 struct BenchRow {
@@ -63,12 +64,19 @@ struct BenchRow {
   int64_t kv_budget = 0, chunk = 0, mem_budget_bytes = 0, step_tokens = 0;
   int64_t overlap_steps = -1;  // -1: the backend's choice (steps in flight on CUDA)
   int64_t overlapped_steps = 0;  // steps launched while the one before was in flight
+  std::string schedule;          // EngineOptions::schedule
   double temperature = 0, top_p = 1;
   int64_t top_k = 0;
   int64_t requests = 0, completed = 0, failed = 0, input_tokens = 0, output_tokens = 0;
   int64_t max_batch = 0, planned_max_batch = 0;
   double wall_s = 0, requests_per_s = 0, output_tok_s = 0, total_tok_s = 0;
   double prefill_s = 0, prefill_tok_s = 0, decode_s = 0, decode_tok_s = 0;
+  // Wall time of the steps without prefill rows (at the end: the last requests' decoding).
+  double decode_only_s = 0;
+  // Per completed request, from the run's start (all are submitted then): its first
+  // token (mean) and its last (mean and 90th percentile). A schedule trades these for
+  // throughput.
+  double first_token_s_mean = 0, request_s_mean = 0, request_s_p90 = 0;
   int64_t peak_kv_bytes = 0, kv_pool_bytes = 0, weight_bytes = 0, peak_backend_bytes = 0;
   double gemm_tflops_measured = 0, copy_gbps_measured = 0;
   double prefill_tflops = 0, prefill_peak_frac = 0;  // vs gemm_tflops_measured

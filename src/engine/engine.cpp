@@ -44,6 +44,8 @@ LlmEngine::LlmEngine(const EngineOptions& opts) : opts_(opts) {
   if (opts.max_batch < 0) throw Error("max_batch must be >= 0");
   if (opts.step_tokens < 0) throw Error("step_tokens must be positive (0: the backend's choice)");
   if (opts.mem_budget_bytes < 0) throw Error("memory budget must be positive");
+  if (opts.schedule != "decode-first" && opts.schedule != "prefill-first" && opts.schedule != "auto")
+    throw Error("schedule must be decode-first, prefill-first or auto, got '" + opts.schedule + "'");
   BackendOptions bo;
   bo.n_threads = opts.n_threads;
   bo.force_scalar = opts.force_scalar;

@@ -274,6 +274,13 @@ class EngineBatch final : public Engine::Batch {
     }
   }
 
+  // EngineOptions::schedule for this step: auto puts prefill first once nobody waits.
+  StepOrder step_order() const {
+    const std::string& s = e_.options().schedule;
+    const bool prefill_first = s == "prefill-first" || (s == "auto" && waiting_.empty());
+    return prefill_first ? StepOrder::PrefillFirst : StepOrder::DecodeFirst;
+  }
+
   // Greedy, or temperature over the whole vocabulary, without logprobs or kept logits:
   // the backend picks a generated token where the logits are (Backend::sample_rows).
   // (A prompt_logprobs request's prefill rows still send their logits to the host.)
@@ -304,7 +311,7 @@ class EngineBatch final : public Engine::Batch {
     const std::vector<StepItem> items =
         plan_step(progress, opts.step_tokens, chunk, [&](size_t i, int64_t n) {
           return kv_.reserve_growth(running_[at[i]].seq_id, n);
-        });
+        }, step_order());
     if (items.empty() && !inflight_)
       throw Error("internal: a step with running requests planned no work");
     std::optional<InFlight> launched;
@@ -434,7 +441,7 @@ class EngineBatch final : public Engine::Batch {
     const std::vector<StepItem> items =
         plan_step(progress, opts.step_tokens, chunk, [&](size_t i, int64_t n) {
           return kv_.reserve_growth(running_[i].seq_id, n);
-        });
+        }, step_order());
     // The headroom covers any one sequence's chunk, so a step always has work.
     if (items.empty()) throw Error("internal: a step with running requests planned no work");
     std::vector<SeqBatch> batch;

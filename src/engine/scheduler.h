@@ -1,7 +1,7 @@
 #pragma once
-// Plans one engine step: every decoding sequence contributes one token, the rest of the
-// step's token budget goes to prefill chunks in admission order (as in vLLM, a
-// sequence's progress is one number: tokens computed so far).
+// Plans one engine step: decoding sequences contribute one token each and prefill chunks
+// go in admission order (as in vLLM, a sequence's progress is one number: tokens
+// computed so far). StepOrder says which of the two takes the step's tokens first.
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -23,12 +23,24 @@ struct StepItem {
   bool last_chunk = false;  // completes the prompt: logits wanted
 };
 
+enum class StepOrder {
+  // Every decoding sequence gets its token, prefill takes what is left (at least one
+  // token): requests stream steadily while others are prefilled (chunked prefill).
+  DecodeFirst,
+  // Prefill chunks take the step first, decoders the tokens left; when no prefill chunk
+  // can run, every decoder does. Deferred decoders then run together as one large batch
+  // (vLLM's scheduler before chunked prefill put prefill first too).
+  PrefillFirst,
+};
+
 // step_tokens: the step's token budget; chunk: the largest prefill chunk (0: no limit).
+// Items list decode rows first (in sequence order), then prefill chunks.
 // room(i, n), when given, is asked before sequence i takes a prefill chunk of n tokens
 // (the KV cache promises the blocks the chunk needs past the sequence's reservation);
 // on false, prefill stops for this step, so no later sequence overtakes it.
 std::vector<StepItem> plan_step(const std::vector<SeqProgress>& seqs, int64_t step_tokens,
                                 int64_t chunk,
-                                const std::function<bool(size_t, int64_t)>& room = nullptr);
+                                const std::function<bool(size_t, int64_t)>& room = nullptr,
+                                StepOrder order = StepOrder::DecodeFirst);
 
 }  // namespace batchmax

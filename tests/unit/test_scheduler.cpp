@@ -66,3 +66,51 @@ TEST(Scheduler, PrefillStopsWhereTheCacheHasNoRoom) {
   ASSERT_EQ(asked.size(), 2u);  // sequence 3 is not asked: it may not overtake 2
   EXPECT_EQ(asked[1], (std::pair<size_t, int64_t>{2, 128}));
 }
+
+// Prefill first: chunks take the step, decoders wait for tokens left over (the oldest
+// first), and all of them run once no chunk can.
+TEST(Scheduler, PrefillFirstDefersDecodersToTheTokensLeft) {
+  std::vector<SeqProgress> s(5);
+  s[0] = {100, 100, true};
+  s[1] = {1000, 0, false};
+  s[2] = {100, 100, true};
+  s[3] = {1000, 0, false};
+  s[4] = {100, 100, true};
+  auto items = plan_step(s, 256, 128, nullptr, StepOrder::PrefillFirst);
+  ASSERT_EQ(items.size(), 2u);
+  EXPECT_TRUE(items[0].prefill && items[1].prefill);
+  EXPECT_EQ(items[0].seq, 1u);
+  EXPECT_EQ(items[1].seq, 3u);
+
+  items = plan_step(s, 258, 128, nullptr, StepOrder::PrefillFirst);
+  ASSERT_EQ(items.size(), 4u);  // two tokens left: the two oldest decoders, listed first
+  EXPECT_FALSE(items[0].prefill);
+  EXPECT_EQ(items[0].seq, 0u);
+  EXPECT_EQ(items[1].seq, 2u);
+  EXPECT_TRUE(items[2].prefill && items[3].prefill);
+  int64_t total = 0;
+  for (auto& it : items) total += it.n_tokens;
+  EXPECT_EQ(total, 258);
+}
+
+TEST(Scheduler, PrefillFirstRunsEveryDecoderWhenNoChunkCan) {
+  std::vector<SeqProgress> s(6, SeqProgress{10, 10, true});
+  auto items = plan_step(s, 4, 0, nullptr, StepOrder::PrefillFirst);
+  EXPECT_EQ(items.size(), 6u);  // nothing to prefill: decoders are never held back
+
+  s.push_back({300, 0, false});  // a prompt whose chunk the cache cannot promise yet
+  items = plan_step(s, 4, 0, [](size_t, int64_t) { return false; }, StepOrder::PrefillFirst);
+  ASSERT_EQ(items.size(), 6u);
+  for (const auto& it : items) EXPECT_FALSE(it.prefill);
+}
+
+// The same progress planned both ways covers the same sequences once there is no
+// prefill left: the order only matters while prompts wait.
+TEST(Scheduler, OrdersAgreeWithoutPrefill) {
+  std::vector<SeqProgress> s(3, SeqProgress{10, 10, true});
+  s.push_back({20, 20, false});  // prompt done, first token not sampled yet: no row
+  const auto a = plan_step(s, 64, 0, nullptr, StepOrder::DecodeFirst);
+  const auto b = plan_step(s, 64, 0, nullptr, StepOrder::PrefillFirst);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i].seq, b[i].seq);
+}
