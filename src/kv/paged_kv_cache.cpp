@@ -31,7 +31,7 @@ int64_t PagedKVCache::block_bytes(const KVCacheConfig& cfg) {
 }
 
 PagedKVCache::PagedKVCache(Backend& backend, const KVCacheConfig& cfg)
-    : backend_(backend), cfg_(cfg), blocks_(cfg.n_blocks) {
+    : backend_(backend), cfg_(cfg), blocks_(cfg.n_blocks, std::max(cfg.n_layer, 1)) {
   if (cfg.n_layer <= 0 || cfg.n_kv_heads <= 0 || cfg.head_dim <= 0 || cfg.block_tokens <= 0 ||
       cfg.step_tokens < 0)
     throw Error("kv cache: bad configuration");
@@ -160,12 +160,14 @@ void PagedKVCache::prepare(int64_t seq_id, int64_t n_new, StepPhase phase) {
     const int64_t bt = cfg_.block_tokens;
     s.max_n = 0;
     s.min_cap = INT64_MAX;
-    for (auto& h : s.heads) {
+    for (size_t i = 0; i < s.heads.size(); ++i) {
+      HeadTable& h = s.heads[i];
       const int64_t need = (h.entries() + n_new + bt - 1) / bt;
       while (int64_t(h.blocks.size()) < need) {
         if (s.reserved <= 0)
           throw Error("kv cache: sequence " + std::to_string(seq_id) + " grew past its reservation");
-        h.blocks.push_back(blocks_.take_reserved());
+        // From its layer's region of the pool (BlockPool: a layer's kernels read one slice).
+        h.blocks.push_back(blocks_.take_reserved(int(i / size_t(cfg_.n_kv_heads))));
         --s.reserved;
         ++s.held;
       }
