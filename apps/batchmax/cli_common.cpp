@@ -51,20 +51,21 @@ void add_engine_flags(CLI::App& cmd, EngineFlags& f) {
                  "backend's choice (on for CUDA)")
       ->check(CLI::Range(-1, 1))
       ->capture_default_str();
-  add_schedule_flag(cmd, f.schedule, "auto; serve: decode-first");
+  add_schedule_flag(cmd, f.schedule);
   add_kv_flags(cmd, f.kv);
   cmd.add_flag("--kv-slot-mass", f.kv_slot_mass,
                "keep h2o's attention mass per KV entry (4 bytes) so h2o requests evict on the "
                "GPU; implied by --kv-policy h2o");
 }
 
-CLI::Option* add_schedule_flag(CLI::App& cmd, std::string& schedule, const std::string& default_note) {
+CLI::Option* add_schedule_flag(CLI::App& cmd, std::string& schedule) {
   return cmd
       .add_option("--schedule", schedule,
                   "what a step takes first while prompts wait: decode-first (every decoder, "
                   "each step), prefill-first, or auto (prefill first once every request is "
-                  "admitted). Default: " + default_note)
-      ->check(CLI::IsMember({"decode-first", "prefill-first", "auto"}));
+                  "admitted)")
+      ->check(CLI::IsMember({"decode-first", "prefill-first", "auto"}))
+      ->capture_default_str();
 }
 
 void add_kv_flags(CLI::App& cmd, KVSettings& kv) {
@@ -91,9 +92,9 @@ void add_kv_flags(CLI::App& cmd, KVSettings& kv) {
       ->capture_default_str();
 }
 
-EngineOptions engine_options(const EngineFlags& f, const std::string& schedule_default) {
+EngineOptions engine_options(const EngineFlags& f) {
   EngineOptions opts;
-  opts.schedule = f.schedule.empty() ? schedule_default : f.schedule;
+  opts.schedule = f.schedule;
   opts.model_path = f.model;
   opts.backend = f.backend;
   opts.n_threads = f.threads;
@@ -110,10 +111,9 @@ EngineOptions engine_options(const EngineFlags& f, const std::string& schedule_d
   return opts;
 }
 
-std::unique_ptr<Engine> load_engine(const EngineFlags& f, double* load_s,
-                                    const std::string& schedule_default) {
+std::unique_ptr<Engine> load_engine(const EngineFlags& f, double* load_s) {
   check_model_path(f.model);
-  EngineOptions opts = engine_options(f, schedule_default);
+  EngineOptions opts = engine_options(f);
   double t0 = now_s();
   auto engine = Engine::create(opts);
   if (load_s) *load_s = now_s() - t0;

@@ -64,19 +64,16 @@ struct EngineFlags {
   KVSettings kv;           // compression defaults (per-request fields override)
   bool kv_slot_mass = false;  // EngineOptions::kv_slot_mass
   int overlap_steps = -1;     // EngineOptions::overlap_steps
-  std::string schedule;       // EngineOptions::schedule; empty: the command's default
+  std::string schedule = "decode-first";  // EngineOptions::schedule
 };
 void add_engine_flags(CLI::App& cmd, EngineFlags& flags);
 // The compression flags alone (--kv-mode, --kv-policy, --kv-budget, --chunk, ...).
 void add_kv_flags(CLI::App& cmd, KVSettings& kv);
-// schedule_default: EngineOptions::schedule when --schedule is not given ("auto" for
-// batch jobs, "decode-first" for the server, whose requests stream).
-EngineOptions engine_options(const EngineFlags& flags, const std::string& schedule_default = "auto");
+EngineOptions engine_options(const EngineFlags& flags);
 // --schedule (EngineOptions::schedule), checked at parse time.
-CLI::Option* add_schedule_flag(CLI::App& cmd, std::string& schedule, const std::string& default_note);
+CLI::Option* add_schedule_flag(CLI::App& cmd, std::string& schedule);
 // Loads the model; `load_s` receives the seconds it took.
-std::unique_ptr<Engine> load_engine(const EngineFlags& flags, double* load_s = nullptr,
-                                    const std::string& schedule_default = "auto");
+std::unique_ptr<Engine> load_engine(const EngineFlags& flags, double* load_s = nullptr);
 
 // Prompt building lives in tokenizer/prompt_tokens.h (the server uses it too).
 using batchmax::tokenize_chat;

@@ -47,7 +47,7 @@ struct BenchArgs {
   int top_k = 0;
   bool no_ceilings = false;
   std::string out, plot, commit;
-  std::string schedule = "auto";  // EngineOptions::schedule
+  std::string schedule = "decode-first";  // EngineOptions::schedule
 };
 
 std::vector<std::string> split_list(const std::string& s) {
@@ -361,7 +361,7 @@ Command add_bench(CLI::App& root) {
                   "launch each step before reading the last one's tokens: 1 on, 0 off, -1 the "
                   "backend's choice (on for CUDA)")
       ->check(CLI::Range(-1, 1))->capture_default_str();
-  add_schedule_flag(*cmd, a->schedule, "auto");
+  add_schedule_flag(*cmd, a->schedule);
   cmd->add_option("--max-batch", a->max_batch, "sequences at once (0: as many as the KV pool admits)")
       ->check(CLI::NonNegativeNumber)->capture_default_str();
   cmd->add_option("--ctx", a->ctx, "context length (0: the model's)")->check(CLI::NonNegativeNumber);

@@ -95,9 +95,9 @@ int run_serve(ServeArgs& a) {
   loader.thread = std::thread([&] {
     try {
       if (a.dummy.empty()) {
-        loader.engine = load_engine(a.engine, nullptr, "decode-first");
+        loader.engine = load_engine(a.engine);
       } else {
-        EngineOptions eo = engine_options(a.engine, "decode-first");
+        EngineOptions eo = engine_options(a.engine);
         eo.model_path.clear();
         eo.dummy_weights = a.dummy;
         loader.engine = Engine::create(eo);

@@ -30,8 +30,17 @@ int64_t PagedKVCache::block_bytes(const KVCacheConfig& cfg) {
                                       (cfg.slot_mass ? int64_t(sizeof(float)) : 0));
 }
 
+namespace {
+// One region of the block pool per layer (BlockPool); BATCHMAX_KV_REGIONS=0 takes blocks
+// from one shared free list as before (A/B timings).
+int pool_regions(const KVCacheConfig& cfg) {
+  const char* e = std::getenv("BATCHMAX_KV_REGIONS");
+  return e && *e == '0' ? 1 : std::max(cfg.n_layer, 1);
+}
+}  // namespace
+
 PagedKVCache::PagedKVCache(Backend& backend, const KVCacheConfig& cfg)
-    : backend_(backend), cfg_(cfg), blocks_(cfg.n_blocks, std::max(cfg.n_layer, 1)) {
+    : backend_(backend), cfg_(cfg), blocks_(cfg.n_blocks, pool_regions(cfg)) {
   if (cfg.n_layer <= 0 || cfg.n_kv_heads <= 0 || cfg.head_dim <= 0 || cfg.block_tokens <= 0 ||
       cfg.step_tokens < 0)
     throw Error("kv cache: bad configuration");
