@@ -30,17 +30,8 @@ int64_t PagedKVCache::block_bytes(const KVCacheConfig& cfg) {
                                       (cfg.slot_mass ? int64_t(sizeof(float)) : 0));
 }
 
-namespace {
-// One region of the block pool per layer (BlockPool); BATCHMAX_KV_REGIONS=0 takes blocks
-// from one shared free list as before (A/B timings).
-int pool_regions(const KVCacheConfig& cfg) {
-  const char* e = std::getenv("BATCHMAX_KV_REGIONS");
-  return e && *e == '0' ? 1 : std::max(cfg.n_layer, 1);
-}
-}  // namespace
-
 PagedKVCache::PagedKVCache(Backend& backend, const KVCacheConfig& cfg)
-    : backend_(backend), cfg_(cfg), blocks_(cfg.n_blocks, pool_regions(cfg)) {
+    : backend_(backend), cfg_(cfg), blocks_(cfg.n_blocks) {
   if (cfg.n_layer <= 0 || cfg.n_kv_heads <= 0 || cfg.head_dim <= 0 || cfg.block_tokens <= 0 ||
       cfg.step_tokens < 0)
     throw Error("kv cache: bad configuration");
@@ -169,14 +160,12 @@ void PagedKVCache::prepare(int64_t seq_id, int64_t n_new, StepPhase phase) {
     const int64_t bt = cfg_.block_tokens;
     s.max_n = 0;
     s.min_cap = INT64_MAX;
-    for (size_t i = 0; i < s.heads.size(); ++i) {
-      HeadTable& h = s.heads[i];
+    for (auto& h : s.heads) {
       const int64_t need = (h.entries() + n_new + bt - 1) / bt;
       while (int64_t(h.blocks.size()) < need) {
         if (s.reserved <= 0)
           throw Error("kv cache: sequence " + std::to_string(seq_id) + " grew past its reservation");
-        // From its layer's region of the pool (BlockPool: a layer's kernels read one slice).
-        h.blocks.push_back(blocks_.take_reserved(int(i / size_t(cfg_.n_kv_heads))));
+        h.blocks.push_back(blocks_.take_reserved());
         --s.reserved;
         ++s.held;
       }

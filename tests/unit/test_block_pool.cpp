@@ -87,36 +87,3 @@ TEST(BlockPool, RandomMixKeepsInvariants) {
     EXPECT_EQ(p.n_unreserved(), n);
   }
 }
-
-// Regions: a take gets a block of the region it names while that region has one, the
-// block goes back to its own region, and a full region borrows from the freest other.
-TEST(BlockPool, RegionsKeepTheirBlocks) {
-  BlockPool p(12, 3);  // regions [0, 4), [4, 8), [8, 12)
-  ASSERT_EQ(p.regions(), 3);
-  ASSERT_TRUE(p.reserve(12));
-  std::vector<int32_t> r1;
-  for (int i = 0; i < 4; ++i) r1.push_back(p.take_reserved(1));
-  EXPECT_EQ(r1, (std::vector<int32_t>{4, 5, 6, 7}));  // low ids first
-  const int32_t a = p.take_reserved(2);
-  EXPECT_EQ(p.region_of(a), 2);
-  // Region 1 is full: its next take comes from region 0 (4 free) before region 2 (3 free).
-  const int32_t borrowed = p.take_reserved(1);
-  EXPECT_EQ(p.region_of(borrowed), 0);
-  p.release(r1[2]);
-  EXPECT_EQ(p.take_reserved(1), r1[2]);  // back where it came from
-  EXPECT_EQ(p.take_reserved(4), 1);  // region 4 % 3 == 1 is full again: region 0 (ties: the first)
-  EXPECT_EQ(p.n_used(), 7);
-  EXPECT_EQ(p.n_free(), 5);
-}
-
-TEST(BlockPool, RegionsOfAnUnevenPool) {
-  BlockPool p(10, 4);  // 3 ids a region, the last holds one
-  EXPECT_EQ(p.region_of(0), 0);
-  EXPECT_EQ(p.region_of(5), 1);
-  EXPECT_EQ(p.region_of(9), 3);
-  ASSERT_TRUE(p.reserve(10));
-  std::set<int32_t> all;
-  for (int i = 0; i < 10; ++i) all.insert(p.take_reserved(3));  // every block, once
-  EXPECT_EQ(all.size(), 10u);
-  EXPECT_THROW(BlockPool(4, 0), batchmax::Error);
-}

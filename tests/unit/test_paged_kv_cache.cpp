@@ -266,31 +266,3 @@ TEST(PagedKVCache, RemovingABorrowerRestoresTheHeadroom) {
   kv.remove_sequence(2);
   EXPECT_EQ(kv.blocks().n_unreserved(), cfg.n_blocks);
 }
-
-// Each layer's blocks come from its own region of the pool, whichever order sequences
-// and layers grow in, so a layer's kernels read one slice of the pool.
-TEST(PagedKVCache, ALayersBlocksLieInItsRegion) {
-  auto be = make_cpu_backend();
-  KVCacheConfig cfg = small_config();  // 2 layers x 2 heads, 4-entry blocks, 24 blocks
-  PagedKVCache kv(*be, cfg);
-  ASSERT_EQ(kv.blocks().regions(), cfg.n_layer);
-  ASSERT_TRUE(kv.add_sequence(1, 12));
-  ASSERT_TRUE(kv.add_sequence(2, 8));
-  kv.prepare(1, 5);
-  kv.prepare(2, 3);
-  kv.prepare(1, 1);  // the same step's sizes again: nothing new
-  kv.prepare(2, 6);
-  for (int layer = 0; layer < cfg.n_layer; ++layer)
-    for (int64_t seq : {1, 2}) {
-      AttentionSeq view;
-      kv.attention_view(layer, seq, view);
-      ASSERT_EQ(view.head_blocks.size(), size_t(cfg.n_kv_heads));
-      for (const auto& blocks : view.head_blocks) {
-        EXPECT_FALSE(blocks.empty());
-        for (int32_t b : blocks) EXPECT_EQ(kv.blocks().region_of(b), layer) << "seq " << seq << " block " << b;
-      }
-    }
-  kv.remove_sequence(1);
-  kv.remove_sequence(2);
-  EXPECT_EQ(kv.blocks().n_free(), cfg.n_blocks);
-}

@@ -1,6 +1,5 @@
 #include "backend/cuda/gemm.h"
 
-#include <cstdio>
 #include <cstdlib>
 #include <string>
 
@@ -30,11 +29,6 @@ bool tuning_enabled() {
   return e && *e == '1';
 }
 
-bool accumulate_tuning_enabled() {
-  const char* e = std::getenv("BATCHMAX_CUDA_GEMM_TUNE_ACCUMULATE");
-  return e && *e == '1';
-}
-
 // Candidates timed per tuned plan, and runs per timing.
 constexpr int kTuneCandidates = 16;
 constexpr int kTuneRuns = 5;
@@ -56,7 +50,7 @@ static int small_m_rows_from_env() {
 }
 
 Gemm::Gemm(size_t workspace_bytes, int small_m_max_rows)
-    : workspace_bytes_(workspace_bytes), tune_(tuning_enabled()), tune_accumulate_(accumulate_tuning_enabled()) {
+    : workspace_bytes_(workspace_bytes), tune_(tuning_enabled()) {
   check_lt(cublasLtCreate(&handle_), "create");
   if (workspace_bytes_) BMX_CUDA(cudaMalloc(&workspace_, workspace_bytes_));
   const int rows = small_m_max_rows < 0 ? small_m_rows_from_env() : small_m_max_rows;
@@ -180,68 +174,6 @@ void Gemm::tune(Plan& p, const cublasLtMatmulHeuristicResult_t* cands, int n, co
   }
 }
 
-void Gemm::tune_accumulate(Plan& p, const Tensor& x, const Tensor& w, const Tensor& out, cudaStream_t s) {
-  p.retuned = true;
-  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
-  BMX_CUDA(cudaStreamIsCapturing(s, &cap));
-  const size_t eo = out.type == GgmlType::F32 ? 4 : 2;
-  if (cap != cudaStreamCaptureStatusNone || out.row_stride != size_t(out.cols) * eo) return;
-  cublasLtMatmulPreference_t pref;
-  check_lt(cublasLtMatmulPreferenceCreate(&pref), "preference");
-  uint64_t ws = workspace_bytes_;
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
-  uint32_t ax = alignment(x.data), aw = alignment(w.data), ao = alignment(out.data);
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &aw, sizeof(aw));
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &ax, sizeof(ax));
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &ao, sizeof(ao));
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ao, sizeof(ao));
-  constexpr int kCands = 8;
-  cublasLtMatmulHeuristicResult_t res[kCands]{};
-  int found = 0;
-  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.a, p.b, p.c, p.c, pref,
-                                                           kCands, res, &found);
-  cublasLtMatmulPreferenceDestroy(pref);
-  if (st != CUBLAS_STATUS_SUCCESS || found < 2) return;
-  if (!t0_) {
-    BMX_CUDA(cudaEventCreate(&t0_));
-    BMX_CUDA(cudaEventCreate(&t1_));
-  }
-  // The timed runs add into a copy of out, never into the caller's values.
-  const size_t bytes = size_t(out.rows) * out.row_stride;
-  void* scratch = nullptr;
-  BMX_CUDA(cudaMallocAsync(&scratch, bytes, s));
-  BMX_CUDA(cudaMemcpyAsync(scratch, out.data, bytes, cudaMemcpyDeviceToDevice, s));
-  const float alpha = 1.0f, beta = 1.0f;
-  auto launch = [&](const cublasLtMatmulAlgo_t& algo) {
-    return cublasLtMatmul(handle_, p.desc, &alpha, w.data, p.a, x.data, p.b, &beta, scratch, p.c,
-                          scratch, p.c, &algo, workspace_, workspace_bytes_, s);
-  };
-  float first = -1, best = -1;
-  int best_i = -1;
-  for (int i = 0; i < found; ++i) {
-    if (res[i].state != CUBLAS_STATUS_SUCCESS || launch(res[i].algo) != CUBLAS_STATUS_SUCCESS) continue;
-    BMX_CUDA(cudaEventRecord(t0_, s));
-    bool ok = true;
-    for (int r = 0; r < 3 && ok; ++r) ok = launch(res[i].algo) == CUBLAS_STATUS_SUCCESS;
-    BMX_CUDA(cudaEventRecord(t1_, s));
-    BMX_CUDA(cudaEventSynchronize(t1_));
-    float ms = 0;
-    BMX_CUDA(cudaEventElapsedTime(&ms, t0_, t1_));
-    if (!ok) continue;
-    if (i == 0) first = ms / 3;
-    if (best < 0 || ms / 3 < best) {
-      best = ms / 3;
-      best_i = i;
-    }
-  }
-  BMX_CUDA(cudaFreeAsync(scratch, s));
-  // The heuristic's pick stays unless another is faster by more than 2% (timing noise).
-  if (best_i > 0 && first > 0 && best < 0.98f * first) p.algo = res[best_i].algo;
-  if (std::getenv("BATCHMAX_CUDA_GEMM_VERBOSE"))
-    std::fprintf(stderr, "[gemm tune] %lld x %lld x %lld, beta 1: first %.1f us, best #%d %.1f us\n",
-                 (long long)x.rows, (long long)w.rows, (long long)x.cols, first * 1e3, best_i, best * 1e3);
-}
-
 void Gemm::run(const Tensor& x, const Tensor& w, Tensor& out, cudaStream_t s, bool accumulate) {
   if (x.type != GgmlType::BF16 || w.type != GgmlType::BF16)
     throw Error("cuda matmul: x and w must be BF16 (weights are converted at load)");
@@ -259,9 +191,6 @@ void Gemm::run(const Tensor& x, const Tensor& w, Tensor& out, cudaStream_t s, bo
                 int64_t(out.row_stride / eo), int(out.type), alignment(x.data),
                 alignment(w.data), alignment(out.data), accumulate};
   Plan& p = plan(key, x, w, out, s);
-  if (accumulate && tune_accumulate_ && !p.retuned && x.rows >= kTuneAccumulateMinRows &&
-      ++p.seen >= kTuneAccumulateSeen)
-    tune_accumulate(p, x, w, out, s);
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   check_lt(cublasLtMatmul(handle_, p.desc, &alpha, w.data, p.a, x.data, p.b, &beta, out.data,
                           p.c, out.data, p.c, &p.algo, workspace_, workspace_bytes_, s),

@@ -12,14 +12,6 @@
 // bandwidth at batch 48) looked like they would gain. Measured on an H100 (W-limited,
 // batchmax 512, n=256): output tok/s fell 4% and decode bandwidth from 69% to 63% of copy,
 // so the pick that is fastest alone is not the fastest inside a step.
-//
-// BATCHMAX_CUDA_GEMM_TUNE_ACCUMULATE=1 (an experiment, off by default, not yet run on a
-// GPU): products that add into their output (beta = 1: the output and down products of
-// prefill steps) of >= 1024 rows re-pick their algorithm once their row count has been
-// seen 8 times, by timing the heuristic's 8 best candidates on a scratch copy of the
-// output. Alone on an H100, the heuristic's pick for the down product at 2048 rows took
-// 363 us with beta = 1 where its fastest candidate took 332 us
-// (bench/results/cudnn_swiglu_2026-11-28/, call 8).
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
@@ -60,18 +52,11 @@ class Gemm {
     cublasLtMatmulDesc_t desc = nullptr;
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
     cublasLtMatmulAlgo_t algo{};
-    int seen = 0;          // runs so far (BATCHMAX_CUDA_GEMM_TUNE_ACCUMULATE)
-    bool retuned = false;  // its algorithm was re-picked by timing
   };
   // x, w, out: the call's operands (tuning runs on them; out is overwritten).
   Plan& plan(const Key& key, const Tensor& x, const Tensor& w, Tensor& out, cudaStream_t s);
   void tune(Plan& p, const cublasLtMatmulHeuristicResult_t* cands, int n, const Tensor& x,
             const Tensor& w, Tensor& out, cudaStream_t s);
-  // BATCHMAX_CUDA_GEMM_TUNE_ACCUMULATE: times the candidates of an accumulating product on
-  // a copy of out (which the timed runs add into), and keeps the fastest.
-  void tune_accumulate(Plan& p, const Tensor& x, const Tensor& w, const Tensor& out, cudaStream_t s);
-  static constexpr int64_t kTuneAccumulateMinRows = 1024;
-  static constexpr int kTuneAccumulateSeen = 8;
 
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;
@@ -79,7 +64,6 @@ class Gemm {
   std::map<Key, Plan> plans_;
   std::unique_ptr<SmallMGemm> small_;
   bool tune_;
-  bool tune_accumulate_;
   const void* flush_ = nullptr;
   size_t flush_bytes_ = 0;
   float* flush_sink_ = nullptr;
