@@ -40,6 +40,13 @@ class BenchCli : public batchmax::test::CliTest {
       EXPECT_LE(r["peak_backend_bytes"].get<int64_t>(), r["mem_budget_bytes"].get<int64_t>());
       EXPECT_EQ(r["gpu"], "cpu");
       EXPECT_EQ(r["commit"], "test");
+      // Latencies from the run's start: first token before done, done within the run.
+      const double first = r["first_token_s_mean"], done = r["request_s_mean"];
+      EXPECT_GT(first, 0);
+      EXPECT_GE(done, first);
+      EXPECT_LE(done, r["wall_s"].get<double>());
+      EXPECT_GE(r["request_s_p90"].get<double>(), first);
+      EXPECT_GE(r["decode_only_s"].get<double>(), 0);
     }
   }
 };
@@ -54,6 +61,21 @@ TEST_F(BenchCli, DummyWeightsRowsAndPlot) {
   check_rows(json, 2 * 5);  // per budget: full, post-prefill x 2, batchmax x 2
   EXPECT_NE(r.out.find("batchmax"), std::string::npos);
   EXPECT_EQ(slurp(svg).rfind("<svg", 0), 0u);
+}
+
+// --schedule reaches the engine and the rows; an unknown one is a usage error.
+TEST_F(BenchCli, ScheduleIsRecorded) {
+  const fs::path json = dir_ / "sched.json";
+  batchmax::test::CliResult r = run({"bench", "--dummy-weights", "tiny", "-t", "2", "-n", "4", "--input-len",
+               "60", "--output-len", "3", "--modes", "batchmax", "--kv-budgets", "48", "--chunk", "32",
+               "--mem-budgets", "4MiB", "--schedule", "auto", "--commit", "test", "--out", json.string()});
+  ASSERT_EQ(r.code, 0) << r.err;
+  check_rows(json, 1);
+  EXPECT_EQ(nlohmann::json::parse(slurp(json))[0]["schedule"], "auto");
+  EXPECT_NE(r.out.find("schedule auto"), std::string::npos) << r.out;
+  const batchmax::test::CliResult bad = run({"bench", "--dummy-weights", "tiny", "--schedule", "fastest"});
+  EXPECT_EQ(bad.code, 2);
+  EXPECT_NE(bad.err.find("schedule"), std::string::npos) << bad.err;
 }
 
 TEST_F(BenchCli, SmolLM2TextPrompts) {
