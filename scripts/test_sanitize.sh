@@ -18,6 +18,6 @@ cmake --build build-asan -j "${JOBS:-2}" --target batchmax_tests batchmax_server
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 ./build-asan/tests/batchmax_tests \
-  --gtest_filter='-Batching*:KVCompression*:ChunkedEviction*:TinyModel*:OverlappedSteps*:Cli*:*Pathological*:EvalCli*:BenchCli*'
+  --gtest_filter='-Batching*:KVCompression*:ChunkedEviction*:TinyModel*:OverlappedSteps*:StepSchedule*:Cli*:*Pathological*:EvalCli*:BenchCli*'
 ./build-asan/tests/batchmax_server_tests --gtest_filter='-Server*E2E*'
 ./build-asan/fuzz/batchmax_fuzz_replay fuzz/corpus
