@@ -16,8 +16,8 @@ struct State {
   long steps[kKinds] = {};
   bool have_end = false;
   Clock::time_point last_end, last_begin;
-  double forward_wall[kKinds] = {};  // ops mode: forward begin to end, no syncs added
-  std::map<std::string, double> ops[kKinds];
+  double forward_wall[kKinds] = {};  // ops and host modes: forward begin to end, no syncs added
+  std::map<std::string, double> ops[kKinds];   // ops mode: GPU time; host mode: host time
 };
 State& st() {
   static State s;
@@ -35,7 +35,7 @@ std::string profile_env() {
 bool enabled() {
   static const bool on = [] {
     const std::string e = profile_env();
-    return !e.empty() && e != "0" && e != "ops";
+    return !e.empty() && e != "0" && e != "ops" && e != "host";
   }();
   return on;
 }
@@ -43,7 +43,11 @@ bool ops_enabled() {
   static const bool on = profile_env() == "ops";
   return on;
 }
-bool counting() { return enabled() || ops_enabled(); }
+bool host_enabled() {
+  static const bool on = profile_env() == "host";
+  return on;
+}
+bool counting() { return enabled() || ops_enabled() || host_enabled(); }
 void add_op(StepKind k, const char* name, double seconds) { st().ops[k][name] += seconds; }
 
 void set_step_kind(StepKind k) { st().kind = k; }
@@ -79,9 +83,10 @@ std::string report() {
     if (!s.steps[k]) continue;
     std::snprintf(line, sizeof line, "profile %s steps: %ld\n", kinds[k], s.steps[k]);
     out += line;
-    if (ops_enabled()) {
-      // GPU time per op (events around each op; a gap while the GPU waited for the host
-      // to queue an op counts to that op), against the forward's wall time.
+    if (ops_enabled() || host_enabled()) {
+      // Ops: GPU time per op (events around each op; a gap while the GPU waited for the
+      // host to queue an op counts to that op). Host: the host's time in each part.
+      // Either against the forward's wall time.
       std::vector<std::pair<double, std::string>> rows;
       double sum = 0;
       for (const auto& [name, sec] : s.ops[k]) {
@@ -90,18 +95,19 @@ std::string report() {
       }
       std::sort(rows.rbegin(), rows.rend());
       const double n = double(s.steps[k]);
-      std::snprintf(line, sizeof line, "  %-26s %9.3f ms/step\n", "forward wall (host view)",
+      std::snprintf(line, sizeof line, "  %-34s %9.3f ms/step\n", "forward wall (host view)",
                     1e3 * s.forward_wall[k] / n);
       out += line;
-      std::snprintf(line, sizeof line, "  %-26s %9.3f ms/step\n", "sum of op GPU times", 1e3 * sum / n);
+      std::snprintf(line, sizeof line, "  %-34s %9.3f ms/step\n",
+                    host_enabled() ? "sum of host parts" : "sum of op GPU times", 1e3 * sum / n);
       out += line;
       // Host time from one forward's end to the next one's start (commit, sampling,
       // scheduling): the GPU idles through it.
-      std::snprintf(line, sizeof line, "  %-26s %9.3f ms/step\n", "between forwards (host)",
+      std::snprintf(line, sizeof line, "  %-34s %9.3f ms/step\n", "between forwards (host)",
                     1e3 * s.sec[k][kBetween] / n);
       out += line;
       for (const auto& [sec, name] : rows) {
-        std::snprintf(line, sizeof line, "    %-24s %9.3f ms/step %5.1f%%\n", name.c_str(),
+        std::snprintf(line, sizeof line, "    %-32s %9.3f ms/step %5.1f%%\n", name.c_str(),
                       1e3 * sec / n, sum > 0 ? 100 * sec / sum : 0.0);
         out += line;
       }
@@ -114,6 +120,16 @@ std::string report() {
     }
   }
   return out;
+}
+
+HostScope::HostScope(const char* name) {
+  if (!host_enabled()) return;
+  name_ = name;
+  t0_ = Clock::now();
+}
+
+HostScope::~HostScope() {
+  if (name_) add_op(st().kind, name_, std::chrono::duration<double>(Clock::now() - t0_).count());
 }
 
 Scope::Scope(Section s, Backend& b) : s_(s) {

@@ -26,8 +26,12 @@ enum Section {
 
 // BATCHMAX_PROFILE=1: section timing (synchronising). BATCHMAX_PROFILE=ops: the
 // backend times each op with GPU events instead (no host waits), see add_op().
+// BATCHMAX_PROFILE=host: the host's own time in each part of a forward (HostScope), with
+// no synchronisation: where a step is bound by the host (the GPU idles between ops), what
+// the host spends it on. Waits inside a part (a full launch queue, a staging ring) count.
 bool enabled();
 bool ops_enabled();
+bool host_enabled();
 // Either mode: steps are counted and classified.
 bool counting();
 void set_step_kind(StepKind k);
@@ -43,6 +47,20 @@ void forward_end();
 void reset();
 // One table per step kind: steps, seconds and ms/step per section.
 std::string report();
+
+// Host time of a named part of the forward until destruction (BATCHMAX_PROFILE=host).
+// `name` must outlive the process (a string literal).
+class HostScope {
+ public:
+  explicit HostScope(const char* name);
+  ~HostScope();
+  HostScope(const HostScope&) = delete;
+  HostScope& operator=(const HostScope&) = delete;
+
+ private:
+  const char* name_ = nullptr;
+  std::chrono::steady_clock::time_point t0_;
+};
 
 // Synchronises `b` and times until destruction (when profiling is on).
 class Scope {

@@ -105,9 +105,10 @@ class EngineBatch final : public Engine::Batch {
     e_.batch_open = true;
     prog_.kv_pool_bytes = kv_.blocks().n_blocks() * PagedKVCache::block_bytes(kv_.config());
     const int ov = e_.options().overlap_steps;
-    // A profile times each step's forward on its own.
-    overlap_ = (ov < 0 ? e_.backend().prefers_overlapped_steps() : ov != 0) && !prof::enabled() &&
-               !prof::ops_enabled() && !prof::counting();
+    // A profile times each step's forward on its own, except the host profile, which adds
+    // no synchronisation and is meant for the steps as they run (in flight).
+    overlap_ = (ov < 0 ? e_.backend().prefers_overlapped_steps() : ov != 0) &&
+               (!prof::counting() || prof::host_enabled());
   }
 
   ~EngineBatch() override {

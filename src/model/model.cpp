@@ -449,6 +449,8 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv,
   const Tensor q_rows = q.slice_rows(0, T), k_rows = k.slice_rows(0, T), v_rows = v.slice_rows(0, T);
   Tensor attn_rows = attn.slice_rows(0, T), x_rows = x.slice_rows(0, T);
 
+  std::optional<prof::HostScope> inputs_scope;
+  inputs_scope.emplace("inputs (embed, first qkv)");
   std::vector<KVAppend> appends;
   std::vector<AttentionSeq> seqs(batch.size());
   int64_t row = 0;
@@ -510,15 +512,30 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv,
   backend_.rms_norm(x, w_->layers[0].attn_norm, hp_.rms_eps, h);
   qkv(0);
   const StoreRope store_rope{q_rows, int(hp_.n_head), &rope_};
+  inputs_scope.reset();
   for (int64_t l = 0; l < hp_.n_layer; ++l) {
     // The KV cache's ops read this step's block tables and slots from the host...
-    kv.store(int(l), appends, k_rows, v_rows, &store_rope);
-    for (size_t i = 0; i < batch.size(); ++i) kv.attention_view(int(l), batch[i].seq_id, seqs[i]);
-    backend_.attention(q_rows, seqs, ap, kv.pool(), attn_rows);
-    kv.after_attention(int(l), q_rows, seq_ids, seqs, ap, ws.scores);
+    // (HostScope: BATCHMAX_PROFILE=host, the host's time in each part.)
+    {
+      prof::HostScope hs("kv store (+rope)");
+      kv.store(int(l), appends, k_rows, v_rows, &store_rope);
+    }
+    {
+      prof::HostScope hs("attention views");
+      for (size_t i = 0; i < batch.size(); ++i) kv.attention_view(int(l), batch[i].seq_id, seqs[i]);
+    }
+    {
+      prof::HostScope hs("attention");
+      backend_.attention(q_rows, seqs, ap, kv.pool(), attn_rows);
+    }
+    {
+      prof::HostScope hs("after attention (scores, evict)");
+      kv.after_attention(int(l), q_rows, seq_ids, seqs, ap, ws.scores);
+    }
     // ...what follows, up to the next layer's attention, reads only weights and the
     // workspace: the same ops every step of Tp rows, which a backend may replay (CUDA
     // graphs) instead of launching one by one.
+    prof::HostScope hs("layer products (replayed)");
     backend_.run_replayable(ReplayKey{this, ws.generation, l, Tp}, [&] {
       attn_out_mlp(l);
       if (l + 1 < hp_.n_layer) qkv(l + 1);
@@ -536,6 +553,7 @@ std::vector<float> Model::forward(std::span<const SeqBatch> batch, KVCache& kv,
     return {};
   }
   prof::Scope logit_scope(prof::kLogits, backend_);
+  prof::HostScope logit_host("logits and picks");
   const int64_t nw = int64_t(want_rows.size()), V = hp_.n_vocab;
   // The logits of `rows` [r0, r0 + n), n <= ws.logit_rows, in the workspace.
   auto logits_of = [&](const std::vector<int32_t>& rows, int64_t r0, int64_t n) {

@@ -78,6 +78,20 @@ TEST_F(BenchCli, ScheduleIsRecorded) {
   EXPECT_NE(bad.err.find("schedule"), std::string::npos) << bad.err;
 }
 
+// BATCHMAX_PROFILE=host: the host's time in each part of a forward, per step kind.
+TEST_F(BenchCli, HostProfileNamesTheForwardsParts) {
+  setenv("BATCHMAX_PROFILE", "host", 1);
+  const batchmax::test::CliResult r = run({"bench", "--dummy-weights", "tiny", "-t", "2", "-n", "4", "--input-len",
+               "100", "--output-len", "4", "--modes", "batchmax", "--kv-budgets", "48", "--chunk", "32",
+               "--mem-budgets", "4MiB", "--no-ceilings", "--commit", "test"});
+  unsetenv("BATCHMAX_PROFILE");
+  ASSERT_EQ(r.code, 0) << r.err;
+  for (const char* part : {"profile decode steps", "profile prefill steps", "sum of host parts",
+                           "kv store (+rope)", "attention views", "after attention (scores, evict)",
+                           "layer products (replayed)", "logits and picks"})
+    EXPECT_NE(r.err.find(part), std::string::npos) << part << "\n" << r.err;
+}
+
 TEST_F(BenchCli, SmolLM2TextPrompts) {
   BATCHMAX_REQUIRE_SMOLLM2();
   const fs::path json = dir_ / "rows.json";
