@@ -32,7 +32,7 @@ enum Section {
 bool enabled();
 bool ops_enabled();
 bool host_enabled();
-// Either mode: steps are counted and classified.
+// Any mode: steps are counted and classified.
 bool counting();
 void set_step_kind(StepKind k);
 StepKind step_kind();
