@@ -29,7 +29,8 @@ AttentionWorkCounts AttentionWorkPacker::pack(const AttentionWorkShape& shape,
     const AttentionSeq& a = seqs[s];
     if (a.q_begin < 0 || a.n_q < 0 || a.q_begin + a.n_q > shape.q_rows)
       throw Error("attention: sequence rows outside q");
-    if (int(a.head_blocks.size()) != nkv || int(a.head_entries.size()) != nkv)
+    if (int(a.head_blocks.size()) != nkv || int(a.head_entries.size()) != nkv ||
+        (!a.head_rows.empty() && int(a.head_rows.size()) != nkv))
       throw Error("attention: one block table per KV head expected");
     if (skip && (*skip)[s]) continue;
     const int64_t n_vec = a.n_q * group;
@@ -65,11 +66,18 @@ AttentionWorkCounts AttentionWorkPacker::pack(const AttentionWorkShape& shape,
       if (a.head_entries[h] < 0 ||
           int64_t(a.head_entries[h]) > int64_t(blocks.size()) * shape.block_tokens)
         throw Error("attention: more entries than the block table holds");
+      int32_t* hr = m.data() + head_at + 2 * (size_t(s) * nkv + h);
+      hr[1] = a.head_entries[h];
+      const int32_t row = shape.table_ints > 0 && !a.head_rows.empty() ? a.head_rows[h] : -1;
+      if (row >= 0) {  // the pool's table space holds these ids (checked when written)
+        if (int64_t(row) + int64_t(blocks.size()) > shape.table_ints)
+          throw Error("attention: block table row outside the pool's table space");
+        hr[0] = -1 - row;
+        continue;
+      }
+      hr[0] = int32_t(m.size());
       for (int32_t b : blocks)
         if (b < 0 || b >= shape.pool_blocks) throw Error("attention: block id out of range");
-      int32_t* hr = m.data() + head_at + 2 * (size_t(s) * nkv + h);
-      hr[0] = int32_t(m.size());
-      hr[1] = a.head_entries[h];
       m.insert(m.end(), blocks.begin(), blocks.end());
     }
   }

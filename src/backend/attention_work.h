@@ -6,8 +6,10 @@
 // the scoring kernels):
 //   work  [n_small + n_big][4]: sequence, KV head, first query vector, 0
 //   seqs  [n_seqs][4] (from seq_at): q_begin, n_q, offset of its q_pos, first head record
-//   heads [n_seqs * n_kv_heads][2]: offset of the head's block ids, entries in use
-//   then the q_pos and block id arrays the offsets point into.
+//   heads [n_seqs * n_kv_heads][2]: where the head's block ids are, entries in use
+//   then the q_pos and block id arrays the offsets point into. A head's ids are at
+//   meta + at for at >= 0, and at tables + (-1 - at) (KVPoolView::tables) for a head the
+//   pool's table space holds (AttentionSeq::head_rows), whose ids are not copied.
 // Query vector v of a (sequence, KV head) is row v / group, query head v % group.
 #pragma once
 
@@ -25,6 +27,7 @@ struct AttentionWorkShape {
   int64_t pool_blocks = 0;         // blocks in the KV pool
   int block_tokens = 0;            // entries a block
   int pool_head_dim = 0;
+  int64_t table_ints = 0;          // the pool's table space (0: none, every id is copied)
 };
 
 struct AttentionWorkCounts {

@@ -44,6 +44,17 @@ void Backend::embed_with_picks(const Tensor& table, std::span<const int32_t> ids
   embed(table, resolved, out);
 }
 
+void check_kv_slot(const KVPoolView& p, int32_t slot, const char* op) {
+  if (slot >= -1) {
+    if (slot >= p.n_blocks * p.block_tokens)
+      throw Error(std::string(op) + ": slot " + std::to_string(slot) + " is out of range");
+    return;
+  }
+  if (!table_slot_codes_fit(p) || (-2 - int64_t(slot)) / p.block_tokens >= p.table_ints)
+    throw Error(std::string(op) + ": slot code " + std::to_string(slot) +
+                " names no place of the pool's table space");
+}
+
 void Backend::rope_kv_store(Tensor& q, int n_q_heads, Tensor& k, const Tensor& v, int n_kv_heads,
                             std::span<const int32_t> slots, std::span<const int32_t> pos,
                             const RopeParams& rope, KVPoolView& pool) {

@@ -60,11 +60,28 @@ struct KVPoolView {
   // Per slot: the attention mass the entry has received so far (h2o on the backend), or
   // null when the pool was made without it. kv_store() zeroes it, moves carry it.
   float* mass = nullptr;
+  // Block tables kept on the backend across steps (Backend::alloc_block_tables), or null:
+  // an AttentionSeq head with a row r >= 0 has its block ids at tables[r...].
+  int32_t* tables = nullptr;
+  int64_t table_ints = 0;
   GgmlType type = GgmlType::F32;
   int block_tokens = 16;
   int head_dim = 0;
   int64_t n_blocks = 0;
 };
+
+// A kv_store() slot given by the pool's table space: the block at place `place` of
+// KVPoolView::tables, entry `entry` in it. The host then need not read the block id (a
+// cache miss a head, 4096 a layer at 512 sequences). Valid while place * block_tokens
+// stays below 2^31 - 2 (table_slot_codes_fit).
+inline int32_t table_slot_code(int64_t place, int64_t entry, int block_tokens) {
+  return int32_t(-2 - (place * block_tokens + entry));
+}
+inline bool table_slot_codes_fit(const KVPoolView& p) {
+  return p.tables && p.table_ints <= (int64_t(INT32_MAX) - 2) / p.block_tokens;
+}
+// Throws Error naming `op` on a kv_store() slot outside the pool or its table space.
+void check_kv_slot(const KVPoolView& p, int32_t slot, const char* op);
 
 // The cache entries that one sequence's queries attend to in one layer: per KV head,
 // the block table and the number of valid entries (entries are packed from slot 0).
@@ -74,6 +91,10 @@ struct AttentionSeq {
   const int32_t* q_pos = nullptr;  // positions of the queries (host memory, n_q)
   std::vector<std::span<const int32_t>> head_blocks;  // per KV head: block ids
   std::vector<int32_t> head_entries;                   // per KV head: entries in use
+  // Per KV head, or empty: where the same block ids already lie in KVPoolView::tables
+  // (-1: they do not, the backend takes head_blocks). A backend that keeps the tables
+  // then sends no ids (at 512 sequences they were ~680 KB a layer to pack and copy).
+  std::vector<int32_t> head_rows;
 };
 
 struct AttentionParams {
@@ -248,8 +269,16 @@ class Backend {
   virtual KVPoolView alloc_kv_pool(GgmlType type, int64_t n_blocks, int block_tokens,
                                    int head_dim, bool slot_mass = false) = 0;
   virtual void free_kv_pool(KVPoolView& pool) = 0;
+  // Block tables that stay on the backend across steps (see AttentionSeq::head_rows).
+  // keeps_block_tables(): whether attention reads them; alloc_block_tables() gives the
+  // pool `n_ints` of table space (freed with the pool); write_block_tables() sets
+  // tables[pairs[2i]] = pairs[2i + 1], ordered before every later op (host memory pairs).
+  virtual bool keeps_block_tables() const { return false; }
+  virtual void alloc_block_tables(KVPoolView& pool, int64_t n_ints) {}
+  virtual void write_block_tables(std::span<const int32_t> pairs, KVPoolView& pool) {}
   // Writes k/v rows [n, n_kv_heads * head_dim] into the pool: row r, head h goes to
   // slot slots[r * n_kv_heads + h] with position pos[r]. slots and pos in host memory.
+  // A slot of -1 is skipped; one <= -2 is table_slot_code()'s (pools with tables).
   virtual void kv_store(const Tensor& k, const Tensor& v, int n_kv_heads,
                         std::span<const int32_t> slots, std::span<const int32_t> pos,
                         KVPoolView& pool) = 0;

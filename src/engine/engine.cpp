@@ -107,6 +107,9 @@ void LlmEngine::plan_memory() {
   // As many batchmax prefill chunks as a step holds may borrow room at once (with room for
   // one, a W-limited 1024-token step held 121 decode rows and one 512-token chunk).
   kc.step_tokens = opts_.step_tokens;
+  // Block tables that stay on the backend: attention over hundreds of sequences then
+  // sends no block ids (their packing bound a 512-sequence decode step by the host).
+  kc.block_tables = backend_->keeps_block_tables();
   m.block_tokens = kc.block_tokens;
   m.kv_block_bytes = PagedKVCache::block_bytes(kc);
   m.kv_heads_total = int64_t(kc.n_layer) * kc.n_kv_heads;

@@ -1,6 +1,7 @@
 #include "kv/paged_kv_cache.h"
 
 #include <algorithm>
+#include <climits>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -11,6 +12,10 @@
 
 namespace batchmax {
 namespace {
+
+// Table space a pool block: a sequence's place holds its largest step (batchmax: the
+// budget plus a chunk, at most twice its lifelong promise), so twice the pool fits all.
+constexpr int64_t kTableIntsPerBlock = 2;
 
 // The sequence's attention restricted to its last `cnt` queries (the ones a policy scores).
 AttentionSeq last_queries(const AttentionSeq& s, int64_t cnt) {
@@ -27,7 +32,8 @@ int64_t PagedKVCache::block_bytes(const KVCacheConfig& cfg) {
   const auto& tt = type_traits(cfg.type);
   return int64_t(cfg.block_tokens) * (2 * int64_t(cfg.head_dim) * int64_t(tt.block_bytes) /
                                           tt.block_size + int64_t(sizeof(int32_t)) +
-                                      (cfg.slot_mass ? int64_t(sizeof(float)) : 0));
+                                      (cfg.slot_mass ? int64_t(sizeof(float)) : 0)) +
+         (cfg.block_tables ? kTableIntsPerBlock * int64_t(sizeof(int32_t)) : 0);
 }
 
 PagedKVCache::PagedKVCache(Backend& backend, const KVCacheConfig& cfg)
@@ -37,6 +43,13 @@ PagedKVCache::PagedKVCache(Backend& backend, const KVCacheConfig& cfg)
     throw Error("kv cache: bad configuration");
   pool_view_ = backend_.alloc_kv_pool(cfg.type, cfg.n_blocks, cfg.block_tokens, cfg.head_dim,
                                       cfg.slot_mass);
+  if (cfg.block_tables && backend_.keeps_block_tables() && cfg.n_blocks > 0) {
+    const int64_t n = kTableIntsPerBlock * cfg.n_blocks;
+    if (n > INT32_MAX) throw Error("kv cache: the pool's block tables exceed 2^31 ids");
+    backend_.alloc_block_tables(pool_view_, n);
+    tables_ = TableArena(pool_view_.tables ? n : 0);
+    table_codes_ = table_slot_codes_fit(pool_view_) && !std::getenv("BATCHMAX_KV_SLOTS_FROM_HOST");
+  }
   device_eviction_ = eviction_on_device(backend_);
 }
 
@@ -96,6 +109,14 @@ bool PagedKVCache::add_sequence(int64_t seq_id, int64_t max_entries, const KVCom
   // A policy with per-entry state (h2o) keeps it in the pool's slot mass, if it has one.
   if (s.policy && (!s.policy->keeps_state() || pool_view_.mass))
     s.device = device_eviction_;
+  if (!s.device) s.host.resize(s.heads.size());
+  if (tables_.capacity() > 0) {
+    // Room for the most a head holds in a step; a head that outgrows it (several chunks
+    // in one step) sends its ids with each call until eviction brings it back.
+    const int64_t cap = (std::max(max_entries, peak_entries) + cfg_.block_tokens - 1) / cfg_.block_tokens;
+    const int64_t n = std::max<int64_t>(cap, 1) * int64_t(s.heads.size());
+    if (cap < INT32_MAX && (s.table_at = tables_.allocate(n)) >= 0) s.table_cap = int32_t(std::max<int64_t>(cap, 1));
+  }
   seqs_.emplace(seq_id, std::move(s));
   return true;
 }
@@ -104,6 +125,8 @@ void PagedKVCache::remove_sequence(int64_t seq_id) {
   Sequence& s = seq(seq_id);
   for (auto& h : s.heads)
     for (int32_t b : h.blocks) blocks_.release(b);
+  // Ops already queued still read its tables; the backend orders later writes after them.
+  if (s.table_at >= 0) tables_.release(s.table_at, int64_t(s.table_cap) * int64_t(s.heads.size()));
   // Its promise leaves the pool, except what it had from the headroom: that goes back to
   // the headroom (promised in the pool, to no sequence). Its held blocks are free by now,
   // so promising them again cannot fail.
@@ -160,7 +183,8 @@ void PagedKVCache::prepare(int64_t seq_id, int64_t n_new, StepPhase phase) {
     const int64_t bt = cfg_.block_tokens;
     s.max_n = 0;
     s.min_cap = INT64_MAX;
-    for (auto& h : s.heads) {
+    for (size_t i = 0; i < s.heads.size(); ++i) {
+      HeadTable& h = s.heads[i];
       const int64_t need = (h.entries() + n_new + bt - 1) / bt;
       while (int64_t(h.blocks.size()) < need) {
         if (s.reserved <= 0)
@@ -169,6 +193,7 @@ void PagedKVCache::prepare(int64_t seq_id, int64_t n_new, StepPhase phase) {
         --s.reserved;
         ++s.held;
       }
+      if (s.table_at >= 0) queue_table_writes(s, i, h);
       s.max_n = std::max(s.max_n, h.entries());
       s.min_cap = std::min(s.min_cap, int64_t(h.blocks.size()) * bt);
     }
@@ -207,11 +232,13 @@ void PagedKVCache::observe_scores(int layer, int64_t seq_id, const float* mass, 
   Sequence& s = seq(seq_id);
   if (!s.policy) return;
   for (int h = 0; h < cfg_.n_kv_heads; ++h) {
-    HeadTable& t = s.heads[size_t(layer) * cfg_.n_kv_heads + h];
+    const size_t at = size_t(layer) * cfg_.n_kv_heads + h;
+    const HeadTable& t = s.heads[at];
+    HostMirror& m = s.host.at(at);
     const float* row = mass + h * stride;
-    t.attn.assign(row, row + t.entries());
+    m.attn.assign(row, row + t.entries());
     if (s.policy->keeps_state()) {
-      HeadEntries e{t.pos, t.attn, {}, t.acc};
+      HeadEntries e{m.pos, m.attn, {}, m.acc};
       s.policy->observe(e);
     }
   }
@@ -239,34 +266,36 @@ void PagedKVCache::evict(Sequence& s) {
   const int bt = cfg_.block_tokens;
   std::vector<int32_t> src, dst;
   std::vector<float> scores, norms;
-  for (auto& t : s.heads) {
+  for (size_t at = 0; at < s.heads.size(); ++at) {
+    HeadTable& t = s.heads[at];
+    HostMirror& m = s.host.at(at);
     const int64_t n = t.entries();
     if (n <= p.budget) continue;
     if (s.policy->needs_key_norms()) {
       norms.resize(n);
       backend_.key_norms(pool_view_, t.blocks, n, norms.data());
     }
-    if (t.attn.size() != size_t(n)) t.attn.assign(n, 0.0f);
-    HeadEntries e{t.pos, t.attn, s.policy->needs_key_norms() ? std::span<const float>(norms)
+    if (m.attn.size() != size_t(n)) m.attn.assign(n, 0.0f);
+    HeadEntries e{m.pos, m.attn, s.policy->needs_key_norms() ? std::span<const float>(norms)
                                                              : std::span<const float>(),
-                  t.acc};
+                  m.acc};
     scores.resize(n);
     s.policy->score(e, scores);
-    std::vector<int32_t> keep = select_keep(t.pos, scores, p);
+    std::vector<int32_t> keep = select_keep(m.pos, scores, p);
     for (size_t j = 0; j < keep.size(); ++j) {
       const int64_t i = keep[j];
       if (i != int64_t(j)) {
         src.push_back(t.blocks[i / bt] * bt + int32_t(i % bt));
         dst.push_back(t.blocks[j / bt] * bt + int32_t(j % bt));
       }
-      t.pos[j] = t.pos[i];
-      if (!t.acc.empty()) t.acc[j] = t.acc[i];
+      m.pos[j] = m.pos[i];
+      if (!m.acc.empty()) m.acc[j] = m.acc[i];
     }
     s.stats.evicted += n - int64_t(keep.size());
-    t.pos.resize(keep.size());
+    m.pos.resize(keep.size());
     t.n = int64_t(keep.size());
-    if (!t.acc.empty()) t.acc.resize(keep.size());
-    t.attn.clear();
+    if (!m.acc.empty()) m.acc.resize(keep.size());
+    m.attn.clear();
     shrink_blocks(s, t);
   }
   ++s.stats.evictions;
@@ -283,8 +312,9 @@ int64_t PagedKVCache::n_entries(int64_t seq_id, int layer, int head) const {
 
 std::vector<int32_t> PagedKVCache::positions(int64_t seq_id, int layer, int head) const {
   const Sequence& s = seq(seq_id);
-  const HeadTable& t = s.heads[size_t(layer) * cfg_.n_kv_heads + head];
-  if (!s.device) return t.pos;
+  const size_t at = size_t(layer) * cfg_.n_kv_heads + head;
+  const HeadTable& t = s.heads[at];
+  if (!s.device) return s.host.at(at).pos;
   std::vector<int32_t> out(size_t(t.n));
   if (t.n) backend_.kv_positions(pool_view_, t.blocks, t.n, out.data());
   return out;
@@ -296,6 +326,7 @@ void PagedKVCache::shrink_blocks(Sequence& s, HeadTable& t) {
   while (t.blocks.size() > need) {
     blocks_.release(t.blocks.back());
     t.blocks.pop_back();
+    t.synced = std::min(t.synced, int32_t(t.blocks.size()));
     --s.held;
     // The block stays promised to this sequence: it will grow again.
     if (!blocks_.reserve(1)) throw Error("kv cache: lost a block while compacting");
@@ -505,28 +536,45 @@ void PagedKVCache::store(int layer, std::span<const KVAppend> appends, const Ten
   const int nh = cfg_.n_kv_heads, bt = cfg_.block_tokens;
   slots_.clear();
   pos_.clear();
+  const bool codes = table_codes_;
   for (const KVAppend& a : appends) {
     Sequence& s = seq(a.seq_id);
-    HeadTable* heads = &s.heads[size_t(layer) * nh];
+    const size_t first = size_t(layer) * nh;
+    HeadTable* heads = &s.heads[first];
+    // Blocks the backend's table space holds are named by their place there: the block
+    // ids are then not read here (a cache miss a head).
+    const int64_t row0 = codes && s.table_at >= 0 ? s.table_at + int64_t(first) * s.table_cap : -1;
     for (int64_t i = 0; i < a.n_tokens; ++i) {
       for (int h = 0; h < nh; ++h) {
-        int64_t e = heads[h].entries() + i;
-        size_t bi = size_t(e / bt);
-        if (bi >= heads[h].blocks.size()) throw Error("kv cache: store without prepare");
-        slots_.push_back(heads[h].blocks[bi] * bt + int32_t(e % bt));
+        const HeadTable& t = heads[h];
+        const int64_t e = t.entries() + i, bi = e / bt;
+        if (row0 >= 0 && bi < t.synced) {
+          slots_.push_back(table_slot_code(row0 + int64_t(h) * s.table_cap + bi, e % bt, bt));
+          continue;
+        }
+        if (size_t(bi) >= t.blocks.size()) throw Error("kv cache: store without prepare");
+        slots_.push_back(t.blocks[size_t(bi)] * bt + int32_t(e % bt));
       }
       pos_.push_back(a.pos[i]);
     }
+    const bool acc = !s.device && s.policy && s.policy->keeps_state();
     for (int h = 0; h < nh; ++h) {
       HeadTable& t = heads[h];
       t.n += a.n_tokens;
       s.max_n = std::max(s.max_n, t.n);
-      if (!s.device) t.pos.insert(t.pos.end(), a.pos.begin(), a.pos.begin() + a.n_tokens);
-      if (s.policy && s.policy->keeps_state()) t.acc.resize(t.pos.size(), 0.0f);
       s.stats.peak_entries = std::max(s.stats.peak_entries, t.entries());
+      if (s.device) continue;
+      HostMirror& m = s.host[first + size_t(h)];
+      m.pos.insert(m.pos.end(), a.pos.begin(), a.pos.begin() + a.n_tokens);
+      if (acc) m.acc.resize(m.pos.size(), 0.0f);
     }
   }
   if (int64_t(pos_.size()) != k.rows) throw Error("kv cache: store rows do not match appends");
+  // The step's new block ids reach the backend's tables before its first attention.
+  if (!table_writes_.empty()) {
+    backend_.write_block_tables(table_writes_, pool_view_);
+    table_writes_.clear();
+  }
   if (!rope) {
     backend_.kv_store(k, v, nh, slots_, pos_, pool_view_);
     return;
@@ -536,15 +584,35 @@ void PagedKVCache::store(int layer, std::span<const KVAppend> appends, const Ten
   backend_.rope_kv_store(q, rope->n_q_heads, k_rotated, v, nh, slots_, pos_, *rope->params, pool_view_);
 }
 
+void PagedKVCache::queue_table_writes(const Sequence& s, size_t head, HeadTable& t) {
+  const int32_t n = int32_t(std::min<size_t>(t.blocks.size(), size_t(s.table_cap)));
+  const int64_t row = s.table_at + int64_t(head) * s.table_cap;
+  for (int32_t i = t.synced; i < n; ++i) table_writes_.insert(table_writes_.end(), {int32_t(row + i), t.blocks[i]});
+  t.synced = std::max(t.synced, n);
+}
+
 void PagedKVCache::attention_view(int layer, int64_t seq_id, AttentionSeq& out) const {
   const Sequence& s = seq(seq_id);
   const int nh = cfg_.n_kv_heads;
   out.head_blocks.resize(nh);
   out.head_entries.resize(nh);
+  // Rows only once the backend holds what was queued (a view before the step's first
+  // store sends every id).
+  const bool rows = s.table_at >= 0 && table_writes_.empty();
+  if (rows)
+    out.head_rows.resize(nh);
+  else
+    out.head_rows.clear();
   for (int h = 0; h < nh; ++h) {
-    const HeadTable& t = s.heads[size_t(layer) * nh + h];
+    const size_t at = size_t(layer) * nh + h;
+    const HeadTable& t = s.heads[at];
     out.head_blocks[h] = std::span<const int32_t>(t.blocks);
     out.head_entries[h] = int32_t(t.entries());
+    // The backend's copy serves only when it holds every id (store() synced them).
+    if (rows)
+      out.head_rows[h] = size_t(t.synced) == t.blocks.size()
+                             ? int32_t(s.table_at + int64_t(at) * s.table_cap)
+                             : -1;
   }
 }
 

@@ -11,6 +11,7 @@
 #include "kv/block_pool.h"
 #include "kv/kv_cache.h"
 #include "kv/kv_compression.h"
+#include "kv/table_arena.h"
 
 namespace batchmax {
 
@@ -26,6 +27,9 @@ struct KVCacheConfig {
   // Tokens a step computes at most (0: unknown). The shared headroom lends room for as
   // many of a sequence's prefill chunks as a step holds (burst_blocks).
   int64_t step_tokens = 0;
+  // Keep every head's block table on the backend too (Backend::keeps_block_tables()):
+  // 2 ints of table space a block, counted in block_bytes().
+  bool block_tables = false;
 };
 
 // What a step does to a sequence; decides whether the step ends with an eviction.
@@ -105,16 +109,25 @@ class PagedKVCache : public KVCache {
   int64_t n_sequences() const { return int64_t(seqs_.size()); }
 
  private:
+  // What every step reads of a (layer, head): small, so that a layer's heads of a
+  // sequence share a few cache lines (a 512-sequence step walks 4096 of them a layer).
   struct HeadTable {
     std::vector<int32_t> blocks;
     int64_t n = 0;              // entries
-    std::vector<int32_t> pos;   // positions of the entries (host mirror; host eviction only)
+    // Of `blocks`, how many lie in the backend's copy of the table (Sequence::table_at),
+    // or are queued to (pending table writes).
+    int32_t synced = 0;
+    int64_t entries() const { return n; }
+  };
+  // Host eviction's state of a (layer, head).
+  struct HostMirror {
+    std::vector<int32_t> pos;   // positions of the entries
     std::vector<float> acc;     // policy state (h2o)
     std::vector<float> attn;    // mass observed this step
-    int64_t entries() const { return n; }
   };
   struct Sequence {
     std::vector<HeadTable> heads;  // [layer * n_kv_heads + head]
+    std::vector<HostMirror> host;  // the same, where eviction runs on the host (!device)
     int64_t reserved = 0;          // blocks promised but not yet taken
     int64_t held = 0;              // blocks taken
     int64_t base = 0;              // blocks promised for its life (held + reserved, between steps)
@@ -133,6 +146,10 @@ class PagedKVCache : public KVCache {
     // fit_known; store() keeps max_n, eviction clears fit_known.
     int64_t max_n = 0, min_cap = 0;
     bool fit_known = false;
+    // Its tables' place in the backend's table space: head (l, h) at table_at +
+    // (l * n_kv_heads + h) * table_cap, room for table_cap ids (-1: no place).
+    int64_t table_at = -1;
+    int32_t table_cap = 0;
   };
   Sequence& seq(int64_t id);
   const Sequence& seq(int64_t id) const;
@@ -151,9 +168,18 @@ class PagedKVCache : public KVCache {
   // Sets the shared headroom to the largest burst of the live sequences (between steps).
   void fit_headroom();
 
+  // Queues the ids of the head's blocks past `synced` for the backend's table space;
+  // store() sends what is queued before any attention of the step reads it.
+  void queue_table_writes(const Sequence& s, size_t head, HeadTable& t);
+
   Backend& backend_;
   KVCacheConfig cfg_;
   BlockPool blocks_;
+  TableArena tables_;
+  std::vector<int32_t> table_writes_;  // queued (place, id) pairs
+  // store() names slots by their table place (table_slot_code) where it can; off with
+  // BATCHMAX_KV_SLOTS_FROM_HOST set, or where the codes would not fit.
+  bool table_codes_ = false;
   KVPoolView pool_view_;
   std::unordered_map<int64_t, Sequence> seqs_;
   // Blocks promised to the pool for prefill bursts, not to a sequence (>= every live

@@ -14,6 +14,7 @@
 #include "kv/paged_kv_cache.h"
 #include "model/model.h"
 #include "model/presets.h"
+#include "table_keeping_backend.h"
 
 using namespace batchmax;
 
@@ -38,6 +39,7 @@ PathRun run_path(Model& model, Backend& be, const char* eviction,
   kc.head_dim = int(hp.head_dim);
   kc.n_blocks = 4096;
   kc.slot_mass = slot_mass;
+  kc.block_tables = be.keeps_block_tables();
   PagedKVCache kv(be, kc);
   PathRun out;
   const size_t n = comps.size();
@@ -156,4 +158,47 @@ TEST(DeviceEviction, SameLogitsAndKeptPositionsAsHostSelection) {
         EXPECT_LT(n, comps[i].params.budget + comps[i].params.slack);
       }
   }
+}
+
+// Block tables kept on the backend (what the CUDA backend does): the cache then names
+// new entries' slots by their table place and sends each block id once. On the CPU,
+// whose attention still reads the host tables, every logit and kept position must be
+// the same as without them, on both eviction paths and with slot mass.
+TEST(DeviceEviction, BlockTablesOnTheBackendChangeNothing) {
+  HParams hp = preset_hparams("tiny");
+  auto be = make_cpu_backend();
+  TableKeepingBackend tb;
+  std::mt19937 rng(5);
+  std::vector<KVCompression> comps;
+  std::vector<std::vector<int32_t>> prompts;
+  int k = 0;
+  for (const char* pol : {"snapkv", "tova", "h2o", "window"})
+    for (KVMode mode : {KVMode::BatchMax, KVMode::PostPrefill, KVMode::Full}) {
+      KVCompression c;
+      c.mode = mode;
+      c.policy = mode == KVMode::Full ? "none" : pol;
+      c.params.budget = 48 + 16 * (k % 3);
+      c.params.chunk = 48;
+      c.params.slack = 8;
+      c.params.obs_window = 16;
+      c.params.sinks = 4;
+      c.params.window = 16;
+      comps.push_back(c);
+      std::vector<int32_t> p(size_t(130 + 29 * (k % 4)));
+      for (int32_t& t : p) t = int32_t(rng() % uint32_t(hp.n_vocab));
+      prompts.push_back(std::move(p));
+      ++k;
+    }
+  for (const char* path : {"device", "host"})
+    for (bool mass : {false, true}) {
+      Model plain(hp, *be, 3), kept(hp, tb, 3);
+      const int64_t writes = tb.writes;
+      const PathRun a = run_path(plain, *be, path, comps, prompts, 24, mass);
+      const PathRun b = run_path(kept, tb, path, comps, prompts, 24, mass);
+      EXPECT_GT(tb.writes, writes) << "the cache wrote its tables";
+      ASSERT_EQ(a.logits.size(), b.logits.size());
+      for (size_t s = 0; s < a.logits.size(); ++s)
+        ASSERT_EQ(a.logits[s], b.logits[s]) << path << (mass ? " with slot mass" : "") << ": step " << s;
+      EXPECT_EQ(a.positions, b.positions) << path;
+    }
 }

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <numeric>
 
+#include "core/error.h"
 #include "kernels/cuda_test_util.h"
 
 namespace batchmax::cudatest {
@@ -35,6 +36,9 @@ class CudaAttention : public CudaFixture {
 
   Config cfg{};
   bool newest_ = false;
+  // The GPU pool keeps block tables (Backend::alloc_block_tables): every other head reads
+  // its ids from there, the rest from the call's metadata.
+  bool tables_ = false;
   std::vector<std::vector<HeadData>> heads;  // [seq][kv head]
   std::vector<std::vector<int32_t>> q_pos;   // [seq]
   std::vector<AttentionSeq> seqs;
@@ -44,11 +48,23 @@ class CudaAttention : public CudaFixture {
     return int64_t(h.blocks[e / kBlockTokens]) * kBlockTokens + e % kBlockTokens;
   }
   void refresh_views() {
-    for (size_t s = 0; s < seqs.size(); ++s)
+    std::vector<int32_t> pairs;
+    int32_t row = 3;
+    for (size_t s = 0; s < seqs.size(); ++s) {
+      seqs[s].head_rows.assign(tables_ ? size_t(cfg.n_kv_heads) : 0, -1);
       for (int h = 0; h < cfg.n_kv_heads; ++h) {
         seqs[s].head_blocks[h] = heads[s][h].blocks;
         seqs[s].head_entries[h] = int32_t(heads[s][h].pos.size());
+        if (!tables_ || (s + size_t(h)) % 2) continue;
+        seqs[s].head_rows[h] = row;
+        for (int32_t b : heads[s][h].blocks) pairs.insert(pairs.end(), {row++, b});
+        row += 5;  // rows apart, as a sequence's place leaves room to grow
       }
+    }
+    if (tables_) {
+      ASSERT_LE(row, pg.table_ints);
+      gpu->write_block_tables(pairs, pg);
+    }
   }
   void compare_attention(const std::string& what, Pair& q, int64_t rows);
   void compare_scores(const std::string& what, Pair& q);
@@ -192,6 +208,12 @@ void CudaAttention::run(const Config& c, bool newest, bool long_decode) {
   std::shuffle(free_ids.begin(), free_ids.end(), rng);
   pc = cpu->alloc_kv_pool(GgmlType::F32, n_blocks, bt, hd);
   pg = gpu->alloc_kv_pool(c.pool_type, n_blocks, bt, hd);
+  if (tables_) {
+    ASSERT_TRUE(gpu->keeps_block_tables());
+    gpu->alloc_block_tables(pg, 8 * n_blocks + 1024);
+    EXPECT_THROW(gpu->write_block_tables(std::vector<int32_t>{0, int32_t(n_blocks)}, pg), Error)
+        << "a block id past the pool";
+  }
 
   // History: per head its own count and gapped positions, stored head by head.
   for (int s = 0; s < n_seq; ++s) {
@@ -279,6 +301,15 @@ void CudaAttention::run(const Config& c, bool newest, bool long_decode) {
 
 TEST_F(CudaAttention, GqaMixedPrefillDecodeBf16Pool) {
   run({8, 2, 64, GgmlType::BF16});     // group 4
+}
+// Heads whose block ids lie in the pool's table space on the device, next to heads whose
+// ids travel with the call, in every path: decode, prefill (ours and cuDNN's), scores.
+TEST_F(CudaAttention, BlockTablesKeptOnTheDevice) {
+  tables_ = true;
+  run({32, 8, 128, GgmlType::BF16});
+  run({32, 8, 128, GgmlType::BF16}, true);
+  run({8, 2, 64, GgmlType::BF16}, false, true);
+  run({28, 4, 128, GgmlType::F32});
 }
 TEST_F(CudaAttention, Llama3ShapesBf16Pool) {
   run({32, 8, 128, GgmlType::BF16});   // Llama-3-8B

@@ -24,10 +24,23 @@ struct Call {
   std::vector<std::vector<int32_t>> pos;                  // per sequence
   std::vector<std::vector<std::vector<int32_t>>> blocks;  // per sequence, per KV head
   std::vector<AttentionSeq> seqs;
+  std::vector<int32_t> tables;  // the pool's table space, where heads_in_tables() put ids
 
   AttentionWorkShape shape() const {
     return {q_rows, q_cols < 0 ? int64_t(p.n_heads) * p.head_dim : q_cols, pool_blocks, block_tokens,
-            pool_head_dim < 0 ? p.head_dim : pool_head_dim};
+            pool_head_dim < 0 ? p.head_dim : pool_head_dim, int64_t(tables.size())};
+  }
+  // After bind(): about half the heads get their ids copied into `tables` and a row.
+  void heads_in_tables(std::mt19937& rng) {
+    for (size_t s = 0; s < seqs.size(); ++s) {
+      seqs[s].head_rows.assign(blocks[s].size(), -1);
+      for (size_t h = 0; h < blocks[s].size(); ++h) {
+        if (rng() % 2) continue;
+        seqs[s].head_rows[h] = int32_t(tables.size() + rng() % 3);
+        tables.resize(size_t(seqs[s].head_rows[h]), -5);
+        tables.insert(tables.end(), blocks[s][h].begin(), blocks[s][h].end());
+      }
+    }
   }
   // Sequences of n_q rows each, one after the other in Q; every head holds `entries`.
   void add(int64_t n_q, std::vector<int32_t> entries, std::mt19937& rng) {
@@ -116,6 +129,13 @@ void check_layout(const Call& c, const AttentionWorkCounts& n, std::span<const i
       const int32_t* hr = m.data() + n.seq_at + 4 * n_seqs + 2 * (rec[3] + h);
       EXPECT_EQ(hr[1], a.head_entries[size_t(h)]);
       const auto& b = a.head_blocks[size_t(h)];
+      if (!a.head_rows.empty() && a.head_rows[size_t(h)] >= 0) {  // read from the table space
+        EXPECT_EQ(hr[0], -1 - a.head_rows[size_t(h)]) << "sequence " << s << " head " << h;
+        ASSERT_LE(size_t(a.head_rows[size_t(h)]) + b.size(), c.tables.size());
+        EXPECT_TRUE(std::equal(b.begin(), b.end(), c.tables.data() + a.head_rows[size_t(h)]));
+        continue;
+      }
+      ASSERT_GE(hr[0], 0);
       ASSERT_LE(size_t(hr[0]) + b.size(), m.size());
       EXPECT_TRUE(std::equal(b.begin(), b.end(), m.data() + hr[0]));
     }
@@ -157,6 +177,7 @@ TEST(AttentionWork, RandomCallsTileEveryVectorOnce) {
       c.add(n_q, entries, rng);
     }
     c.bind();
+    if (trial % 3 == 0) c.heads_in_tables(rng);
     const int small = 1 + int(rng() % 8), big = 1 + int(rng() % 32);
     const int64_t small_max = rng() % 2 ? small : INT64_MAX;
     std::vector<char> skip(static_cast<size_t>(n_seqs), 0);
@@ -183,6 +204,44 @@ TEST(AttentionWork, SkippedSequencesOnlyMeansNoWork) {
   EXPECT_EQ(n.n_small + n.n_big, 0);
   EXPECT_EQ(n.seq_at, 0);
   EXPECT_TRUE(packer.meta().empty());
+}
+
+// Heads the pool's table space holds send only their row: a 512-sequence decode call
+// carries records, not ids. Without table space, the rows are ignored and ids copied.
+TEST(AttentionWork, HeadsInTheTableSpaceSendNoIds) {
+  std::mt19937 rng(11);
+  Call c;
+  c.p = params(32, 8, 128);
+  for (int s = 0; s < 64; ++s) c.add(1, std::vector<int32_t>(8, 576), rng);
+  c.bind();
+  AttentionWorkPacker packer;
+  const AttentionWorkCounts copied = packer.pack(c.shape(), c.seqs, c.p, 16, 16, 16);
+  const size_t copied_ints = packer.meta().size();
+  for (size_t s = 0; s < c.seqs.size(); ++s) {
+    c.seqs[s].head_rows.clear();
+    for (size_t h = 0; h < 8; ++h) {
+      c.seqs[s].head_rows.push_back(int32_t(c.tables.size()));
+      c.tables.insert(c.tables.end(), c.blocks[s][h].begin(), c.blocks[s][h].end());
+    }
+  }
+  const AttentionWorkCounts n = packer.pack(c.shape(), c.seqs, c.p, 16, 16, 16);
+  check_layout(c, n, packer.meta(), 16, 16, 16, nullptr);
+  EXPECT_EQ(copied_ints - packer.meta().size(), size_t(64 * 8 * 36)) << "no block id copied";
+  // No table space: the rows mean nothing, every id is copied.
+  std::vector<int32_t> kept = std::move(c.tables);
+  c.tables.clear();
+  packer.pack(c.shape(), c.seqs, c.p, 16, 16, 16);
+  EXPECT_EQ(packer.meta().size(), copied_ints);
+  EXPECT_EQ(copied.n_small, n.n_small);
+  // A row past the table space is refused, naming it.
+  c.tables = kept;
+  c.tables.resize(c.tables.size() - 1);
+  try {
+    packer.pack(c.shape(), c.seqs, c.p, 16, 16, 16);
+    ADD_FAILURE() << "a row past the table space was packed";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("table space"), std::string::npos) << e.what();
+  }
 }
 
 std::string pack_error(Call c, int small = 4, int big = 16, const std::vector<char>* skip = nullptr) {

@@ -6,6 +6,7 @@
 #include <random>
 
 #include "core/error.h"
+#include "table_keeping_backend.h"
 
 using namespace batchmax;
 
@@ -265,4 +266,101 @@ TEST(PagedKVCache, RemovingABorrowerRestoresTheHeadroom) {
   EXPECT_EQ(kv.blocks().n_unreserved(), cfg.n_blocks - 4);
   kv.remove_sequence(2);
   EXPECT_EQ(kv.blocks().n_unreserved(), cfg.n_blocks);
+}
+
+namespace {
+// Every head a view names a row for holds exactly its block ids there; returns how
+// many heads had one.
+int64_t check_rows(const TableKeepingBackend& be, const PagedKVCache& kv, std::span<const int64_t> ids) {
+  int64_t resident = 0;
+  for (int64_t id : ids)
+    for (int l = 0; l < kv.config().n_layer; ++l) {
+      AttentionSeq a;
+      kv.attention_view(l, id, a);
+      if (a.head_rows.empty()) continue;
+      EXPECT_EQ(int(a.head_rows.size()), kv.config().n_kv_heads);
+      for (int h = 0; h < kv.config().n_kv_heads; ++h) {
+        if (a.head_rows[h] < 0) continue;
+        ++resident;
+        for (size_t i = 0; i < a.head_blocks[h].size(); ++i)
+          EXPECT_EQ(be.tables[size_t(a.head_rows[h]) + i], a.head_blocks[h][i])
+              << "sequence " << id << " layer " << l << " head " << h << " block " << i;
+      }
+    }
+  return resident;
+}
+}  // namespace
+
+// The block tables the backend keeps follow each head through growth, eviction and
+// removal; a head past its place's room (two chunks in one step) falls back to sending
+// its ids and returns once evicted; a sequence admitted later reuses freed places.
+TEST(PagedKVCache, BlockTablesOnTheBackendFollowEveryHead) {
+  TableKeepingBackend be;
+  KVCacheConfig cfg = small_config();
+  cfg.n_blocks = 64;
+  cfg.step_tokens = 16;
+  cfg.block_tables = true;
+  EXPECT_EQ(PagedKVCache::block_bytes(cfg), PagedKVCache::block_bytes(small_config()) + 8)
+      << "2 ints of table space a block, in the memory plan";
+  PagedKVCache kv(be, cfg);
+  ASSERT_EQ(int64_t(be.tables.size()), 2 * cfg.n_blocks);
+  const KVCompression c = batchmax_window(8, 8, 4);
+  const int64_t prompt = 40;
+  for (int64_t id : {1, 2, 3}) ASSERT_TRUE(kv.add_sequence(id, 12, c, 16)) << id;
+  std::map<int64_t, int64_t> done;
+  const std::vector<int64_t> live = {1, 2, 3};
+  // One chunk each: 8 entries, in every head's room; then two chunks of sequence 1 in
+  // one step: 24 entries before the step's eviction, past its room for 16.
+  for (int64_t id : live) ASSERT_TRUE(kv.reserve_growth(id, 8));
+  run_items(be, kv, {{1, 8}, {2, 8}, {3, 8}}, done, prompt);
+  EXPECT_EQ(check_rows(be, kv, live), 3 * 4);
+  ASSERT_TRUE(kv.reserve_growth(1, 16));
+  kv.prepare(1, 16, StepPhase::Prefill);
+  Tensor k = be.alloc(GgmlType::F32, 16, int64_t(cfg.n_kv_heads) * cfg.head_dim);
+  Tensor v = be.alloc(GgmlType::F32, 16, int64_t(cfg.n_kv_heads) * cfg.head_dim);
+  std::vector<int32_t> pos(16);
+  for (int i = 0; i < 16; ++i) pos[i] = int32_t(done[1] + i);
+  const std::vector<KVAppend> appends = {{1, 16, pos}};
+  for (int layer = 0; layer < cfg.n_layer; ++layer) kv.store(layer, appends, k, v);
+  for (int l = 0; l < cfg.n_layer; ++l) {
+    AttentionSeq a;
+    kv.attention_view(l, 1, a);
+    ASSERT_EQ(a.head_rows.size(), 2u);
+    for (int h = 0; h < 2; ++h) {
+      EXPECT_EQ(a.head_blocks[h].size(), 6u);
+      EXPECT_EQ(a.head_rows[h], -1) << "6 blocks do not fit a place for 4: the ids travel";
+    }
+  }
+  kv.commit(1);
+  done[1] += 16;
+  be.free(k);
+  be.free(v);
+  EXPECT_EQ(check_rows(be, kv, live), 3 * 4) << "evicted to 8 entries: back in its place";
+  while (done[1] < prompt || done[2] < prompt || done[3] < prompt) {
+    std::vector<std::pair<int64_t, int64_t>> items;
+    for (int64_t id : live) {
+      if (done[id] >= prompt || !kv.reserve_growth(id, 8)) continue;
+      items.push_back({id, 8});
+    }
+    ASSERT_FALSE(items.empty());
+    run_items(be, kv, items, done, prompt);
+    EXPECT_EQ(check_rows(be, kv, live), 3 * 4) << "every head of every sequence, after eviction";
+  }
+  const int64_t writes_before_decode = be.writes;
+  for (int step = 0; step < 9; ++step) {
+    for (int64_t id : live) ASSERT_TRUE(kv.reserve_growth(id, 1));
+    run_items(be, kv, {{1, 1}, {2, 1}, {3, 1}}, done, prompt);
+    EXPECT_EQ(check_rows(be, kv, live), 3 * 4);
+  }
+  // Decode adds a block a head every 4 entries at most: few writes, not whole tables.
+  EXPECT_LE(be.writes - writes_before_decode, 3 * 4 * 3);
+  kv.remove_sequence(2);
+  ASSERT_TRUE(kv.add_sequence(4, 12, c, 16));
+  done[4] = 0;
+  ASSERT_TRUE(kv.reserve_growth(4, 8));
+  run_items(be, kv, {{4, 8}}, done, prompt);
+  const std::vector<int64_t> now = {1, 3, 4};
+  EXPECT_EQ(check_rows(be, kv, now), 3 * 4);
+  for (int64_t id : now) kv.remove_sequence(id);
+  EXPECT_EQ(kv.blocks().n_free(), cfg.n_blocks);
 }

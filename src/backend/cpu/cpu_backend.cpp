@@ -298,7 +298,12 @@ void CpuBackend::kv_store(const Tensor& k, const Tensor& v, int n_kv_heads, std:
   const int64_t capacity = pool.n_blocks * pool.block_tokens;
   for (int64_t r = 0; r < k.rows; ++r)
     for (int h = 0; h < n_kv_heads; ++h) {
-      const int32_t s = slots[r * n_kv_heads + h];
+      int64_t s = slots[r * n_kv_heads + h];
+      if (s <= -2) {  // the pool's table space names the block (tables in host memory here)
+        check_kv_slot(pool, int32_t(s), "kv_store");
+        const int64_t u = -2 - s;
+        s = int64_t(pool.tables[u / pool.block_tokens]) * pool.block_tokens + u % pool.block_tokens;
+      }
       if (s < 0) continue;
       require(s < capacity, "kv_store: slot out of range");
       const float* ks = k.row_f32(r) + int64_t(h) * hd;

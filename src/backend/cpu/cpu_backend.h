@@ -7,7 +7,7 @@
 
 namespace batchmax {
 
-class CpuBackend final : public Backend {
+class CpuBackend : public Backend {
  public:
   explicit CpuBackend(const CpuBackendOptions& opts);
 

@@ -41,7 +41,7 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(
     View<const TQ> q, View<TQ> out, const int32_t* __restrict__ work,
     const int32_t* __restrict__ meta, int seq_at, int n_seqs, int group, float scale_log2,
     const TKV* __restrict__ pk, const TKV* __restrict__ pv, const int32_t* __restrict__ ppos,
-    int block_tokens) {
+    const int32_t* __restrict__ ptables, int block_tokens) {
   static_assert(HD % 8 == 0 && (kM * HD) % kThreads == 0 && kM % 4 == 0, "tile shape");
   constexpr int R = kM * HD / kThreads;  // outputs per thread
   extern __shared__ float4 smem_raw[];
@@ -64,7 +64,7 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(
   const int n_vec = sm[1] * group;
   const int32_t* qpos = meta + sm[2];
   const int32_t* hm = meta + seq_at + 4 * n_seqs + 2 * (sm[3] + kvh);
-  const int32_t* blocks = meta + hm[0];
+  const int32_t* blocks = head_block_ids(meta, ptables, hm[0]);
   const int entries = hm[1];
 
   for (int i = tid; i < kM * HD; i += kThreads) {
@@ -203,7 +203,7 @@ void launch_list(const Tensor& q, const AttentionLaunch& a, const int32_t* work,
   attention_kernel<TQ, TKV, HD, kM><<<n, kThreads, smem, s>>>(
       view<const TQ>(q), view<TQ>(out), work, a.meta, a.seq_at, a.n_seqs,
       p.n_heads / p.n_kv_heads, p.scale * log2e, static_cast<const TKV*>(pool.k),
-      static_cast<const TKV*>(pool.v), pool.pos, pool.block_tokens);
+      static_cast<const TKV*>(pool.v), pool.pos, pool.tables, pool.block_tokens);
   BMX_LAUNCHED();
 }
 

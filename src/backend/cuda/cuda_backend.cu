@@ -249,12 +249,43 @@ void CudaBackend::free_kv_pool(KVPoolView& pool) {
     gemm_->set_l2_flush(nullptr, 0);
     flush_pool_ = nullptr;
   }
-  for (void* p : {pool.k, pool.v, static_cast<void*>(pool.pos), static_cast<void*>(pool.mass)}) {
+  for (void* p : {pool.k, pool.v, static_cast<void*>(pool.pos), static_cast<void*>(pool.mass),
+                  static_cast<void*>(pool.tables)}) {
     if (!p) continue;
     owned_.erase(p);
     BMX_CUDA(cudaFree(p));
   }
   pool = KVPoolView{};
+}
+
+bool CudaBackend::keeps_block_tables() const {
+  static const bool on = [] {
+    const char* e = std::getenv("BATCHMAX_CUDA_BLOCK_TABLES");
+    return !(e && *e == '0');
+  }();
+  return on;
+}
+
+void CudaBackend::alloc_block_tables(KVPoolView& pool, int64_t n_ints) {
+  if (pool.tables) throw Error("cuda block tables: the pool has them already");
+  if (n_ints <= 0 || n_ints > INT32_MAX) throw Error("cuda block tables: bad size");
+  pool.tables = static_cast<int32_t*>(device_alloc(size_t(n_ints) * 4));
+  pool.table_ints = n_ints;
+  cuda::launch_fill_i32(pool.tables, n_ints, -1, stream_);  // never read before written
+}
+
+void CudaBackend::write_block_tables(std::span<const int32_t> pairs, KVPoolView& pool) {
+  if (pairs.size() % 2) throw Error("cuda write_block_tables: (place, id) pairs expected");
+  if (!pool.tables) throw Error("cuda write_block_tables: the pool has no block tables");
+  const int64_t n = int64_t(pairs.size() / 2);
+  if (n == 0) return;
+  if (n > INT32_MAX) throw Error("cuda write_block_tables: too many writes");
+  for (int64_t i = 0; i < n; ++i)
+    if (pairs[2 * i] < 0 || pairs[2 * i] >= pool.table_ints || pairs[2 * i + 1] < 0 ||
+        pairs[2 * i + 1] >= pool.n_blocks)
+      throw Error("cuda write_block_tables: place or block id out of range");
+  BMX_OP_TIME("write_block_tables");
+  cuda::launch_write_tables(put_ints({pairs}), int(n), pool.tables, stream_);
 }
 
 void CudaBackend::kv_store(const Tensor& k, const Tensor& v, int n_kv_heads,
@@ -263,8 +294,7 @@ void CudaBackend::kv_store(const Tensor& k, const Tensor& v, int n_kv_heads,
   const int64_t n = int64_t(pos.size());
   if (int64_t(slots.size()) != n * n_kv_heads) throw Error("cuda kv_store: slots size");
   BMX_OP_TIME("kv_store");
-  for (int32_t sl : slots)  // negative: a padding row/head, skipped
-    if (sl >= n_slots(pool)) throw Error("cuda kv_store: slot " + std::to_string(sl) + " is out of range");
+  for (int32_t sl : slots) check_kv_slot(pool, sl, "cuda kv_store");  // -1: padding, skipped
   if (n == 0) return;
   const int32_t* d = put_ints({slots, pos});
   cuda::launch_kv_store(k, v, n_kv_heads, d, d + slots.size(), n, pool, stream_);
@@ -280,8 +310,7 @@ void CudaBackend::rope_kv_store(Tensor& q, int n_q_heads, Tensor& k, const Tenso
   if (k.rows != n) throw Error("cuda rope_kv_store: positions and rows differ");
   if (int64_t(slots.size()) != n * n_kv_heads) throw Error("cuda rope_kv_store: slots size");
   if (int(p.inv_freq.size()) != p.rotary_dim / 2) throw Error("cuda rope_kv_store: inv_freq size");
-  for (int32_t sl : slots)  // negative: a padding row/head, skipped
-    if (sl >= n_slots(pool)) throw Error("cuda rope_kv_store: slot " + std::to_string(sl) + " is out of range");
+  for (int32_t sl : slots) check_kv_slot(pool, sl, "cuda rope_kv_store");  // -1: padding, skipped
   if (n == 0) return;
   const float2* table = rope_table(pos, p);
   BMX_OP_TIME("rope_kv_store");
@@ -408,7 +437,8 @@ cuda::AttentionLaunch CudaBackend::pack_attention(const Tensor& q,
                                                   int small, int big, int64_t small_max,
                                                   const std::vector<char>* skip) {
   const AttentionWorkCounts c =
-      packer_.pack({q.rows, q.cols, pool.n_blocks, pool.block_tokens, pool.head_dim}, seqs, p,
+      packer_.pack({q.rows, q.cols, pool.n_blocks, pool.block_tokens, pool.head_dim,
+                    pool.tables ? pool.table_ints : 0}, seqs, p,
                    small, big, small_max, skip);
   return {nullptr, c.n_small, c.n_big, c.n_seqs, c.seq_at, c.max_small_entries, {}};
 }

@@ -147,6 +147,11 @@ class CudaBackend final : public Backend {
   KVPoolView alloc_kv_pool(GgmlType type, int64_t n_blocks, int block_tokens,
                            int head_dim, bool slot_mass) override;
   void free_kv_pool(KVPoolView& pool) override;
+  // Block tables on the device (BATCHMAX_CUDA_BLOCK_TABLES=0: none, every attention call
+  // copies its heads' ids, as before).
+  bool keeps_block_tables() const override;
+  void alloc_block_tables(KVPoolView& pool, int64_t n_ints) override;
+  void write_block_tables(std::span<const int32_t> pairs, KVPoolView& pool) override;
   void kv_store(const Tensor& k, const Tensor& v, int n_kv_heads, std::span<const int32_t> slots,
                 std::span<const int32_t> pos, KVPoolView& pool) override;
   void rope_kv_store(Tensor& q, int n_q_heads, Tensor& k, const Tensor& v, int n_kv_heads,

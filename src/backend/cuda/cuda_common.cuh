@@ -186,6 +186,21 @@ void launch_kv_move(const int32_t* d_src, const int32_t* d_dst, int64_t n, void*
                     KVPoolView& pool, cudaStream_t s);
 size_t kv_move_scratch_bytes(const KVPoolView& pool, int64_t n);
 void launch_fill_i32(int32_t* p, int64_t n, int32_t value, cudaStream_t s);
+// Backend::write_block_tables: n (place, block id) pairs (device copy).
+void launch_write_tables(const int32_t* d_pairs, int n, int32_t* tables, cudaStream_t s);
+// A kv_store slot (Backend::kv_store): >= -1 itself, <= -2 a place of the pool's table
+// space and an entry of the block there (table_slot_code).
+__device__ __forceinline__ int64_t resolve_slot(int32_t s, const int32_t* tables, int block_tokens) {
+  if (s >= -1) return s;
+  const int32_t u = -2 - s;
+  return int64_t(tables[u / block_tokens]) * block_tokens + u % block_tokens;
+}
+// Where a work item's block ids lie: at >= 0 in the call's metadata, else in the pool's
+// table space at -1 - at (AttentionSeq::head_rows).
+__device__ __forceinline__ const int32_t* head_block_ids(const int32_t* meta, const int32_t* tables,
+                                                         int32_t at) {
+  return at >= 0 ? meta + at : tables + (-1 - int64_t(at));
+}
 // attention_kernels.cu
 struct AttentionLaunch {
   const int32_t* meta;  // device copy of the packed metadata (see attention_kernels.cu)

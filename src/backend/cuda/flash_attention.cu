@@ -61,6 +61,7 @@ struct FlashArgs {
   int64_t out_stride;
   const int32_t* work;
   const int32_t* meta;
+  const int32_t* tables;  // KVPoolView::tables
   int seq_at, n_seqs, group;
   float scale_log2;
   const bf16* pk;
@@ -105,7 +106,7 @@ __global__ void __launch_bounds__(WM * WN * 32, kMinCtas) flash_kernel(const Fla
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wm = warp % WM, wn = warp / WM;
-  const WorkItem wi = read_work_item(a.work + 4 * blockIdx.x, a.meta, a.seq_at, a.n_seqs, a.group);
+  const WorkItem wi = read_work_item(a.work + 4 * blockIdx.x, a.meta, a.tables, a.seq_at, a.n_seqs, a.group);
   const int kvh = wi.kvh, v0 = wi.v0, n_vec = wi.n_vec, entries = wi.entries;
   const int64_t q_begin = wi.q_begin;
   const int32_t* qpos = wi.qpos;
@@ -636,6 +637,7 @@ void launch_flash_attention(const Tensor& q, const AttentionLaunch& L, const Att
   a.out_stride = int64_t(out.row_stride / sizeof(bf16));
   a.work = L.meta;
   a.meta = L.meta;
+  a.tables = pool.tables;
   a.seq_at = L.seq_at;
   a.n_seqs = L.n_seqs;
   a.group = p.n_heads / p.n_kv_heads;

@@ -40,6 +40,7 @@ struct ScoresArgs {
   const bf16* q;
   int64_t q_stride;
   const int32_t* meta;
+  const int32_t* tables;  // KVPoolView::tables
   int seq_at, n_seqs, n_kv_heads, group;
   float scale_log2;
   const bf16* pk;
@@ -64,7 +65,7 @@ __global__ void __launch_bounds__(kThreads) flash_scores_kernel(const ScoresArgs
   __shared__ float colsum[kKeys];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const WorkItem wi =
-      read_work_item(a.meta + 4 * (a.item0 + int(blockIdx.x)), a.meta, a.seq_at, a.n_seqs, a.group);
+      read_work_item(a.meta + 4 * (a.item0 + int(blockIdx.x)), a.meta, a.tables, a.seq_at, a.n_seqs, a.group);
   const int seq = wi.seq, kvh = wi.kvh, v0 = wi.v0, n_vec = wi.n_vec, entries = wi.entries;
   const int64_t q_begin = wi.q_begin;
   const int32_t* qpos = wi.qpos;
@@ -251,6 +252,7 @@ void launch_flash_scores(const Tensor& q, const AttentionLaunch& L, const Attent
   a.q = static_cast<const bf16*>(q.data);
   a.q_stride = int64_t(q.row_stride / sizeof(bf16));
   a.meta = L.meta;
+  a.tables = pool.tables;
   a.seq_at = L.seq_at;
   a.n_seqs = L.n_seqs;
   a.n_kv_heads = p.n_kv_heads;

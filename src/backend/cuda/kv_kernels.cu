@@ -15,14 +15,15 @@ int blocks_for(int64_t work) {
 template <class TI, class TP>
 __global__ void kv_store_kernel(View<const TI> k, View<const TI> v, int n_kv_heads,
                                 int head_dim, const int32_t* slots, const int32_t* pos,
-                                int64_t rows, TP* pk, TP* pv, int32_t* ppos, float* pmass) {
+                                int64_t rows, TP* pk, TP* pv, int32_t* ppos, float* pmass,
+                                const int32_t* tables, int block_tokens) {
   pdl_begin();
   const int64_t per_row = int64_t(n_kv_heads) * head_dim;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < rows * per_row;
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t r = i / per_row, c = i % per_row;
     const int h = int(c / head_dim), d = int(c % head_dim);
-    const int64_t slot = slots[r * n_kv_heads + h];
+    const int64_t slot = resolve_slot(slots[r * n_kv_heads + h], tables, block_tokens);
     if (slot < 0) continue;  // padding row/head: skipped, as on the CPU
     pk[slot * head_dim + d] = from_f<TP>(to_f(k.row(r)[c]));
     pv[slot * head_dim + d] = from_f<TP>(to_f(v.row(r)[c]));
@@ -38,7 +39,8 @@ __global__ void kv_store_kernel(View<const TI> k, View<const TI> v, int n_kv_hea
 template <class T>
 __global__ void kv_store_vec_kernel(View<const T> k, View<const T> v, int n_kv_heads,
                                     int head_dim, const int32_t* slots, const int32_t* pos,
-                                    int64_t rows, T* pk, T* pv, int32_t* ppos, float* pmass) {
+                                    int64_t rows, T* pk, T* pv, int32_t* ppos, float* pmass,
+                                    const int32_t* tables, int block_tokens) {
   pdl_begin();
   constexpr int kPer = 16 / sizeof(T);
   const int pieces = head_dim / kPer;
@@ -47,7 +49,7 @@ __global__ void kv_store_vec_kernel(View<const T> k, View<const T> v, int n_kv_h
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t r = i / per_row;
     const int h = int((i % per_row) / pieces), c = int(i % pieces) * kPer;
-    const int64_t slot = slots[r * n_kv_heads + h];
+    const int64_t slot = resolve_slot(slots[r * n_kv_heads + h], tables, block_tokens);
     if (slot < 0) continue;
     const int64_t col = int64_t(h) * head_dim + c;
     *reinterpret_cast<uint4*>(pk + slot * head_dim + c) = *reinterpret_cast<const uint4*>(k.row(r) + col);
@@ -90,6 +92,14 @@ __global__ void fill_i32_kernel(int32_t* p, int64_t n, int32_t value) {
     p[i] = value;
 }
 
+// tables[pairs[2i]] = pairs[2i + 1]. After the kernels before it (they may still read
+// what it overwrites: a table's tail freed by eviction and grown again).
+__global__ void write_tables_kernel(const int32_t* __restrict__ pairs, int n, int32_t* tables) {
+  pdl_begin();
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
+    tables[pairs[2 * i]] = pairs[2 * i + 1];
+}
+
 size_t row_bytes_of(const KVPoolView& pool) { return size_t(pool.head_dim) * elem_bytes(pool.type); }
 
 }  // namespace
@@ -107,7 +117,8 @@ void launch_kv_store(const Tensor& k, const Tensor& v, int n_kv_heads, const int
       using T = decltype(t);
       launch_pdl(kv_store_vec_kernel<T>, blocks_for(work * eb / 16), kThreads, 0, s,
                  view<const T>(k), view<const T>(v), n_kv_heads, pool.head_dim, d_slots, d_pos,
-                 n_rows, static_cast<T*>(pool.k), static_cast<T*>(pool.v), pool.pos, pool.mass);
+                 n_rows, static_cast<T*>(pool.k), static_cast<T*>(pool.v), pool.pos, pool.mass,
+                 pool.tables, pool.block_tokens);
       BMX_LAUNCHED();
     });
     return;
@@ -118,7 +129,8 @@ void launch_kv_store(const Tensor& k, const Tensor& v, int n_kv_heads, const int
       using TP = decltype(tp);
       launch_pdl(kv_store_kernel<TI, TP>, blocks_for(work), kThreads, 0, s, view<const TI>(k),
                  view<const TI>(v), n_kv_heads, pool.head_dim, d_slots, d_pos, n_rows,
-                 static_cast<TP*>(pool.k), static_cast<TP*>(pool.v), pool.pos, pool.mass);
+                 static_cast<TP*>(pool.k), static_cast<TP*>(pool.v), pool.pos, pool.mass,
+                 pool.tables, pool.block_tokens);
       BMX_LAUNCHED();
     });
   });
@@ -148,6 +160,12 @@ void launch_fill_i32(int32_t* p, int64_t n, int32_t value, cudaStream_t s) {
   if (n == 0) return;
   fill_i32_kernel<<<blocks_for(n), kThreads, 0, s>>>(p, n, value);
   BMX_LAUNCHED();
+}
+
+void launch_write_tables(const int32_t* d_pairs, int n, int32_t* tables, cudaStream_t s) {
+  if (n == 0) return;
+  launch_pdl(write_tables_kernel, dim3(unsigned(std::min<int64_t>(blocks_for(n), 1024))), dim3(kThreads), 0, s,
+             d_pairs, n, tables);
 }
 
 size_t kv_move_scratch_bytes(const KVPoolView& pool, int64_t n) {

@@ -64,7 +64,8 @@ struct WorkItem {
   int entries;
 };
 __device__ __forceinline__ WorkItem read_work_item(const int32_t* work, const int32_t* meta,
-                                                   int seq_at, int n_seqs, int group) {
+                                                   const int32_t* tables, int seq_at, int n_seqs,
+                                                   int group) {
   WorkItem w;
   w.seq = work[0];
   w.kvh = work[1];
@@ -74,7 +75,7 @@ __device__ __forceinline__ WorkItem read_work_item(const int32_t* work, const in
   w.n_vec = sm[1] * group;
   w.qpos = meta + sm[2];
   const int32_t* hm = meta + seq_at + 4 * n_seqs + 2 * (sm[3] + w.kvh);
-  w.blocks = meta + hm[0];
+  w.blocks = head_block_ids(meta, tables, hm[0]);
   w.entries = hm[1];
   return w;
 }

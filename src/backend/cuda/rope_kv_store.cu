@@ -20,7 +20,8 @@ template <class T, bool kNeox>
 __global__ void rope_kv_store_kernel(View<T> q, View<T> k, View<const T> v, int nq, int nkv,
                                      int head_dim, const float2* cs, const int32_t* slots,
                                      const int32_t* pos, int64_t rows, T* pk, T* pv,
-                                     int32_t* ppos, float* pmass) {
+                                     int32_t* ppos, float* pmass, const int32_t* tables,
+                                     int block_tokens) {
   pdl_begin();
   constexpr int kPairs = kNeox ? 8 : 4;
   const int half = head_dim / 2, chunks = half / kPairs;
@@ -33,7 +34,7 @@ __global__ void rope_kv_store_kernel(View<T> q, View<T> k, View<const T> v, int 
       const int hv = h - nq - nkv;
       // The slot and the values are loaded together (the values of a padding row are
       // still inside v): one memory round trip before the store, not two.
-      const int64_t slot = slots[r * nkv + hv];
+      const int64_t slot = resolve_slot(slots[r * nkv + hv], tables, block_tokens);
       const T* src = v.row(r) + int64_t(hv) * head_dim + c * 2 * kPairs;
       float a[2 * kPairs / 8][8];
 #pragma unroll
@@ -46,7 +47,7 @@ __global__ void rope_kv_store_kernel(View<T> q, View<T> k, View<const T> v, int 
     }
     const bool is_k = h >= nq;
     const int hh = is_k ? h - nq : h;
-    const int64_t slot = is_k ? slots[r * nkv + hh] : -1;  // loaded with the head, as above
+    const int64_t slot = is_k ? resolve_slot(slots[r * nkv + hh], tables, block_tokens) : -1;
     T* x = (is_k ? k.row(r) : q.row(r)) + int64_t(hh) * head_dim;
     const int k0 = c * kPairs;
     const float2* t = cs + r * half + k0;
@@ -118,7 +119,7 @@ void launch_rope_kv_store(Tensor& q, int n_q_heads, Tensor& k, const Tensor& v, 
     auto* kernel = neox ? rope_kv_store_kernel<T, true> : rope_kv_store_kernel<T, false>;
     launch_pdl(kernel, blocks, kThreads, 0, s, view<T>(q), view<T>(k), view<const T>(v), n_q_heads,
                n_kv_heads, pool.head_dim, d_table, d_slots, d_pos, k.rows, static_cast<T*>(pool.k),
-               static_cast<T*>(pool.v), pool.pos, pool.mass);
+               static_cast<T*>(pool.v), pool.pos, pool.mass, pool.tables, pool.block_tokens);
     BMX_LAUNCHED();
   });
 }

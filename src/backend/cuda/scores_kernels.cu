@@ -27,7 +27,8 @@ template <class TQ, class TKV, bool kPass2>
 __global__ void __launch_bounds__(kSplitThreads) scores_split_kernel(
     View<const TQ> q, const int32_t* __restrict__ meta, int seq_at, int n_seqs, int n_kv_heads,
     int group, int hd, float scale_log2, const TKV* __restrict__ pk,
-    const int32_t* __restrict__ ppos, int block_tokens, float2* __restrict__ part,
+    const int32_t* __restrict__ ppos, const int32_t* __restrict__ ptables, int block_tokens,
+    float2* __restrict__ part,
     int n_splits, int item0, float* out, int64_t stride) {
   extern __shared__ float sm[];
   const int hp = hd + 1;  // padded rows
@@ -40,7 +41,7 @@ __global__ void __launch_bounds__(kSplitThreads) scores_split_kernel(
   const int seq = w[0], kvh = w[1], v0 = w[2];
   const int32_t* smeta = meta + seq_at + 4 * seq;
   const int32_t* hm = meta + seq_at + 4 * n_seqs + 2 * (smeta[3] + kvh);
-  const int32_t* blocks = meta + hm[0];
+  const int32_t* blocks = head_block_ids(meta, ptables, hm[0]);
   const int entries = hm[1];
   const int k0 = blockIdx.y * kKS;
   const int n_vec = smeta[1] * group;
@@ -199,7 +200,7 @@ void launch_attention_scores(const Tensor& q, const AttentionLaunch& a, const At
         kernel<<<dim3(n, n_splits), kSplitThreads, smem, s>>>(
             view<const TQ>(q), a.meta, a.seq_at, a.n_seqs, p.n_kv_heads, p.n_heads / p.n_kv_heads,
             p.head_dim, p.scale * log2e, static_cast<const TKV*>(pool.k), pool.pos,
-            pool.block_tokens, part, n_splits, item0, d_out, stride);
+            pool.tables, pool.block_tokens, part, n_splits, item0, d_out, stride);
         BMX_LAUNCHED();
       };
       for (int i0 = 0; i0 < a.n_small; i0 += per_launch) {
