@@ -28,11 +28,16 @@ class AttentionSumsMemo {
  private:
   struct Seq {
     int64_t q_begin, n_q;
-    std::vector<int32_t> entries, first_block;  // per KV head (-1: no block)
+    size_t heads;  // its per-KV-head (entries, first block) pairs start at heads_[2 * heads]
+    int n_heads;
   };
+  bool matches(const Seq& r, const AttentionSeq& s) const;
   const void* q_ = nullptr;
   size_t q_row_stride_ = 0;
+  // Flat and ordered by q_begin: a call over hundreds of sequences checks each in
+  // O(log n) with no allocation (nested vectors and a scan cost ~0.1 ms a layer at 512).
   std::vector<Seq> seqs_;
+  std::vector<int32_t> heads_;  // entries, first block (-1: none), per KV head
 };
 
 }  // namespace batchmax

@@ -65,5 +65,26 @@ TEST(AttentionSumsMemo, OtherEntriesOrTablesAreNotCovered) {
   EXPECT_TRUE(memo.covers(&q, 128, Seqs({{101, 3}}).seqs));
 }
 
+// A decode call over hundreds of sequences, remembered in any row order: each of them
+// (or its last rows) is found, and one changed head anywhere is not covered.
+TEST(AttentionSumsMemo, FindsEachOfManySequences) {
+  int q = 0;
+  std::vector<std::pair<int64_t, int64_t>> rows;
+  for (int64_t s = 511; s >= 0; --s) rows.push_back({2 * s, 2});  // reverse row order
+  Seqs attended(rows);
+  AttentionSumsMemo memo;
+  memo.remember(&q, 64, attended.seqs);
+  EXPECT_TRUE(memo.covers(&q, 64, attended.seqs));
+  std::vector<std::pair<int64_t, int64_t>> last_rows;
+  for (int64_t s = 0; s < 512; s += 7) last_rows.push_back({2 * s + 1, 1});
+  EXPECT_TRUE(memo.covers(&q, 64, Seqs(last_rows).seqs));
+  Seqs changed(last_rows);
+  changed.seqs[40].head_entries[0] = 21;
+  EXPECT_FALSE(memo.covers(&q, 64, changed.seqs));
+  EXPECT_FALSE(memo.covers(&q, 64, Seqs({{1023, 2}}).seqs)) << "past the last row";
+  // Empty rows on the boundary of two sequences: either one holds them.
+  EXPECT_TRUE(memo.covers(&q, 64, Seqs({{2, 0}}).seqs));
+}
+
 }  // namespace
 }  // namespace batchmax
