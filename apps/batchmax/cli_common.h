@@ -64,7 +64,7 @@ struct EngineFlags {
   KVSettings kv;           // compression defaults (per-request fields override)
   bool kv_slot_mass = false;  // EngineOptions::kv_slot_mass
   int overlap_steps = -1;     // EngineOptions::overlap_steps
-  std::string schedule = "decode-first";  // EngineOptions::schedule
+  std::string schedule = "auto";  // EngineOptions::schedule (serve: decode-first)
 };
 void add_engine_flags(CLI::App& cmd, EngineFlags& flags);
 // The compression flags alone (--kv-mode, --kv-policy, --kv-budget, --chunk, ...).

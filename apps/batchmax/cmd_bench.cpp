@@ -47,7 +47,7 @@ struct BenchArgs {
   int top_k = 0;
   bool no_ceilings = false;
   std::string out, plot, commit;
-  std::string schedule = "decode-first";  // EngineOptions::schedule
+  std::string schedule = "auto";  // EngineOptions::schedule (batch jobs: auto)
 };
 
 std::vector<std::string> split_list(const std::string& s) {

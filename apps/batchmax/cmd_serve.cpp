@@ -161,6 +161,8 @@ Command add_serve(CLI::App& root) {
   auto a = std::make_shared<ServeArgs>();
   CLI::App* cmd = root.add_subcommand(
       "serve", "OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions)");
+  // Interactive: each request's tokens keep streaming while new prompts arrive.
+  a->engine.schedule = "decode-first";
   add_engine_flags(*cmd, a->engine);
   cmd->get_option("--model")->required(false);
   cmd->add_option("--dummy-weights", a->dummy,

@@ -131,12 +131,11 @@ struct EngineOptions {
   // - "auto": prefill first while every request has been admitted (none waits for
   //   memory), decode first otherwise. A batch whose requests all fit then ends with one
   //   large decode batch, not a shrinking tail of small, weight-bound decode steps; while
-  //   requests wait, decoding first frees their memory soonest.
-  // Tokens are the same either way. Not the default: on an H100, W-full's batchmax run
-  // (512 requests, all admitted at once) was 1.7-2.3% slower with auto, since its final
-  // decode steps over 512 sequences wait on the host's per-layer work
-  // (bench/results/step_schedule_2026-11-28/).
-  std::string schedule = "decode-first";
+  //   requests wait, decoding first frees their memory soonest. The default: on an H100,
+  //   W-full ran 3% faster with it for batchmax and 1% for full, W-limited the same
+  //   (bench/results/block_tables_2026-11-28/). The server asks for decode-first.
+  // Tokens are the same either way.
+  std::string schedule = "auto";
 };
 
 struct Progress {
