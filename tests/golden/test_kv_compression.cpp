@@ -2,6 +2,8 @@
 // stays bounded by budget + chunk during prefill, and admission reaches the planned batch.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+
 #include <fstream>
 #include <sstream>
 
@@ -42,8 +44,13 @@ EngineOptions options(int step_tokens) {
 // Bytes of one KV block of SmolLM2 (16 entries, head_dim 64, + positions) on the
 // backend under test: F32 entries on the CPU, BF16 on CUDA.
 int64_t smollm2_block_bytes() {
-  const int64_t elem = test::engine_backend() == "cuda" ? 2 : 4;
-  return 16 * (2 * 64 * elem + 4);
+  const bool cuda = test::engine_backend() == "cuda";
+  const int64_t elem = cuda ? 2 : 4;
+  // CUDA keeps block tables on the device: 2 ints of table space a block
+  // (PagedKVCache::block_bytes), unless BATCHMAX_CUDA_BLOCK_TABLES=0.
+  const char* t = std::getenv("BATCHMAX_CUDA_BLOCK_TABLES");
+  const bool tables = cuda && !(t && *t == '0');
+  return 16 * (2 * 64 * elem + 4) + (tables ? 8 : 0);
 }
 
 Request request(std::vector<int32_t> prompt, int max_tokens, const KVSettings& kv) {
