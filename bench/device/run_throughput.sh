@@ -21,9 +21,10 @@
 #        bench/device/cuda_notes.md) unless STEP_TOKENS or LIMITED_STEP_TOKENS is given;
 #        every other mode of a workload gets the workload's step.
 #        OVERLAP_STEPS (-1: the engine's choice, on for CUDA; 0 off; 1 on): steps in flight.
-#        SCHEDULE (decode-first, the engine's default; auto; prefill-first): what a step
-#        takes first while prompts wait (EngineOptions::schedule). With auto, W-full's
-#        batchmax (every request admitted at once) prefills all prompts before decoding.
+#        SCHEDULE (auto, the engine's default for batch jobs; decode-first, the server's;
+#        prefill-first): what a step takes first while prompts wait
+#        (EngineOptions::schedule). With auto, W-full's batchmax (every request admitted
+#        at once) prefills all prompts before decoding.
 #        TEMPERATURE (0: greedy), TOP_K (0), TOP_P (1): every request's sampling (picked
 #        on the GPU; BATCHMAX_HOST_SAMPLING=1 sends the logits to the host instead).
 #        BATCHMAX_PROFILE=1 adds
@@ -68,7 +69,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv
 
 common=(--backend cuda --dummy-weights llama3-8b --commit "$COMMIT" --warmup 2 --time-limit "$TIME_LIMIT"
         --temperature "${TEMPERATURE:-0}" --top-k "${TOP_K:-0}" --top-p "${TOP_P:-1}"
-        --overlap-steps "${OVERLAP_STEPS:--1}" --schedule "${SCHEDULE:-decode-first}")
+        --overlap-steps "${OVERLAP_STEPS:--1}" --schedule "${SCHEDULE:-auto}")
 limited_mode_steps=()
 [ -z "${STEP_TOKENS:-}${LIMITED_STEP_TOKENS:-}" ] &&
   limited_mode_steps=(--mode-step-tokens "batchmax=${LIMITED_BATCHMAX_STEP_TOKENS:-1024}")
