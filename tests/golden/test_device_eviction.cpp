@@ -96,6 +96,34 @@ PathRun run_path(Model& model, Backend& be, const char* eviction,
   return out;
 }
 
+// A sequence for every (policy, mode), budgets of budget0 + 0/16/32 and prompts of
+// prompt0 + 0..3 x prompt_step random tokens, in that order (full mode: no policy).
+void add_mix(std::initializer_list<const char*> policies, std::initializer_list<KVMode> modes,
+             int64_t budget0, size_t prompt0, size_t prompt_step, uint32_t vocab,
+             std::mt19937& rng, std::vector<KVCompression>& comps,
+             std::vector<std::vector<int32_t>>& prompts) {
+  int k = 0;
+  for (const char* pol : policies)
+    for (KVMode mode : modes) {
+      KVCompression c;
+      c.mode = mode;
+      c.policy = mode == KVMode::Full ? "none" : pol;
+      c.params.budget = budget0 + 16 * (k % 3);
+      c.params.chunk = 48;
+      c.params.slack = 8;
+      c.params.obs_window = 16;
+      c.params.pool_kernel = 5;
+      c.params.sinks = 4;
+      c.params.window = 16;
+      c.params.seed = 99;
+      comps.push_back(c);
+      std::vector<int32_t> p(prompt0 + prompt_step * size_t(k % 4));
+      for (int32_t& t : p) t = int32_t(rng() % vocab);
+      prompts.push_back(std::move(p));
+      ++k;
+    }
+}
+
 }  // namespace
 
 TEST(DeviceEviction, SameLogitsAndKeptPositionsAsHostSelection) {
@@ -105,27 +133,8 @@ TEST(DeviceEviction, SameLogitsAndKeptPositionsAsHostSelection) {
   std::mt19937 rng(11);
   std::vector<KVCompression> comps;
   std::vector<std::vector<int32_t>> prompts;
-  const char* policies[] = {"snapkv", "tova", "window", "knorm", "random", "h2o"};
-  int k = 0;
-  for (const char* pol : policies)
-    for (KVMode mode : {KVMode::BatchMax, KVMode::PostPrefill}) {
-      KVCompression c;
-      c.mode = mode;
-      c.policy = pol;
-      c.params.budget = 64 + 16 * (k % 3);
-      c.params.chunk = 48;
-      c.params.slack = 8;
-      c.params.obs_window = 16;
-      c.params.pool_kernel = 5;
-      c.params.sinks = 4;
-      c.params.window = 16;
-      c.params.seed = 99;
-      comps.push_back(c);
-      std::vector<int32_t> p(size_t(150 + 37 * (k % 4)));
-      for (int32_t& t : p) t = int32_t(rng() % uint32_t(hp.n_vocab));
-      prompts.push_back(std::move(p));
-      ++k;
-    }
+  add_mix({"snapkv", "tova", "window", "knorm", "random", "h2o"}, {KVMode::BatchMax, KVMode::PostPrefill},
+          64, 150, 37, uint32_t(hp.n_vocab), rng, comps, prompts);
   const PathRun host = run_path(model, *be, "host", comps, prompts, 30);
   // This model's workspace has no eviction scratch (sized under "host"): the cache
   // scores and evicts layer by layer with a scratch of its own. A model first run under
@@ -171,24 +180,8 @@ TEST(DeviceEviction, BlockTablesOnTheBackendChangeNothing) {
   std::mt19937 rng(5);
   std::vector<KVCompression> comps;
   std::vector<std::vector<int32_t>> prompts;
-  int k = 0;
-  for (const char* pol : {"snapkv", "tova", "h2o", "window"})
-    for (KVMode mode : {KVMode::BatchMax, KVMode::PostPrefill, KVMode::Full}) {
-      KVCompression c;
-      c.mode = mode;
-      c.policy = mode == KVMode::Full ? "none" : pol;
-      c.params.budget = 48 + 16 * (k % 3);
-      c.params.chunk = 48;
-      c.params.slack = 8;
-      c.params.obs_window = 16;
-      c.params.sinks = 4;
-      c.params.window = 16;
-      comps.push_back(c);
-      std::vector<int32_t> p(size_t(130 + 29 * (k % 4)));
-      for (int32_t& t : p) t = int32_t(rng() % uint32_t(hp.n_vocab));
-      prompts.push_back(std::move(p));
-      ++k;
-    }
+  add_mix({"snapkv", "tova", "h2o", "window"}, {KVMode::BatchMax, KVMode::PostPrefill, KVMode::Full},
+          48, 130, 29, uint32_t(hp.n_vocab), rng, comps, prompts);
   for (const char* path : {"device", "host"})
     for (bool mass : {false, true}) {
       Model plain(hp, *be, 3), kept(hp, tb, 3);
