@@ -55,7 +55,7 @@ struct BenchOptions {
   int top_k = 0;          // with temperature: 0 off
   float top_p = 1;        // with temperature: 1 off
   int overlap_steps = -1;  // EngineOptions::overlap_steps the engine was made with (recorded)
-  std::string schedule = "decode-first";  // EngineOptions::schedule (recorded)
+  std::string schedule = "auto";  // EngineOptions::schedule the engine was made with (recorded)
 };
 
 struct BenchRow {
