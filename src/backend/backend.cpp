@@ -50,7 +50,7 @@ void check_kv_slot(const KVPoolView& p, int32_t slot, const char* op) {
       throw Error(std::string(op) + ": slot " + std::to_string(slot) + " is out of range");
     return;
   }
-  if (!table_slot_codes_fit(p) || (-2 - int64_t(slot)) / p.block_tokens >= p.table_ints)
+  if (!table_slot_codes_fit(p) || decode_table_slot(slot, p.block_tokens).place >= p.table_ints)
     throw Error(std::string(op) + ": slot code " + std::to_string(slot) +
                 " names no place of the pool's table space");
 }

@@ -77,6 +77,14 @@ struct KVPoolView {
 inline int32_t table_slot_code(int64_t place, int64_t entry, int block_tokens) {
   return int32_t(-2 - (place * block_tokens + entry));
 }
+// The inverse: the place (an index into KVPoolView::tables) and the entry in its block.
+struct TableSlot {
+  int64_t place, entry;
+};
+inline TableSlot decode_table_slot(int32_t code, int block_tokens) {
+  const int64_t u = -2 - int64_t(code);
+  return {u / block_tokens, u % block_tokens};
+}
 inline bool table_slot_codes_fit(const KVPoolView& p) {
   return p.tables && p.table_ints <= (int64_t(INT32_MAX) - 2) / p.block_tokens;
 }

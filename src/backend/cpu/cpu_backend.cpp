@@ -301,8 +301,8 @@ void CpuBackend::kv_store(const Tensor& k, const Tensor& v, int n_kv_heads, std:
       int64_t s = slots[r * n_kv_heads + h];
       if (s <= -2) {  // the pool's table space names the block (tables in host memory here)
         check_kv_slot(pool, int32_t(s), "kv_store");
-        const int64_t u = -2 - s;
-        s = int64_t(pool.tables[u / pool.block_tokens]) * pool.block_tokens + u % pool.block_tokens;
+        const TableSlot t = decode_table_slot(int32_t(s), pool.block_tokens);
+        s = int64_t(pool.tables[t.place]) * pool.block_tokens + t.entry;
       }
       if (s < 0) continue;
       require(s < capacity, "kv_store: slot out of range");

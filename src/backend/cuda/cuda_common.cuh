@@ -189,7 +189,7 @@ void launch_fill_i32(int32_t* p, int64_t n, int32_t value, cudaStream_t s);
 // Backend::write_block_tables: n (place, block id) pairs (device copy).
 void launch_write_tables(const int32_t* d_pairs, int n, int32_t* tables, cudaStream_t s);
 // A kv_store slot (Backend::kv_store): >= -1 itself, <= -2 a place of the pool's table
-// space and an entry of the block there (table_slot_code).
+// space and an entry of the block there (table_slot_code; decode_table_slot on the host).
 __device__ __forceinline__ int64_t resolve_slot(int32_t s, const int32_t* tables, int block_tokens) {
   if (s >= -1) return s;
   const int32_t u = -2 - s;
